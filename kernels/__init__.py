@@ -1,0 +1,1 @@
+"""Triton kernels and their microbenchmarks (importable as `prp.kernels`)."""

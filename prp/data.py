@@ -1,0 +1,138 @@
+"""Records for training and routing, and loaders that skip bad input without losing count.
+
+A `Record` is one (image, question, answer) item.  Loaders never raise on a bad line: they
+log it and count it in `LoadResult.skipped` under a reason ("bad_json", "empty_question",
+"missing_image", "corrupt_image", ...), so a run reports exactly what it dropped.
+Images are opened lazily (`Record.load_image`) but checked for existence and readability
+at load time when `check_images=True`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+
+class ImageError(ValueError):
+    """An image that is missing or cannot be decoded."""
+
+
+@dataclass
+class Record:
+    id: str
+    question: str
+    answer: str | None  # gold, e.g. "$17$" or "B"; None for unlabelled traffic
+    image: str | None  # absolute path, or None for a text-only query
+    meta: dict = field(default_factory=dict)
+
+    def load_image(self) -> Image.Image | None:
+        return open_image(self.image) if self.image else None
+
+
+@dataclass
+class LoadResult:
+    records: list[Record]
+    skipped: Counter  # reason -> count
+    errors: list[dict] = field(default_factory=list)  # {"line": n, "id": ..., "error": reason}
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{reason}={n}" for reason, n in sorted(self.skipped.items()))
+        return f"{len(self.records)} records" + (f", skipped {sum(self.skipped.values())} ({parts})" if parts else "")
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image as RGB; ImageError (with the reason) if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as exc:
+        raise ImageError(f"missing_image: {path}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageError(f"corrupt_image: {path}: {exc}") from exc
+
+
+def _check_image(path: Path) -> str | None:
+    """The skip reason for an unusable image, or None if it decodes."""
+    try:
+        open_image(path)
+    except ImageError as exc:
+        return str(exc).split(":", 1)[0]
+    return None
+
+
+def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, str] | None = None) -> Record:
+    """One JSON object -> Record.  `fields` renames keys (e.g. ChartQA's query/label)."""
+    names = {"id": "id", "question": "question", "answer": "answer", "image": "image", **(fields or {})}
+    question = raw.get(names["question"])
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("empty_question")
+    image = raw.get(names["image"])
+    image_path = None
+    if image:
+        image_path = Path(image) if Path(image).is_absolute() else base_dir / image
+    answer = raw.get(names["answer"])
+    record_id = raw.get(names["id"], f"line-{line_no}")
+    meta = {k: v for k, v in raw.items() if k not in names.values()}
+    return Record(
+        id=str(record_id),
+        question=question.strip(),
+        answer=None if answer is None else str(answer),
+        image=str(image_path) if image_path else None,
+        meta=meta,
+    )
+
+
+def load_jsonl(
+    path: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    fields: dict[str, str] | None = None,
+    check_images: bool = True,
+    require_answer: bool = False,
+) -> LoadResult:
+    """A generic JSONL file of {"id", "image", "question", "answer", ...} lines.
+
+    Image paths are relative to `image_root` (default: the file's folder).
+    """
+    path = Path(path)
+    base_dir = Path(image_root) if image_root else path.parent
+    records: list[Record] = []
+    skipped: Counter = Counter()
+    errors: list[dict] = []
+
+    def skip(line_no: int, record_id, reason: str) -> None:
+        skipped[reason] += 1
+        errors.append({"line": line_no, "id": record_id, "error": reason})
+        log.warning("%s line %d (id=%s): skipped, %s", path.name, line_no, record_id, reason)
+
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                if not isinstance(raw, dict):
+                    raise json.JSONDecodeError("not an object", line, 0)
+            except json.JSONDecodeError:
+                skip(line_no, None, "bad_json")
+                continue
+            try:
+                record = parse_record(raw, base_dir=base_dir, line_no=line_no, fields=fields)
+            except ValueError as exc:
+                skip(line_no, raw.get("id"), str(exc))
+                continue
+            if require_answer and not (record.answer or "").strip():
+                skip(line_no, record.id, "missing_answer")
+                continue
+            reason = _check_image(Path(record.image)) if (check_images and record.image) else None
+            if reason:
+                skip(line_no, record.id, reason)
+                continue
+            records.append(record)
+    return LoadResult(records=records, skipped=skipped, errors=errors)

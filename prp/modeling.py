@@ -1,0 +1,99 @@
+"""Load a draft/target VLM (tiny local or real Qwen2.5-VL) and build its generation inputs."""
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, BatchFeature, PreTrainedModel, ProcessorMixin
+
+from prp.tiny import load_processor
+
+
+def _flash_attn_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def pick_attn_implementation(device: torch.device | str | None) -> str:
+    """flash_attention_2 only where it can run (importable and CUDA); sdpa everywhere else.
+
+    flash-attn is sdist-only and needs CUDA to build, so it is absent on CPU machines.
+    """
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    return "flash_attention_2" if on_cuda and _flash_attn_available() else "sdpa"
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """(model in eval mode, processor) from an HF dir.  safetensors only: no pickle loading."""
+    attn = attn_implementation or pick_attn_implementation(device)
+    kwargs: dict = {"use_safetensors": True, "trust_remote_code": trust_remote_code, "attn_implementation": attn}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    if device is not None:
+        model = model.to(device)
+    processor = load_processor(path, trust_remote_code=trust_remote_code)
+    return model.eval(), processor
+
+
+ImagesArg = Sequence[Image.Image | Sequence[Image.Image] | None] | None
+
+
+def _flatten_images(images: ImagesArg, n: int) -> list[Image.Image] | None:
+    # The processor wants one flat list, in the order the <|image_pad|> slots appear.
+    if images is None:
+        return None
+    if len(images) != n:
+        raise ValueError(f"got {len(images)} image entries for {n} conversations")
+    flat: list[Image.Image] = []
+    for entry in images:
+        if entry is None:
+            continue
+        flat.extend([entry] if isinstance(entry, Image.Image) else list(entry))
+    return flat or None
+
+
+def prepare_inputs(
+    processor: ProcessorMixin,
+    messages_batch: Sequence[list[dict]],
+    images: ImagesArg = None,
+    *,
+    add_generation_prompt: bool = True,
+    padding_side: str = "left",
+    device: torch.device | str | None = None,
+) -> BatchFeature:
+    """Chat-template a batch of conversations and run the processor.
+
+    `images[i]` is the image (or list of images, or None) of conversation i.  Returns:
+      input_ids          [B, L]  left-padded by default (generation appends on the right)
+      attention_mask     [B, L]
+      mm_token_type_ids  [B, L]  0 text, 1 image token.  The model needs it: without it M-RoPE
+                                 silently degrades to 1-D positions (no error, different logits)
+      pixel_values       [sum_i h_i*w_i, 3*2*14*14]  flattened patches (only with images)
+      image_grid_thw     [num_images, 3]
+    """
+    texts = [
+        processor.apply_chat_template(list(m), tokenize=False, add_generation_prompt=add_generation_prompt)
+        for m in messages_batch
+    ]
+    flat = _flatten_images(images, len(texts))
+    batch = processor(
+        text=texts,
+        images=flat,
+        padding=True,
+        padding_side=padding_side,
+        return_tensors="pt",
+        return_mm_token_type_ids=True,
+    )
+    if "mm_token_type_ids" not in batch:  # older processors: build it from the image token id
+        batch["mm_token_type_ids"] = (batch["input_ids"] == processor.image_token_id).long()
+    return batch.to(device) if device is not None else batch

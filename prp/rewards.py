@@ -1,0 +1,104 @@
+"""Rewards: format, accuracy, the rating rewards R_dft / R_tgt (Eq. 3-4) and DAPO's over-length penalty.
+
+All functions take plain Python values: one completion at a time, so the trainer can log
+each reward separately and a bad completion never takes the batch down with it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+
+from prp.parsing import parse_completion
+
+log = logging.getLogger(__name__)
+
+INVALID_RATING_REWARD = -1.0  # Eq. 4, "otherwise"
+
+# A multiple-choice gold: "B", "(b)", "B." -> the letter.
+_CHOICE_GOLD = re.compile(r"^\s*\(?\s*([A-Za-z])\s*\)?\s*\.?\s*$")
+# The first standalone letter of a predicted choice: "(B)", "B", "B. 12", "$B$".
+_CHOICE_PRED = re.compile(r"(?<![A-Za-z])([A-Za-z])(?![A-Za-z])")
+
+
+def rating_reward(score: float | None, acc: float) -> float:
+    """Eq. 4: 1 - |d - Acc| for 0 <= d <= 1, else -1 (a missing or malformed rating is -1 too).
+
+    The same rule gives R_tgt with t and Acc_tgt (Sec. 3.3).
+
+    >>> rating_reward(0.8, 0.5), rating_reward(1.2, 0.5), rating_reward(None, 0.5)
+    (0.7, -1.0, -1.0)
+    """
+    if score is None or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+        return INVALID_RATING_REWARD
+    return 1.0 - abs(score - acc)
+
+
+def group_accuracy(correct: list[bool | float | None]) -> float:
+    """Eq. 3: Acc = (1/N) sum 1{correct(o_i, A)}; an unscorable completion (None) counts as wrong."""
+    if not correct:
+        raise ValueError("group_accuracy needs at least one completion")
+    return sum(1.0 for c in correct if c) / len(correct)
+
+
+def format_reward(text: str, mode: str) -> float:
+    """1 when the completion follows the mode's Table 4 grammar, else 0 (R_fmt of Sec. 3.1)."""
+    return 1.0 if parse_completion(text, mode).format_ok else 0.0
+
+
+def _as_latex(text: str) -> str:
+    text = text.strip()
+    return text if "$" in text or "\\boxed" in text else f"${text}$"
+
+
+def accuracy_reward(answer: str | None, gold: str) -> float | None:
+    """R_acc: 1 if the predicted answer matches the gold, else 0; None when the gold is unparsable.
+
+    - A single-letter gold ("B", "(b)") is a choice: the first standalone letter of the answer
+      must match, case-insensitively.
+    - Otherwise both sides are parsed with math-verify (gold and prediction as LaTeX in $...$)
+      and compared symbolically.  A gold that math-verify cannot parse gives None (the trainer
+      skips the record's accuracy instead of teaching that every answer is wrong).
+    """
+    choice = _CHOICE_GOLD.match(gold)
+    if choice:
+        if answer is None:
+            return 0.0
+        predicted = _CHOICE_PRED.search(answer.replace("$", " "))
+        return 1.0 if predicted and predicted.group(1).upper() == choice.group(1).upper() else 0.0
+
+    from math_verify import parse, verify
+
+    # math-verify's timeouts use SIGALRM, which only works on the main thread (a server
+    # answering from worker threads would crash on it): no timeout elsewhere.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    gold_parsed = parse(_as_latex(gold), parsing_timeout=timeout)
+    if not gold_parsed:
+        log.debug("unparsable gold answer %r", gold)
+        return None
+    if answer is None or not answer.strip():
+        return 0.0
+    predicted = parse(_as_latex(answer), parsing_timeout=timeout)
+    if not predicted:
+        return 0.0
+    return 1.0 if verify(gold_parsed, predicted, timeout_seconds=timeout) else 0.0
+
+
+def overlong_reward(length: int, *, max_length: int, cache_length: int) -> float:
+    """DAPO's soft over-length punishment [49], Eq. 13 of the DAPO paper.
+
+    0 while length <= max_length - cache_length, then a linear ramp down to -1 at max_length,
+    and -1 beyond it.
+
+    >>> overlong_reward(90, max_length=100, cache_length=20)
+    -0.5
+    """
+    if cache_length <= 0 or cache_length > max_length:
+        raise ValueError("need 0 < cache_length <= max_length")
+    soft_start = max_length - cache_length
+    if length <= soft_start:
+        return 0.0
+    if length <= max_length:
+        return (soft_start - length) / cache_length
+    return -1.0

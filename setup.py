@@ -1,0 +1,33 @@
+"""Install PRP.  `pip install -e .[dev]` for tests; see the Makefile for the pinned torch."""
+from setuptools import setup
+
+setup(
+    name="prp",
+    version="0.1.0",
+    description="Proactive Routing Paradigm for efficient visual reasoning (draft/target VLM routing)",
+    python_requires=">=3.10",
+    # The top-level kernels/ folder ships inside the package as prp.kernels: a top-level
+    # package named `kernels` would shadow Hugging Face's own `kernels` package, which
+    # transformers probes for.
+    packages=["prp", "prp.kernels"],
+    package_dir={"prp": "prp", "prp.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "safetensors",
+        "sympy",
+        "numpy",
+        "tqdm",
+        "pillow",
+        "math-verify",
+        "pyyaml",
+        "matplotlib",
+    ],
+    extras_require={
+        "deepspeed": ["deepspeed"],
+        "triton": ["triton"],
+        "flash": ["flash-attn"],
+        "dev": ["pytest", "hypothesis", "ruff"],
+        "bench": ["trl"],
+    },
+)
