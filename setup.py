@@ -24,7 +24,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "deepspeed": ["deepspeed"],
+        "deepspeed": ["deepspeed", "accelerate"],
         "triton": ["triton"],
         "flash": ["flash-attn"],
         "dev": ["pytest", "hypothesis", "ruff"],

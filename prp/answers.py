@@ -7,7 +7,7 @@ Rule, first match wins:
    sentence;
 4. otherwise the last number in the text.
 The result is stripped of surrounding whitespace, math delimiters (``$...$``, ``$$...$$``,
-``\\(...\\)``, ``\\[...\\]``), markdown bold and one trailing period, and unwrapped from a lone
+``\\(...\\)``, ``\\[...\\]``), markdown bold and trailing periods, and unwrapped from a lone
 ``\\boxed{}``.  Empty or nothing found -> None (scorers count None as wrong).
 """
 from __future__ import annotations

@@ -136,3 +136,150 @@ def load_jsonl(
                 continue
             records.append(record)
     return LoadResult(records=records, skipped=skipped, errors=errors)
+
+
+# --------------------------------------------------------------------------------------------
+# Training sets: MMK12 and ChartQA train, plus the gold-answer check the trainer needs
+# --------------------------------------------------------------------------------------------
+
+
+def _read_table(path: Path) -> list:
+    """Rows of a .jsonl / .json (list or {"data": [...]}) / .parquet file (pyarrow only if needed)."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise ImportError(
+                f"reading {path} needs pyarrow (pip install pyarrow), or convert it to JSONL + image files"
+            ) from exc
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        rows: list = []
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        rows.append(None)  # counted as bad_json below
+        return rows
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of records")  # noqa: TRY004
+    return data
+
+
+def _materialise_image(raw: dict, key: str, record_id: str, cache_dir: Path) -> None:
+    """Parquet rows embed images as {"bytes", "path"}: write the bytes to a file the Record can point to."""
+    value = raw.get(key)
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record_id)
+            target = cache_dir / f"{safe}.img"
+            if not target.exists():
+                target.write_bytes(value["bytes"])
+            raw[key] = str(target)
+        else:
+            raw[key] = value.get("path")
+
+
+def load_rows(
+    rows: list,
+    *,
+    base_dir: Path,
+    source: str,
+    fields: dict[str, str] | None = None,
+    check_images: bool = True,
+    require_image: bool = False,
+    require_answer: bool = True,
+    image_cache_dir: Path | None = None,
+) -> LoadResult:
+    """Rows (dicts, or None for an unreadable line) -> Records, skipping and counting bad ones."""
+    names = {"id": "id", "image": "image", **(fields or {})}
+    records: list[Record] = []
+    skipped: Counter = Counter()
+    errors: list[dict] = []
+
+    def skip(line_no: int, record_id, reason: str) -> None:
+        skipped[reason] += 1
+        errors.append({"line": line_no, "id": record_id, "error": reason})
+        log.warning("%s row %d (id=%s): skipped, %s", source, line_no, record_id, reason)
+
+    for line_no, raw in enumerate(rows, start=1):
+        if not isinstance(raw, dict):
+            skip(line_no, None, "bad_json")
+            continue
+        raw = dict(raw)
+        record_id = str(raw.get(names["id"], f"row-{line_no}"))
+        if image_cache_dir is not None:
+            _materialise_image(raw, names["image"], record_id, image_cache_dir)
+        try:
+            record = parse_record(raw, base_dir=base_dir, line_no=line_no, fields=fields)
+        except ValueError as exc:
+            skip(line_no, record_id, str(exc))
+            continue
+        if require_answer and not (record.answer or "").strip():
+            skip(line_no, record.id, "missing_answer")
+            continue
+        if require_image and not record.image:
+            skip(line_no, record.id, "missing_image")
+            continue
+        reason = _check_image(Path(record.image)) if (check_images and record.image) else None
+        if reason:
+            skip(line_no, record.id, reason)
+            continue
+        records.append(record)
+    return LoadResult(records=records, skipped=skipped, errors=errors)
+
+
+def load_mmk12(
+    path: str | Path, *, image_root: str | Path | None = None, image_cache_dir: str | Path | None = None,
+    check_images: bool = True,
+) -> LoadResult:
+    """MMK12 (id, subject, image, question, answer) as JSONL/JSON + image files, or parquet
+    (needs pyarrow; embedded image bytes are written to `image_cache_dir`, default <file>.images/)."""
+    path = Path(path)
+    cache = Path(image_cache_dir) if image_cache_dir else path.with_suffix(".images")
+    return load_rows(
+        _read_table(path), base_dir=Path(image_root) if image_root else path.parent, source=path.name,
+        check_images=check_images, require_image=True,
+        image_cache_dir=cache if path.suffix == ".parquet" else None,
+    )
+
+
+def load_chartqa_train(
+    path: str | Path, *, image_root: str | Path | None = None, check_images: bool = True
+) -> LoadResult:
+    """ChartQA train (train_human.json / train_augmented.json: [{"imgname", "query", "label"}]).
+
+    Images live in <split dir>/png/<imgname> in the official release; ids are `<file stem>-<row>`.
+    """
+    path = Path(path)
+    root = Path(image_root) if image_root else path.parent / "png"
+    rows = _read_table(path)
+    for i, row in enumerate(rows):
+        if isinstance(row, dict) and "id" not in row:
+            row["id"] = f"{path.stem}-{i}"
+    return load_rows(
+        rows, base_dir=root, source=path.name, check_images=check_images, require_image=True,
+        fields={"question": "query", "answer": "label", "image": "imgname"},
+    )
+
+
+def drop_unparsable_gold(result: LoadResult) -> LoadResult:
+    """Skip records whose gold the accuracy reward cannot read (it would call every answer wrong)."""
+    from prp.rewards import accuracy_reward
+
+    kept = []
+    for record in result.records:
+        if record.answer is None or accuracy_reward(record.answer, record.answer) is None:
+            result.skipped["unparsable_answer"] += 1
+            result.errors.append({"line": None, "id": record.id, "error": "unparsable_answer"})
+            log.warning("record %s: skipped, unparsable gold %r", record.id, record.answer)
+            continue
+        kept.append(record)
+    result.records = kept
+    return result

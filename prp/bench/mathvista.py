@@ -186,7 +186,7 @@ def safe_equal(prediction: Any, answer: Any) -> bool:
     """Plain equality, False instead of an exception (calculate_score.py ``safe_equal``)."""
     try:
         return bool(prediction == answer)
-    except Exception:
+    except Exception:  # noqa: BLE001 - the official safe_equal swallows any comparison error
         return False
 
 

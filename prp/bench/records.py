@@ -179,7 +179,7 @@ def attach_image(result: LoadResult, value: Any, root: str, record_id: str, requ
     """Resolve a record's image; (image, keep).  A missing file skips the record if required."""
     try:
         image, found = decode_image(value, root)
-    except Exception as err:  # corrupt embedded bytes: one bad image, not a dead run
+    except (OSError, ValueError) as err:  # corrupt embedded bytes: one bad image, not a dead run
         result.skip("bad_image", record_id, str(err))
         return None, False
     if found:

@@ -1,0 +1,97 @@
+"""One table of benchmarks: how to load each from its download folder and judge one answer.
+
+`judge(record, prediction)` returns True/False for a single extracted answer with the
+benchmark's official rule, so the evaluator can build per-instance tables for routing
+analysis (the aggregate `score_*` functions in each module report the official numbers).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prp.bench import chartqa, docvqa, m3cot, mathverse, mathvista
+from prp.bench.records import BenchRecord, LoadResult, attach_image, read_rows
+from prp.rewards import accuracy_reward
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    load: Callable[..., LoadResult]  # (data_path, require_images=...) -> LoadResult
+    judge: Callable[[BenchRecord, str | None], bool]
+    default_file: str  # inside --data-dir
+
+
+def _find(data_dir: str, *names: str) -> str:
+    """The first existing candidate file under data_dir (or data_dir itself if it is a file)."""
+    if os.path.isfile(data_dir):
+        return data_dir
+    for name in names:
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"none of {names} found under {data_dir}")
+
+
+def _judge_mathvista(record: BenchRecord, prediction: str | None) -> bool:
+    problem = {"choices": record.choices, "answer": record.answer, **record.meta}
+    return mathvista.score_problem({"extraction": prediction or ""}, problem)
+
+
+def _judge_docvqa(record: BenchRecord, prediction: str | None) -> bool:
+    # routing needs a verdict per item: an ANLS above the benchmark's 0.5 threshold counts as right
+    return docvqa.anls(prediction, record.answer) > docvqa.ANLS_THRESHOLD
+
+
+def _judge_demo(record: BenchRecord, prediction: str | None) -> bool:
+    return accuracy_reward(prediction, str(record.answer)) == 1.0
+
+
+def load_demo(path: str, *, require_images: bool = True) -> LoadResult:
+    """The procedural benchmark of prp.synthetic (generic JSONL); split = difficulty level."""
+    root = os.path.dirname(os.path.abspath(path))
+    result = LoadResult(records=[])
+    for n, row in enumerate(read_rows(path)):
+        rid = str(row.get("id", n)) if isinstance(row, dict) else str(n)
+        if not isinstance(row, dict) or not row.get("question") or row.get("answer") in (None, ""):
+            result.skip("malformed", rid, "needs question and answer")
+            continue
+        image, keep = attach_image(result, row.get("image"), root, rid, require_images)
+        if keep:
+            result.records.append(
+                BenchRecord(id=rid, question=row["question"], image=image, answer=str(row["answer"]),
+                            split=f"k={row['level']}" if "level" in row else str(row.get("split", "")),
+                            meta={k: v for k, v in row.items() if k not in ("question", "answer", "image")})
+            )
+    result.log_summary("demo")
+    return result
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "mathvista": Benchmark(
+        "mathvista",
+        lambda path, **kw: mathvista.load_mathvista(_find(path, "testmini.json", "testmini.parquet"), **kw),
+        _judge_mathvista, "testmini.json"),
+    "mathverse": Benchmark(
+        "mathverse",
+        lambda path, **kw: mathverse.load_mathverse(_find(path, "testmini.json", "testmini.parquet"), **kw),
+        lambda r, p: mathverse.is_correct(p, r.answer, r.meta["question_type"]), "testmini.json"),
+    "chartqa": Benchmark(
+        "chartqa", lambda path, **kw: chartqa.load_chartqa(path, **kw),
+        lambda r, p: chartqa.relaxed_correctness(r.answer, p), "test/"),
+    "m3cot": Benchmark(
+        "m3cot", lambda path, **kw: m3cot.load_m3cot(_find(path, "test.jsonl", "test.json"), **kw),
+        lambda r, p: m3cot.judge_answer(p, r.choices, r.answer), "test.jsonl"),
+    "docvqa": Benchmark(
+        "docvqa", lambda path, **kw: docvqa.load_docvqa(_find(path, "val_v1.0.json", "val.json"), **kw),
+        _judge_docvqa, "val_v1.0.json"),
+    "demo": Benchmark("demo", lambda path, **kw: load_demo(_find(path, "test.jsonl"), **kw), _judge_demo, "test.jsonl"),
+}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}") from None

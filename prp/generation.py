@@ -1,0 +1,282 @@
+"""Hand-written batched decoding with a KV cache: the rating prefix, and its continuation.
+
+Routing needs three things `model.generate` does not give together (Sec. 4.2, Alg. 3-4):
+1. stop each row right after its own closing `</confidence>` (l.3-9),
+2. keep the full-vocabulary logits at the rating's tenths digit for IPR (Sec. 4.3),
+3. let a kept row continue from the SAME cache later (l.12), with no second prefill.
+
+So the loop is written out: one prefill, then one-token steps.  The state lives in `DecodeState`:
+
+- Left padding (the processor's) and *holes*: once a row has finished its prefix, later steps
+  feed it a pad token with attention 0 and do not advance its position, so the row's cache has
+  masked holes but its positions stay those of an uninterrupted generation.
+- The last chosen token of a row is `pending` (chosen, not yet fed).  Continuing a row feeds its
+  pending token first: exactly the step an uninterrupted generation would take next.
+- Positions are passed explicitly.  Qwen2.5-VL's M-RoPE gives text tokens after an image a
+  per-row offset (`rope_deltas`); the model keeps it as mutable state on `model.model`, which a
+  router that interleaves batches cannot trust, so positions come from `get_rope_index` at
+  prefill and then advance per row by one per fed token (the same values HF's generate uses).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from prp.prompts import RATING_CLOSE_TAG
+
+# Text before a rating's tenths digit: "<confidence>0." or "<target> ." (Eq. 9's position).
+_BEFORE_TENTHS = re.compile(r"<(confidence|target)>\s*\d*\.$")
+
+
+@dataclass
+class DecodeState:
+    """Everything needed to take the next decoding step for a batch of B rows."""
+
+    cache: object  # transformers Cache: per layer [B, kv_heads, T, head_dim]
+    attention_mask: torch.Tensor  # [B, T] 1 real token; 0 left pad or a finished row's hole
+    next_pos: torch.Tensor  # [B] position of the next fed token (all three M-RoPE axes for text)
+    pending: torch.Tensor  # [B] last chosen token, not yet fed
+    rope3d: bool  # model wants [3, B, L] M-RoPE position ids
+
+
+@dataclass
+class PrefixResult:
+    """The rating prefix of each row (Alg. 3-4 l.1-9) and what IPR needs from it."""
+
+    tokens: list[list[int]]  # B lists of generated prefix token ids (incl. the last, pending one)
+    texts: list[str]  # decoded prefix text per row
+    stop: list[str]  # per row: "closed" (tag seen), "eos", or "cap" (max_prefix_tokens reached)
+    # tag ("confidence" / "target") -> {row: (logits [V] at the tenths digit, tenths digit 0-9)}
+    tenths: dict[str, dict[int, tuple[torch.Tensor, int]]] = field(default_factory=dict)
+    state: DecodeState | None = None
+
+
+def eos_ids_of(model, tokenizer) -> set[int]:
+    """The ids that end a generation: the generation config's plus the tokenizer's eos."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else ([] if ids is None else [ids]))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _pad_id(model, tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else (model.generation_config.pad_token_id or 0)
+
+
+def _wants_rope3d(model) -> bool:
+    inner = getattr(model, "model", None)
+    return inner is not None and hasattr(inner, "get_rope_index")
+
+
+@torch.no_grad()
+def prefill(model, inputs) -> tuple[DecodeState, torch.Tensor]:
+    """The one and only prompt forward.  Returns (state without `pending`, last logits [B, V])."""
+    from transformers import DynamicCache
+
+    input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]  # [B, L]
+    rope3d = _wants_rope3d(model)
+    if rope3d and inputs.get("image_grid_thw") is not None:
+        # [3, B, L] with pads at 0; the next text position is each row's max + 1.
+        positions, _ = model.model.get_rope_index(
+            input_ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=attention_mask,
+        )
+        next_pos = positions.amax(dim=(0, 2)) + 1  # [B]
+    else:
+        text_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
+        positions = text_pos.unsqueeze(0).expand(3, -1, -1) if rope3d else text_pos
+        next_pos = attention_mask.long().sum(-1)  # [B]
+    cache = DynamicCache(config=model.config)
+    kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
+        use_cache=True, logits_to_keep=1, **kwargs,
+    )
+    state = DecodeState(
+        cache=out.cache, attention_mask=attention_mask, next_pos=next_pos,
+        pending=torch.zeros_like(next_pos), rope3d=rope3d,
+    )
+    return state, out.logits[:, -1, :].float()  # [B, V]
+
+
+@torch.no_grad()
+def step(model, state: DecodeState, tokens: torch.Tensor, active: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Feed one token per row ([B]); inactive rows feed a masked pad (a hole).  Returns logits [B, V]."""
+    active = active.to(tokens.device)  # callers keep their bookkeeping on the CPU
+    ids = torch.where(active, tokens, torch.full_like(tokens, pad_id)).unsqueeze(1)  # [B, 1]
+    state.attention_mask = torch.cat([state.attention_mask, active.long().unsqueeze(1)], dim=1)  # [B, T+1]
+    pos = state.next_pos.view(-1, 1)  # [B, 1]
+    position_ids = pos.unsqueeze(0).expand(3, -1, -1) if state.rope3d else pos
+    out = model(
+        input_ids=ids, attention_mask=state.attention_mask, position_ids=position_ids, cache=state.cache,
+        use_cache=True,
+    )
+    state.cache = out.cache
+    state.next_pos = state.next_pos + active.long()  # a hole does not take a position
+    return out.logits[:, -1, :].float()
+
+
+def choose(logits: torch.Tensor, *, temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greedy (temperature 0) or sampled next tokens: [B, V] -> [B]."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def rating_template(tokenizer, mode: str) -> list[int | None]:
+    """Token slots of a forced rating prefix: ints are fixed tokens, None is a free digit.
+
+    drl: <confidence>0.DD</confidence>;  jrl: <target>0.DD</target><confidence>0.DD</confidence>.
+    Digits are single tokens (Qwen's pre-tokenizer isolates them), so pieces never merge across slots.
+    """
+    pieces = ["<target>0.", None, None, "</target>"] if mode == "jrl" else []
+    pieces += ["<confidence>0.", None, None, RATING_CLOSE_TAG]
+    slots: list[int | None] = []
+    for piece in pieces:
+        slots.extend([None] if piece is None else tokenizer.encode(piece, add_special_tokens=False))
+    return slots
+
+
+def closed_rating(row: int, token_ids: list[int], text: str) -> bool:
+    """Alg. 3-4 l.6, EndsWithStopSeq: the prefix holds the closing tag (a BPE token may run past it)."""
+    return RATING_CLOSE_TAG in text
+
+
+@torch.no_grad()
+def generate_prefix(
+    model,
+    tokenizer,
+    inputs,
+    *,
+    digit_ids: Sequence[int],
+    max_prefix_tokens: int = 24,
+    forced: list[int | None] | None = None,
+    stop_fn: Callable[[int, list[int], str], bool] = closed_rating,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> PrefixResult:
+    """Pre-generating (Alg. 3-4 l.1-9), batched: each row stops on its own.
+
+    A row stops when `stop_fn` says so (default: its text holds `</confidence>`), on EOS, or at
+    `max_prefix_tokens` (an untrained draft never closes the tag: the router then sees d=None).
+    `forced` (from `rating_template`) forces the scaffold tokens and lets the model pick only the
+    digits (argmax over the ten digit logits): a grammar for drafts not trained to rate.
+    Logits at every rating's tenths digit are kept for IPR (Eq. 9).
+    """
+    eos = eos_ids_of(model, tokenizer)
+    pad_id = _pad_id(model, tokenizer)
+    digit_of = {tid: i for i, tid in enumerate(digit_ids)}
+    cap = len(forced) if forced is not None else max_prefix_tokens
+
+    state, logits = prefill(model, inputs)  # step 1: one prompt forward
+    bsz = logits.shape[0]
+    digit_t = torch.as_tensor(list(digit_ids), device=logits.device)
+    tokens: list[list[int]] = [[] for _ in range(bsz)]
+    texts = [""] * bsz
+    stop = [""] * bsz
+    tenths: dict[str, dict[int, tuple[torch.Tensor, int]]] = {"confidence": {}, "target": {}}
+    active = torch.ones(bsz, dtype=torch.bool)
+    pending = [0] * bsz
+    for i in range(cap):
+        # step 2: choose this position's token (free, or forced by the rating grammar)
+        if forced is not None and forced[i] is not None:
+            chosen = [forced[i]] * bsz
+        elif forced is not None:
+            chosen = digit_t[choose(logits[:, digit_t], temperature=temperature, generator=generator)].tolist()
+        else:
+            chosen = choose(logits, temperature=temperature, generator=generator).tolist()
+        for b in active.nonzero().flatten().tolist():
+            tok = chosen[b]
+            # step 3: a tenths digit? keep the logits that produced it (IPR's input)
+            match = _BEFORE_TENTHS.search(texts[b]) if tok in digit_of else None
+            if match and b not in tenths[match.group(1)]:
+                tenths[match.group(1)][b] = (logits[b].clone(), digit_of[tok])
+            tokens[b].append(tok)
+            texts[b] = tokenizer.decode(tokens[b], skip_special_tokens=True)
+            pending[b] = tok
+            if tok in eos:
+                stop[b] = "eos"
+            elif stop_fn(b, tokens[b], texts[b]):
+                stop[b] = "closed"
+            elif len(tokens[b]) >= cap:
+                stop[b] = "cap"
+        # one host->device copy per step, not one per row
+        state.pending = torch.tensor(pending, dtype=torch.long, device=state.next_pos.device)
+        active = torch.tensor([not s for s in stop])
+        if not active.any():
+            break
+        # step 4: feed the rows still rating; finished rows keep their token pending (a hole here)
+        logits = step(model, state, state.pending, active, pad_id)
+    return PrefixResult(tokens=tokens, texts=texts, stop=stop, tenths=tenths, state=state)
+
+
+def select_rows(state: DecodeState, rows: Sequence[int]) -> DecodeState:
+    """A new state holding only `rows`; the original stays usable (a later fallback continues it)."""
+    idx = torch.as_tensor(list(rows), dtype=torch.long, device=state.next_pos.device)
+    cache = copy.copy(state.cache)
+    cache.layers = [copy.copy(layer) for layer in state.cache.layers]  # new tensors land on the copies
+    cache.batch_select_indices(idx)
+    return DecodeState(
+        cache=cache, attention_mask=state.attention_mask[idx], next_pos=state.next_pos[idx].clone(),
+        pending=state.pending[idx].clone(), rope3d=state.rope3d,
+    )
+
+
+@torch.no_grad()
+def continue_rows(
+    model,
+    tokenizer,
+    state: DecodeState,
+    *,
+    max_new_tokens: int,
+    done: Sequence[bool] | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """ContinueUntilEoS (Alg. 3-4 l.12) from the cache: feed each row's pending token, decode on.
+
+    Returns the NEW tokens per row (the pending token is not repeated; it already belongs to the
+    prefix).  Rows in `done` (their pending token was EOS) produce nothing.  The EOS, if reached,
+    is included, like HF `generate`.
+    """
+    eos = eos_ids_of(model, tokenizer)
+    pad_id = _pad_id(model, tokenizer)
+    bsz = state.pending.shape[0]
+    out: list[list[int]] = [[] for _ in range(bsz)]
+    active = torch.tensor([not d for d in done]) if done is not None else torch.ones(bsz, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        if not active.any():
+            break
+        logits = step(model, state, state.pending, active, pad_id)
+        chosen = choose(logits, temperature=temperature, generator=generator).tolist()
+        pending = state.pending.tolist()
+        for b in active.nonzero().flatten().tolist():
+            tok = chosen[b]
+            out[b].append(tok)
+            pending[b] = tok
+            if tok in eos:
+                active[b] = False
+        state.pending = torch.tensor(pending, dtype=torch.long, device=state.next_pos.device)
+    return out
+
+
+@torch.no_grad()
+def generate(model, tokenizer, inputs, *, max_new_tokens: int, temperature: float = 0.0,
+             generator: torch.Generator | None = None) -> list[list[int]]:
+    """Plain batched generation with the same loop (the local target, the benchmark baseline)."""
+    if max_new_tokens <= 0:
+        return [[] for _ in range(inputs["input_ids"].shape[0])]
+    state, logits = prefill(model, inputs)
+    state.pending = choose(logits, temperature=temperature, generator=generator)
+    first = state.pending.tolist()
+    eos = eos_ids_of(model, tokenizer)
+    rest = continue_rows(model, tokenizer, state, max_new_tokens=max_new_tokens - 1,
+                         done=[t in eos for t in first], temperature=temperature, generator=generator)
+    return [[f] + r for f, r in zip(first, rest)]

@@ -1,0 +1,228 @@
+"""Pre-sample the target's accuracy Acc_tgt on the training set (Alg. 2 l.1-7): JRL's labels.
+
+For each record, M completions from the target under its plain prompt P; Acc_tgt = mean correct.
+The cache is a JSONL file, one line per finished record:
+
+    {"id": "train-00012", "acc": 0.4375, "n": 16}
+
+Resumable and crash-safe: a record's line is appended, flushed and fsynced as soon as it is
+done, a re-run skips ids already present, and a torn last line (killed mid-write) is cut off
+before appending, so an interrupted run loses at most the record in flight and duplicates none.
+
+The target is a local HF dir ("tiny:<size>" builds a tiny one) or an OpenAI-compatible endpoint
+("openai:<model>" + base URL; the key comes from an env var; images go as base64 data URLs).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from prp.data import Record
+from prp.parsing import parse_completion
+from prp.prompts import P_TARGET, build_messages
+from prp.rewards import accuracy_reward, group_accuracy
+
+log = logging.getLogger(__name__)
+
+# A target answers a batch of records with M completion texts each.
+Sampler = Callable[[list[Record]], list[list[str]]]
+
+
+def read_cache(path: str | Path) -> dict[str, float]:
+    """id -> Acc_tgt.  Lines that do not parse (a torn tail) are ignored; the last entry of an id wins."""
+    cache: dict[str, float] = {}
+    path = Path(path)
+    if not path.exists():
+        return cache
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                cache[str(row["id"])] = float(row["acc"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return cache
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a partial last line (a run killed mid-append) so the next append starts on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    with path.open("r+b") as f:
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _append(f, row: dict) -> None:
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def presample(
+    records: Iterable[Record], sampler: Sampler, cache_path: str | Path, *, m: int, batch_size: int = 1,
+    progress: bool = False,
+) -> Counter:
+    """Fill `cache_path` for every record not in it yet; returns counts (done, skipped_done, no_gold)."""
+    path = Path(cache_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _repair_tail(path)
+    done = read_cache(path)
+    todo = [r for r in records if r.id not in done]
+    counts: Counter = Counter(cached=len(done))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="presample", dynamic_ncols=True)
+    with path.open("a", encoding="utf-8") as f:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            outputs = sampler(chunk)
+            for record, texts in zip(chunk, outputs):
+                correct = [accuracy_reward(parse_completion(t, "grpo").answer, record.answer or "") for t in texts]
+                if not texts or any(c is None for c in correct):
+                    counts["no_gold"] += 1  # unparsable gold: no label, JRL will skip the record
+                    continue
+                acc = group_accuracy(correct)  # Alg. 2 l.5
+                _append(f, {"id": record.id, "acc": acc, "n": len(texts)})  # Alg. 2 l.6
+                counts["done"] += 1
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return counts
+
+
+# ----------------------------------------------------------------------------- local target
+
+
+def local_sampler(
+    model_dir: str | Path, *, m: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+    seed: int = 0, device: str | None = None, max_pixels: int | None = None,
+) -> Sampler:
+    """Sample M completions per record from a local HF model (Alg. 2 l.4)."""
+    from prp.modeling import load_model
+    from prp.rollout import build_prompts, generate_rollout, step_seed
+
+    model, processor = load_model(model_dir, device=device)
+    if max_pixels:
+        _set_max_pixels(processor, max_pixels)
+    calls = [0]
+
+    def sample(chunk: list[Record]) -> list[list[str]]:
+        msgs = [build_messages(r.question, mode="target", with_image=r.image is not None) for r in chunk]
+        prompts = build_prompts(processor, msgs, [r.load_image() for r in chunk], repeat=m,
+                                device=model.device)
+        # Seeded by the first record's id: a resumed run draws the same samples for a record.
+        rollout = generate_rollout(model, processor, prompts, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, top_p=top_p, seed=step_seed(seed, chunk[0].id))
+        calls[0] += 1
+        texts = processor.tokenizer.batch_decode(rollout.completions, skip_special_tokens=True)
+        return [texts[i * m:(i + 1) * m] for i in range(len(chunk))]
+
+    return sample
+
+
+def _set_max_pixels(processor, max_pixels: int) -> None:
+    ip = processor.image_processor
+    ip.size = {**dict(ip.size or {}), "longest_edge": max_pixels}
+
+
+# ----------------------------------------------------------------------------- remote target
+
+
+def _data_url(record: Record) -> str | None:
+    image = record.load_image()
+    if image is None:
+        return None
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def openai_sampler(
+    base_url: str, model: str, *, m: int, max_new_tokens: int, api_key_env: str = "OPENAI_API_KEY",
+    temperature: float = 1.0, top_p: float = 1.0, timeout_s: float = 300.0, retries: int = 3,
+    opener: Callable = urllib.request.urlopen,
+) -> Sampler:
+    """M completions per record from an OpenAI-compatible /chat/completions endpoint (vLLM, SGLang, APIs).
+
+    Asks for `n` choices in one request and tops up with more requests if the server returns fewer.
+    Network errors and 429/5xx are retried with exponential back-off; other HTTP errors raise.
+    """
+    url = base_url.rstrip("/") + "/chat/completions"
+    key = os.environ.get(api_key_env, "")
+
+    def post(payload: dict) -> dict:
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        for attempt in range(retries + 1):
+            try:
+                with opener(urllib.request.Request(url, data=body, headers=headers), timeout=timeout_s) as resp:
+                    return json.loads(resp.read().decode())
+            except urllib.error.HTTPError as exc:
+                if exc.code not in (408, 429, 500, 502, 503, 504) or attempt == retries:
+                    raise
+            except (urllib.error.URLError, TimeoutError, ConnectionError):
+                if attempt == retries:
+                    raise
+            time.sleep(min(2.0**attempt, 30.0))
+        raise RuntimeError("unreachable")
+
+    def sample(chunk: list[Record]) -> list[list[str]]:
+        results = []
+        for record in chunk:
+            content: list[dict] = []
+            url_ = _data_url(record)
+            if url_:
+                content.append({"type": "image_url", "image_url": {"url": url_}})
+            content.append({"type": "text", "text": f"{P_TARGET}\n{record.question}"})
+            texts: list[str] = []
+            while len(texts) < m:
+                reply = post({"model": model, "messages": [{"role": "user", "content": content}],
+                              "n": m - len(texts), "max_tokens": max_new_tokens,
+                              "temperature": temperature, "top_p": top_p})
+                got = [c.get("message", {}).get("content") or "" for c in reply.get("choices", [])]
+                if not got:
+                    raise RuntimeError(f"{url}: reply without choices: {str(reply)[:200]}")
+                texts.extend(got)
+            results.append(texts[:m])
+        return results
+
+    return sample
+
+
+def make_sampler(cfg, target_dir: str | None = None) -> Sampler:
+    """The sampler a TrainConfig asks for ("openai:<model>" -> remote; else a local dir)."""
+    if cfg.target_model.startswith("openai:"):
+        if not cfg.target_base_url:
+            raise ValueError("an openai: target needs target_base_url")
+        return openai_sampler(
+            cfg.target_base_url, cfg.target_model.removeprefix("openai:"), m=cfg.presample_m,
+            max_new_tokens=cfg.max_completion_length, api_key_env=cfg.target_api_key_env,
+            temperature=cfg.temperature, top_p=cfg.top_p, timeout_s=cfg.target_timeout_s,
+            retries=cfg.target_retries,
+        )
+    device = "cuda" if torch.cuda.is_available() else None
+    return local_sampler(target_dir or cfg.target_model, m=cfg.presample_m,
+                         max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
+                         top_p=cfg.top_p, seed=cfg.seed, device=device, max_pixels=cfg.max_pixels)

@@ -1,0 +1,210 @@
+"""Rollouts: N sampled completions per prompt with HF `generate`, and the padded training batch.
+
+Completions come back as per-row Python token lists (through the first EOS, inclusive) rather
+than a padded tensor, because Dynamic Score Substitution may rewrite a rating and change a
+row's length (Alg. 1 l.13); `build_batch` pads them only once they are final.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from prp.modeling import prepare_inputs
+
+
+def step_seed(*parts: int | str) -> int:
+    """A 63-bit seed from (seed, step, rank, ...): sampling at step k never depends on what ran before.
+
+    >>> step_seed(0, 3, 1) == step_seed(0, 3, 1) != step_seed(0, 3, 0)
+    True
+    """
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class PromptBatch:
+    """Prompts already repeated N times (row j = prompt j // N)."""
+
+    input_ids: torch.Tensor  # [B*N, P] left-padded
+    attention_mask: torch.Tensor  # [B*N, P]
+    mm_token_type_ids: torch.Tensor  # [B*N, P] 0 text, 1 image token
+    pixel_values: torch.Tensor | None  # [sum of patches, C*T*14*14]
+    image_grid_thw: torch.Tensor | None  # [B*N, 3]
+
+    @property
+    def model_inputs(self) -> dict:
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+               "mm_token_type_ids": self.mm_token_type_ids}
+        if self.pixel_values is not None:
+            out.update(pixel_values=self.pixel_values, image_grid_thw=self.image_grid_thw)
+        return out
+
+
+@dataclass
+class Rollout:
+    prompts: PromptBatch
+    completions: list[list[int]]  # [B*N] token ids through the first EOS (inclusive), or truncated
+    truncated: list[bool]  # [B*N] no EOS within max_new_tokens
+
+
+def build_prompts(processor, messages: list[list[dict]], images: list[Image.Image | None], *, repeat: int,
+                  device: torch.device | str = "cpu") -> PromptBatch:
+    """Chat-template and process each prompt `repeat` times (the processor handles the image patches)."""
+    msgs = [m for m in messages for _ in range(repeat)]
+    imgs = [im for im in images for _ in range(repeat)]
+    batch = prepare_inputs(processor, msgs, imgs if any(i is not None for i in imgs) else None,
+                           padding_side="left", device=device)
+    return PromptBatch(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        pixel_values=batch.get("pixel_values"), image_grid_thw=batch.get("image_grid_thw"),
+    )
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def vision_token_ids(model) -> list[int]:
+    """Image/video placeholder ids.  A sampled completion must never contain them: the training
+    forward would count them as image slots ("Image features and image tokens do not match")."""
+    cfg = model.config
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return [int(v) for v in (getattr(cfg, n, None) for n in names) if v is not None]
+
+
+def trim_at_eos(row: list[int], eos: set[int]) -> tuple[list[int], bool]:
+    """Cut after the first EOS (kept: the model must learn to stop).  (ids, truncated).
+
+    >>> trim_at_eos([5, 6, 2, 0, 0], {2})
+    ([5, 6, 2], False)
+    """
+    for i, tok in enumerate(row):
+        if tok in eos:
+            return row[: i + 1], False
+    return row, True
+
+
+@torch.no_grad()
+def generate_rollout(
+    model, processor, prompts: PromptBatch, *, max_new_tokens: int, temperature: float, top_p: float,
+    seed: int, synced_gpus: bool = False,
+) -> Rollout:
+    """Sample one completion per prompt row (Alg. 1 l.3).
+
+    HF sampling draws from torch's global generator, so it is re-seeded from (seed, step, rank)
+    right here: sampling is a function of the step, not of everything that ran before (what makes
+    --resume bit-exact).  Under ZeRO-3 `synced_gpus=True` keeps every rank stepping until all
+    have finished, else ranks with shorter outputs leave the collectives early.
+    """
+    tokenizer = processor.tokenizer
+    was_training = model.training
+    model.eval()  # also turns gradient checkpointing off, so the KV cache is used
+    torch.manual_seed(seed)
+    out = model.generate(
+        **prompts.model_inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+        max_new_tokens=max_new_tokens, use_cache=True, synced_gpus=synced_gpus,
+        pad_token_id=tokenizer.pad_token_id, suppress_tokens=vision_token_ids(model) or None,
+    )  # [B*N, P + L']
+    model.train(was_training)
+    eos = eos_token_ids(model, tokenizer)
+    completions, truncated = [], []
+    for row in out[:, prompts.input_ids.shape[1]:].tolist():
+        ids, cut = trim_at_eos(row, eos)
+        completions.append(ids)
+        truncated.append(cut)
+    return Rollout(prompts=prompts, completions=completions, truncated=truncated)
+
+
+@dataclass
+class TrainBatch:
+    """Prompt + completion, ready for the loss forward."""
+
+    input_ids: torch.Tensor  # [B, P+L]
+    attention_mask: torch.Tensor  # [B, P+L] prompt mask, then 1 on completion tokens, 0 on padding
+    mm_token_type_ids: torch.Tensor  # [B, P+L] completion tokens are text (0)
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    prompt_len: int  # P
+    completion_mask: torch.Tensor  # [B, L]
+
+    @property
+    def model_inputs(self) -> dict:
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+               "mm_token_type_ids": self.mm_token_type_ids}
+        if self.pixel_values is not None:
+            out.update(pixel_values=self.pixel_values, image_grid_thw=self.image_grid_thw)
+        return out
+
+
+def build_batch(prompts: PromptBatch, completions: list[list[int]], *, pad_id: int) -> TrainBatch:
+    """Right-pad the completions to L and glue them after the (left-padded) prompts."""
+    rows = len(completions)
+    length = max(1, max(len(c) for c in completions))
+    ids = torch.full((rows, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, length), dtype=torch.long)
+    for i, c in enumerate(completions):
+        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, : len(c)] = 1
+    device = prompts.input_ids.device
+    ids, mask = ids.to(device), mask.to(device)
+    return TrainBatch(
+        input_ids=torch.cat([prompts.input_ids, ids], dim=1),
+        attention_mask=torch.cat([prompts.attention_mask, mask], dim=1),
+        mm_token_type_ids=torch.cat([prompts.mm_token_type_ids, torch.zeros_like(ids)], dim=1),
+        pixel_values=prompts.pixel_values, image_grid_thw=prompts.image_grid_thw,
+        prompt_len=prompts.input_ids.shape[1], completion_mask=mask,
+    )
+
+
+def completion_logprobs(model, batch: TrainBatch, *, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(o_m | x, o_<m) of every completion token: [B, L] (padding positions are junk; mask them).
+
+    Only the last L+1 positions' logits are materialised (`logits_to_keep`): the prompt's are never
+    needed, and with a 150k vocabulary they dominate memory.  Logits are divided by the sampling
+    temperature so the gradient is that of the distribution the completions were drawn from.
+    """
+    length = batch.completion_mask.shape[1]
+    out = model(**batch.model_inputs, logits_to_keep=length + 1, use_cache=False)
+    logits = out.logits[:, :-1].float() / temperature  # [B, L, V]: position t predicts token t+1
+    targets = batch.input_ids[:, batch.prompt_len:]  # [B, L]
+    # gather - logsumexp: the same as log_softmax(...).gather(...) without a second [B, L, V] tensor.
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+
+
+def format_score(value: float) -> str:
+    """A rating as the prompts write it (0.00-0.99, two decimals).  >>> format_score(0.5)  -> '0.50'"""
+    return f"{value:.2f}"
+
+
+def rewrite_score(ids: list[int], tokenizer, span: tuple[int, int], new_score: str) -> tuple[list[int], list[int]]:
+    """Replace the score string at character `span` of `decode(ids)` by `new_score` (Alg. 1 l.13).
+
+    Only the tokens overlapping the span are re-tokenised: the text they cover, with the score
+    swapped, is encoded again and spliced in, so the rest of the completion keeps its exact tokens.
+    The new piece may have a different token count (e.g. "0.9" -> "0.37"): the row simply grows or
+    shrinks.  Returns (new ids, indices of the spliced tokens).
+
+    >>> # ids of "<confidence>", "0", ".", "9", "</confidence>"  ->  "<confidence>", "0", ".", "3", "7", ...
+    """
+    from prp.parsing import token_char_offsets
+
+    offsets = token_char_offsets(ids, tokenizer, upto_char=span[1])
+    touched = [i for i, (a, b) in enumerate(offsets) if a < span[1] and b > span[0]]
+    if not touched:
+        raise ValueError(f"no token covers characters {span}")
+    first, last = touched[0], touched[-1]
+    piece_start, piece_end = offsets[first][0], offsets[last][1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    piece = text[piece_start:span[0]] + new_score + text[span[1]:piece_end]
+    new_piece = tokenizer.encode(piece, add_special_tokens=False)
+    new_ids = ids[:first] + new_piece + ids[last + 1:]
+    return new_ids, list(range(first, first + len(new_piece)))

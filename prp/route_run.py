@@ -1,0 +1,234 @@
+"""Route a JSONL file: batches in, one JSONL line out per input line, resumable, then a summary.
+
+- Every input line yields exactly one output line: routed queries, and also malformed lines and
+  unreadable images (an `error` field, no crash).  Lines are written with flush + fsync, so an
+  interrupted run loses at most the batch in flight; `--resume` reads the ids already written
+  (dropping a torn last line) and skips them.  Ids are assumed unique (a line without an id
+  is `line-N`, as prp.data names it).
+- The embedded default (no model/data flags): a tiny untrained draft + target pair and the
+  synthetic sum benchmark, built once under DEFAULT_DEMO_DIR.  Swap DEFAULT_DEMO for a trained
+  demo checkpoint when one exists.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prp.data import ImageError, load_jsonl
+from prp.router import Query, Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Where the embedded default lives and how it is built (one constant to swap)."""
+
+    root: Path = Path("runs/default")
+    seed: int = 0
+    n_test: int = 100
+    n_validation: int = 40
+    max_new_tokens: int = 32  # the untrained tiny models never stop on their own
+    rating: str = "forced"  # an untrained draft never closes its rating: force the grammar
+
+
+DEFAULT_DEMO = DemoSpec()
+
+
+def ensure_default_demo(spec: DemoSpec = DEFAULT_DEMO) -> dict[str, Path]:
+    """Build (once) the tiny draft/target pair and the synthetic queries; returns their paths."""
+    from prp.synthetic import build_benchmark
+    from prp.tiny import save_tiny_pair
+
+    root = spec.root
+    paths = {
+        "draft": root / "models" / "draft", "target": root / "models" / "target",
+        "data": root / "data" / "test.jsonl", "validation": root / "data" / "validation.jsonl",
+    }
+    ready = root / "READY"
+    if not ready.exists():
+        log.info("building the embedded default under %s (once)", root)
+        save_tiny_pair(root / "models", seed=spec.seed)
+        build_benchmark(root / "data", seed=spec.seed, sizes={"validation": spec.n_validation, "test": spec.n_test})
+        ready.write_text("built by prp.route_run.ensure_default_demo\n")
+    return paths
+
+
+# ------------------------------------------------------------------------------ output
+
+
+class JsonlSink:
+    """Append-only JSONL with flush + fsync per line; knows which ids are already done."""
+
+    def __init__(self, path: str | Path, *, resume: bool):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[str] = set()
+        if resume and self.path.exists():
+            good = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.done.add(str(json.loads(line)["id"]))
+                    good.append(line)
+                except (ValueError, KeyError, TypeError):  # a torn line from the interruption
+                    log.warning("dropping an incomplete line of %s", self.path)
+            self.path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+        elif self.path.exists():
+            self.path.unlink()
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.done.add(str(row["id"]))
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def score_row(row: dict, gold: str | None) -> None:
+    """Add gold / correct (prp.rewards.accuracy_reward: 1, 0, or None for an unparsable gold)."""
+    if gold is None:
+        return
+    from prp.rewards import accuracy_reward
+
+    row["gold"] = gold
+    row["correct"] = accuracy_reward(row.get("answer"), gold)
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+def route_file(router: Router, data: str | Path, out: str | Path, policy, *, batch_size: int = 16,
+               resume: bool = False, target_all: bool = False) -> list[dict]:
+    """Route every line of `data` into `out`; returns all rows of `out` (resumed ones included)."""
+    loaded = load_jsonl(data, check_images=True)
+    sink = JsonlSink(out, resume=resume)
+    try:
+        for err in loaded.errors:  # malformed lines / unreadable images: an output line each
+            rid = str(err["id"]) if err.get("id") is not None else f"line-{err['line']}"
+            if rid not in sink.done:
+                sink.write({"id": rid, "line": err["line"], "error": err["error"], "route": None, "answer": None})
+        todo = [r for r in loaded.records if r.id not in sink.done]
+        for batch in _batches(todo, batch_size):
+            queries, golds = [], {}
+            for rec in batch:
+                try:
+                    image = rec.load_image()
+                except ImageError as exc:  # became unreadable since loading
+                    sink.write({"id": rec.id, "error": str(exc), "route": None, "answer": None})
+                    continue
+                queries.append(Query(id=rec.id, question=rec.question, image=image, gold=rec.answer))
+                golds[rec.id] = rec.answer
+            if not queries:
+                continue
+            for row in router.route_batch(queries, policy, target_all=target_all):
+                score_row(row, golds[row["id"]])
+                sink.write(row)
+    finally:
+        sink.close()
+    return read_rows(out)
+
+
+# ------------------------------------------------------------------------------ summary
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Share routed, latency, speedup vs target-only, accuracy (where gold is present).
+
+    Speedup: mean target-only latency / mean routed latency.  Target-only latency is measured
+    per query when the run had `--measure-target-only`; otherwise it is estimated as the mean
+    target latency of the queries that did go to the target (routed queries are the hard ones,
+    so this is an estimate, labelled as such).
+    """
+    ok = [r for r in rows if not r.get("error") or r.get("fallback")]
+    out: dict = {"queries": len(rows), "errors": len(rows) - len(ok)}
+    if not ok:
+        return out
+    routed = [r for r in ok if r["route"] == "target"]
+    out["share_routed"] = len(routed) / len(ok)
+    out["fallbacks"] = sum(1 for r in ok if r.get("fallback"))
+    out["missing_rating"] = sum(1 for r in ok if r.get("d") is None)
+    out["mean_latency_s"] = statistics.fmean(r["latency_s"] for r in ok)
+    out["mean_prefix_latency_s"] = statistics.fmean(r["prefix_latency_s"] for r in ok)
+    measured = [r["target_only_latency_s"] for r in ok if r.get("target_only_latency_s") is not None]
+    estimated = [r["target_latency_s"] for r in routed if not r.get("fallback") and r.get("target_latency_s")]
+    if measured and len(measured) == len(ok):
+        out["target_only_mean_latency_s"] = statistics.fmean(measured)
+        out["speedup_vs_target_only"] = out["target_only_mean_latency_s"] / out["mean_latency_s"]
+        out["speedup_basis"] = "measured"
+    elif estimated:
+        out["target_only_mean_latency_s"] = statistics.fmean(estimated)
+        out["speedup_vs_target_only"] = out["target_only_mean_latency_s"] / out["mean_latency_s"]
+        out["speedup_basis"] = "estimated from routed queries' target latency"
+    scored = [r for r in ok if r.get("correct") is not None]
+    if scored:
+        out["accuracy"] = sum(r["correct"] for r in scored) / len(scored)
+        out["accuracy_n"] = len(scored)
+    return out
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"queries {s['queries']}  errors {s['errors']}"]
+    if "share_routed" in s:
+        lines.append(f"routed to target {s['share_routed']:.1%}  fallbacks {s['fallbacks']}  "
+                     f"missing rating {s['missing_rating']}")
+        lines.append(f"mean latency {s['mean_latency_s']:.3f}s  (prefix {s['mean_prefix_latency_s']:.3f}s)")
+    if "speedup_vs_target_only" in s:
+        lines.append(f"speedup vs target-only {s['speedup_vs_target_only']:.2f}x ({s['speedup_basis']}; "
+                     f"target-only {s['target_only_mean_latency_s']:.3f}s/query)")
+    if "accuracy" in s:
+        lines.append(f"accuracy {s['accuracy']:.1%} over {s['accuracy_n']} with gold")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ calibration
+
+
+def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, target_acc: float | None,
+                 batch_size: int = 16):
+    """Sec. 4.4 (a): scores on a labelled validation split, draft/target correctness, then T.
+
+    Correctness comes from the file when every line carries `draft_correct` and `target_correct`
+    (a per-instance table, e.g. from an earlier evaluation); otherwise both models answer every
+    validation query (the draft from its prefix cache) and prp.rewards scores them.
+    """
+    from prp.rewards import accuracy_reward
+    from prp.thresholds import FixedThreshold, calibrate
+
+    loaded = load_jsonl(val_path, check_images=True, require_answer=True)
+    recs = loaded.records
+    if not recs:
+        raise SystemExit(f"no usable labelled records in {val_path} ({loaded.summary()})")
+    table = all("draft_correct" in r.meta and "target_correct" in r.meta for r in recs)
+    scores, dc, tc = [], [], []
+    for batch in _batches(recs, batch_size):
+        queries = [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in batch]
+        if table:
+            scores += [x.score for x in router.evaluate(router.pregenerate(queries))]
+            dc += [float(r.meta["draft_correct"]) for r in batch]
+            tc += [float(r.meta["target_correct"]) for r in batch]
+            continue
+        rows = router.route_batch(queries, FixedThreshold(None), target_all=True, draft_all=True)
+        for row, rec in zip(rows, batch):
+            scores.append(row["score"])
+            dc.append(float(accuracy_reward(row.get("draft_answer"), rec.answer) or 0.0))
+            tc.append(float(accuracy_reward(row.get("target_answer"), rec.answer) or 0.0))
+    cal = calibrate(scores, dc, tc, p_t=p_t, target_acc=target_acc)
+    cal.mode, cal.rule, cal.tau, cal.ipr = router.cfg.mode, router.cfg.rule, router.cfg.tau, router.cfg.ipr
+    return cal

@@ -1,0 +1,263 @@
+"""Three-stage proactive routing (Sec. 4.2, Alg. 3-4) for one batch of queries.
+
+    step 1  pre-generate   the draft writes only its rating prefix, batched, each row stopping
+                           after its own `</confidence>` (Alg. 3-4 l.1-9)
+    step 2  evaluate       parse d (and t), IPR from the tenths-digit logits (Sec. 4.3, Eq. 9),
+                           d' = d + p_d, t' = t + p_t, then s = d' | d' + (d'-t')/tau | t' + (t'-d')/tau
+    step 3  decide         s > T keeps the draft (Alg. 3 l.11, Alg. 4 l.12); T from prp.thresholds
+    step 4  continue       kept rows continue from the prefix KV cache (l.12); routed rows go to
+                           the target with its own prompt P (l.14-15); a target that fails after
+                           its retries falls back to the draft's cache (`fallback: true`)
+
+A missing d (no closed rating within `max_prefix_tokens`) gives score None, treated as -inf:
+the query goes to the target.  In JRL a missing t leaves s = d'.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from prp import generation as gen
+from prp.ipr import digit_stats_from_logits
+from prp.modeling import prepare_inputs
+from prp.parsing import parse_completion
+from prp.prompts import P_TARGET, build_messages
+from prp.scoring import apply_ipr, route_score
+from prp.tiny import digit_token_ids
+
+try:  # the shared answer extractor, when present
+    from prp.answers import extract_answer
+except ImportError:  # pragma: no cover - fallback for a tree without it
+    def extract_answer(text):
+        return parse_completion(text or "", "grpo").answer
+
+
+@dataclass
+class RouterConfig:
+    mode: str = "jrl"  # "drl": prefix <confidence>d</confidence>; "jrl": <target>t</target><confidence>d</confidence>
+    rule: str = "draft_first"  # JRL scoring rule (Sec. 4.2); ignored in DRL
+    tau: float = 2.0
+    ipr: str = "add"  # prp.scoring.apply_ipr mode: add | band | off
+    ipr_backend: str = "auto"  # prp.ipr dispatcher: Triton on CUDA, torch elsewhere
+    rating: str = "free"  # "forced": grammar-forced prefix, the draft picks only the digits
+    max_prefix_tokens: int = 24
+    max_new_tokens: int = 1024  # draft continuation (after the prefix) and local target
+    temperature: float = 0.0
+
+
+@dataclass
+class Query:
+    id: str
+    question: str
+    image: Image.Image | None
+    gold: str | None = None
+
+
+@dataclass
+class Rating:
+    """Step 2 output for one query."""
+
+    d: float | None
+    t: float | None
+    ipr_d: float | None
+    ipr_t: float | None
+    score: float | None  # None when d is missing (routed as -inf)
+
+
+@dataclass
+class TargetAnswer:
+    text: str | None  # None when the target failed
+    model: str
+    completion_tokens: int | None
+    latency_s: float
+    error: str | None = None
+    attempts: int = 1
+
+
+class LocalTarget:
+    """A local HF target model answering with the target prompt P (Alg. 3-4 l.14-15), batched."""
+
+    def __init__(self, model, processor, *, name: str = "target", max_new_tokens: int = 1024):
+        self.model, self.processor, self.name, self.max_new_tokens = model, processor, name, max_new_tokens
+        self.remote = False
+
+    def answer(self, queries: list[Query]) -> list[TargetAnswer]:
+        if not queries:
+            return []
+        start = time.perf_counter()
+        msgs = [build_messages(q.question, mode="target", with_image=q.image is not None) for q in queries]
+        inputs = gen_inputs(self.processor, msgs, [q.image for q in queries], self.model)
+        tokens = gen.generate(self.model, self.processor.tokenizer, inputs, max_new_tokens=self.max_new_tokens)
+        # Per-query latency of a batched call = the batch's wall time (what each query waited).
+        latency = time.perf_counter() - start
+        texts = self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return [TargetAnswer(text=t, model=self.name, completion_tokens=len(ids), latency_s=latency)
+                for t, ids in zip(texts, tokens)]
+
+
+class RemoteTarget:
+    """An OpenAI-compatible endpoint (prp.remote), queried concurrently."""
+
+    def __init__(self, client, *, concurrency: int = 8):
+        self.client, self.concurrency, self.name, self.remote = client, concurrency, client.model, True
+
+    def answer_one(self, query: Query) -> TargetAnswer:
+        from prp.remote import RemoteError, chat_messages
+
+        start = time.perf_counter()
+        try:
+            out = self.client.chat(chat_messages(f"{P_TARGET}\n{query.question}", query.image))
+        except RemoteError as exc:
+            return TargetAnswer(text=None, model=self.name, completion_tokens=None,
+                                latency_s=time.perf_counter() - start, error=str(exc),
+                                attempts=self.client.retry.tries)
+        return TargetAnswer(text=out.text, model=out.model, completion_tokens=out.completion_tokens,
+                            latency_s=out.latency_s, attempts=out.attempts)
+
+    def answer(self, queries: list[Query]) -> list[TargetAnswer]:
+        if not queries:
+            return []
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self.answer_one, queries))
+
+
+def gen_inputs(processor, messages, images, model):
+    """Processor inputs on the model's device; None images mean text-only rows."""
+    has_image = any(im is not None for im in images)
+    return prepare_inputs(processor, messages, images if has_image else None, device=model.device)
+
+
+class Router:
+    """The draft model as a router (Alg. 3-4) in front of a target (LocalTarget / RemoteTarget)."""
+
+    def __init__(self, draft_model, draft_processor, target, cfg: RouterConfig):
+        self.model, self.processor, self.target, self.cfg = draft_model, draft_processor, target, cfg
+        self.tokenizer = draft_processor.tokenizer
+        self.digit_ids = digit_token_ids(self.tokenizer)
+        self.forced = gen.rating_template(self.tokenizer, cfg.mode) if cfg.rating == "forced" else None
+
+    # ---------------------------------------------------------------- step 1
+    def pregenerate(self, queries: list[Query]) -> gen.PrefixResult:
+        """Alg. 3-4 l.1-9: x = (I, Q, P_draft | P_joint); generate until the rating closes."""
+        msgs = [build_messages(q.question, mode=self.cfg.mode, with_image=q.image is not None) for q in queries]
+        inputs = gen_inputs(self.processor, msgs, [q.image for q in queries], self.model)
+        return gen.generate_prefix(
+            self.model, self.tokenizer, inputs, digit_ids=self.digit_ids,
+            max_prefix_tokens=self.cfg.max_prefix_tokens, forced=self.forced, temperature=self.cfg.temperature,
+        )
+
+    # ---------------------------------------------------------------- step 2
+    def _ipr(self, prefix: gen.PrefixResult, tag: str, n: int) -> list[float | None]:
+        """Eq. 9 for every row that has a tenths digit under `tag`, in one batched call."""
+        captured = prefix.tenths.get(tag, {})
+        out: list[float | None] = [None] * n
+        if captured:
+            rows = sorted(captured)
+            logits = torch.stack([captured[r][0] for r in rows])  # [n_rows, V]
+            tenths = torch.tensor([captured[r][1] for r in rows], device=logits.device)  # [n_rows]
+            stats = digit_stats_from_logits(logits, self.digit_ids, tenths, backend=self.cfg.ipr_backend)
+            for r, p in zip(rows, stats.ipr.tolist()):
+                out[r] = p
+        return out
+
+    def evaluate(self, prefix: gen.PrefixResult) -> list[Rating]:
+        """Alg. 3-4 l.10-12 with Sec. 4.3: d' = d + p_d, t' = t + p_t, s by the mode's rule."""
+        n = len(prefix.texts)
+        ipr_d, ipr_t = self._ipr(prefix, "confidence", n), self._ipr(prefix, "target", n)
+        ratings = []
+        for i, text in enumerate(prefix.texts):
+            parsed = parse_completion(text, self.cfg.mode)
+            d, t = parsed.confidence, parsed.target
+            if d is None:
+                ratings.append(Rating(d=None, t=t, ipr_d=ipr_d[i], ipr_t=ipr_t[i], score=None))
+                continue
+            d2 = apply_ipr(d, ipr_d[i], mode=self.cfg.ipr)
+            t2 = None if t is None else apply_ipr(t, ipr_t[i], mode=self.cfg.ipr)
+            score = route_score(d2, t2 if self.cfg.mode == "jrl" else None, tau=self.cfg.tau, rule=self.cfg.rule)
+            ratings.append(Rating(d=d, t=t, ipr_d=ipr_d[i], ipr_t=ipr_t[i], score=float(score)))
+        return ratings
+
+    # ---------------------------------------------------------------- step 4 (draft side)
+    def continue_draft(self, prefix: gen.PrefixResult, rows: list[int]) -> tuple[dict[int, list[int]], float]:
+        """Alg. 3-4 l.12 for `rows`, batched, from the prefix cache.  Returns (new tokens per row, wall s)."""
+        if not rows:
+            return {}, 0.0
+        start = time.perf_counter()
+        sub = gen.select_rows(prefix.state, rows)
+        done = [prefix.stop[r] == "eos" for r in rows]
+        new = gen.continue_rows(self.model, self.tokenizer, sub, max_new_tokens=self.cfg.max_new_tokens, done=done,
+                                temperature=self.cfg.temperature)
+        return dict(zip(rows, new)), time.perf_counter() - start
+
+    # ---------------------------------------------------------------- all steps
+    def route_batch(self, queries: list[Query], policy, *, target_all: bool = False,
+                    draft_all: bool = False) -> list[dict]:
+        """Route one batch; one output dict per query, in order.
+
+        `target_all` also asks the target for kept queries (measured target-only latency and
+        target correctness, for calibration or `--measure-target-only`); `draft_all` also
+        continues the draft for routed ones (draft correctness, for calibration).
+        """
+        n = len(queries)
+        t0 = time.perf_counter()
+        prefix = self.pregenerate(queries)  # step 1
+        prefix_s = time.perf_counter() - t0
+        ratings = self.evaluate(prefix)  # step 2
+        keep = policy.keep([r.score for r in ratings])  # step 3
+        to_target = [i for i in range(n) if target_all or not keep[i]]
+        to_draft = [i for i in range(n) if draft_all or keep[i]]
+
+        # step 4: a remote target works while the draft continues; a local one after it (one device)
+        pool = ThreadPoolExecutor(max_workers=1) if self.target.remote else None
+        future = pool.submit(self.target.answer, [queries[i] for i in to_target]) if pool else None
+        draft_new, draft_s = self.continue_draft(prefix, to_draft)
+        answers = future.result() if future else self.target.answer([queries[i] for i in to_target])
+        if pool:
+            pool.shutdown()
+        target_by_row = dict(zip(to_target, answers))
+        # failures lose nothing: the draft answers from its cache
+        failed = [i for i in range(n) if not keep[i] and target_by_row[i].text is None and i not in draft_new]
+        fb_new, fb_s = self.continue_draft(prefix, failed)
+        draft_new.update(fb_new)
+
+        rows = []
+        for i, q in enumerate(queries):
+            r, tgt = ratings[i], target_by_row.get(i)
+            fallback = not keep[i] and tgt.text is None
+            draft_ids = prefix.tokens[i] + draft_new[i] if i in draft_new else None
+            draft_text = self.tokenizer.decode(draft_ids, skip_special_tokens=True) if draft_ids else None
+            # the answer comes from after the rating: a last-number rule must not read "0.87"
+            draft_answer = extract_answer(self.tokenizer.decode(draft_new[i], skip_special_tokens=True)) \
+                if i in draft_new else None
+            by_draft = keep[i] or fallback
+            d_lat = (fb_s if i in fb_new else draft_s) if i in draft_new else None
+            text = draft_text if by_draft else tgt.text
+            row = {
+                "id": q.id, "d": r.d, "t": r.t, "ipr_d": r.ipr_d, "ipr_t": r.ipr_t, "score": r.score,
+                "route": "draft" if keep[i] else "target",
+                "answered_by": "draft" if by_draft else tgt.model,
+                "answer": draft_answer if by_draft else extract_answer(text), "text": text, "fallback": fallback,
+                "error": tgt.error if fallback else None,
+                "prefix": prefix.texts[i], "prefix_stop": prefix.stop[i],
+                "prefix_latency_s": prefix_s,
+                "draft_latency_s": d_lat if by_draft else None,
+                "target_latency_s": tgt.latency_s if (tgt is not None and not keep[i]) else None,
+                "target_attempts": tgt.attempts if (tgt is not None and not keep[i]) else None,
+                "prefix_tokens": len(prefix.tokens[i]),
+                "completion_tokens": len(draft_ids) if by_draft else tgt.completion_tokens,
+            }
+            # a fallback waited for the failed target attempts and then for the draft
+            row["latency_s"] = prefix_s + (row["draft_latency_s"] or 0.0) + (row["target_latency_s"] or 0.0)
+            if target_all and tgt is not None:
+                row["target_only_latency_s"] = tgt.latency_s if tgt.text is not None else None
+                row["target_text"] = tgt.text
+                row["target_answer"] = extract_answer(tgt.text)
+            if draft_all and draft_text is not None:
+                row["draft_text"] = draft_text
+                row["draft_answer"] = draft_answer
+            rows.append(row)
+        return rows

@@ -1,0 +1,187 @@
+"""Training configuration: one flat dataclass of plain values, loaded from YAML, overridable from the CLI.
+
+A YAML file holds top-level keys (any field below) and, optionally, a `modes:` table whose entries
+override the top level for one mode, so a single file (configs/tiny.yaml) can drive every mode:
+
+    mode: drl
+    learning_rate: 1.0e-3
+    modes:
+      sft: {learning_rate: 2.0e-3}
+
+Precedence: dataclass defaults < YAML top level < YAML `modes.<mode>` < CLI (`--set key=value`
+and the explicit flags of train.py).  Values are typed by the field's default/annotation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODES = ("grpo", "drl", "jrl", "sft", "sft-cn", "presample")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "drl"  # one of MODES
+
+    # ---- models and data
+    model: str = ""  # HF dir of the draft, or "tiny:<draft|target|test>" (built locally from `seed`)
+    target_model: str = ""  # presample: HF dir, "tiny:<size>" or "openai:<model name>" (remote)
+    target_base_url: str = ""  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
+    target_api_key_env: str = "OPENAI_API_KEY"  # the key is read from this env var (never from config)
+    target_timeout_s: float = 300.0
+    target_retries: int = 3
+    train_data: str = ""  # JSONL/JSON/parquet path, or "synthetic:<n>" (generated into output_dir/data)
+    data_format: str = "jsonl"  # jsonl (id,image,question,answer) | mmk12 | chartqa
+    image_root: str = ""  # image folder (default: next to the data file; ChartQA: <dir>/png)
+    max_records: int = 0  # 0 = all
+    acc_tgt_cache: str = ""  # JRL labels (JSONL id -> acc); empty: presample into output_dir
+    trust_remote_code: bool = False
+
+    # ---- rollout (Alg. 1 l.3)
+    num_generations: int = 4  # N
+    presample_m: int = 16  # M target samples per record (Alg. 2 l.4)
+    presample_batch_size: int = 4  # records per generate call when the target is local
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_prompt_length: int = 3000  # tokens; longer prompts are not trained on (counted)
+    max_completion_length: int = 2048
+    max_pixels: int = 501760
+    min_pixels: int = 3136
+
+    # ---- optimisation
+    learning_rate: float = 5e-7
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_scheduler: str = "cosine"  # constant | linear | cosine
+    warmup_ratio: float = 0.0
+    per_device_batch_size: int = 4  # completions per rank per micro-step; a multiple of N
+    gradient_accumulation_steps: int = 5
+    num_epochs: float = 3.0
+    max_steps: int = 0  # optimizer steps; 0 = from num_epochs
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    freeze_vision_biases: bool = False  # tiny models only (see notes/tiny-vlm-training.md)
+    seed: int = 0
+
+    # ---- PRP (Sec. 3, Appendix C)
+    alpha: float = 1.5  # weight of the draft-rating tokens (Eq. 7)
+    beta: float = 1.5  # weight of the target-rating tokens (Eq. 8)
+    dss: bool = True  # Dynamic Score Substitution
+    mu: float = 0.2  # vanishing test: |mean(d) - Acc| > mu ...
+    sigma: float = 0.05  # ... and std(d) < sigma
+    overlong_cache_length: int = 0  # DAPO soft over-length buffer; 0 = off
+
+    # ---- SFT warm start
+    sft_rating: str = "none"  # none | drl | jrl: prefix the trace with a rating (and use that prompt)
+    sft_rating_value: float = 0.5  # the rating written when the record carries none
+
+    # ---- bookkeeping
+    output_dir: str = "runs/train"
+    save_every: int = 100  # optimizer steps
+    keep_last: int = 2
+    sample_every: int = 10  # write sample completions every K steps
+    num_samples_logged: int = 2
+    num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    deepspeed_config: str = ""  # path of a DeepSpeed JSON; used when launched with `deepspeed`
+    step_delay_s: float = 0.0  # test hook: sleep at each step start (lets a test kill mid-step)
+
+    def validate(self) -> TrainConfig:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+        if self.mode in ("grpo", "drl", "jrl", "sft-cn"):
+            if self.num_generations < 2 and self.mode != "sft-cn":
+                raise ValueError("GRPO needs num_generations >= 2")
+            if self.per_device_batch_size % self.num_generations:
+                raise ValueError(
+                    f"per_device_batch_size ({self.per_device_batch_size}) must be a multiple of "
+                    f"num_generations ({self.num_generations}): each rank generates whole groups"
+                )
+        if self.sft_rating not in ("none", "drl", "jrl"):
+            raise ValueError("sft_rating must be none, drl or jrl")
+        if self.lr_scheduler not in ("constant", "linear", "cosine"):
+            raise ValueError("lr_scheduler must be constant, linear or cosine")
+        if not self.model and self.mode != "presample":
+            raise ValueError("config needs `model`")
+        if not self.train_data:
+            raise ValueError("config needs `train_data`")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Type a value by the field's default: YAML and `--set` strings become bool/int/float/str."""
+    if name not in _FIELDS:
+        raise ValueError(f"unknown config key {name!r}")
+    default = _FIELDS[name].default
+    if isinstance(value, str) and not isinstance(default, str):
+        value = yaml.safe_load(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true/false, got {value!r}")  # noqa: TRY004 - a config value error
+        return value
+    if isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004 - a config value error
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004 - a config value error
+        return float(value)
+    return "" if value is None else str(value)
+
+
+def load_config(
+    path: str | Path | None = None, *, mode: str | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """defaults < YAML < YAML modes.<mode> < overrides.  `mode` (if given) wins over the YAML's.
+
+    >>> load_config(overrides={"mode": "jrl", "alpha": "2", "model": "m", "train_data": "d"}).alpha
+    2.0
+    """
+    values: dict[str, Any] = {}
+    per_mode: dict[str, dict] = {}
+    if path:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        per_mode = raw.pop("modes", None) or {}
+        values.update(raw)
+    overrides = dict(overrides or {})
+    chosen = mode or overrides.get("mode") or values.get("mode") or TrainConfig.mode
+    values.update(per_mode.get(chosen, {}) or {})
+    values.update(overrides)
+    values["mode"] = chosen
+    cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return cfg.validate()
+
+
+def parse_set(items: list[str] | None) -> dict[str, str]:
+    """["alpha=2", "bf16=true"] -> {"alpha": "2", "bf16": "true"} (typed later by `_coerce`)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+__all__ = ["MODES", "TrainConfig", "dump_config", "load_config", "parse_set"]

@@ -1,0 +1,152 @@
+"""Proactive routing (PRP, Sec. 4, Alg. 3-4) from the command line.
+
+    python route.py --draft DIR --target DIR_OR_URL --data FILE.jsonl --tau 2 --pt 0.6 --out routes.jsonl
+    python route.py --tau 2 --pt 0.6                       # the embedded tiny default (runs/default/)
+    python route.py --serve --port 8000 --threshold 0.5    # the router as an OpenAI-compatible endpoint
+
+Decision (exactly one source of T, in this order): --threshold-file, --threshold, --calibrate
+(with --pt or --target-acc as the goal), --pt (per-batch share routed to the target).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    io = ap.add_argument_group("models and data (all omitted: the embedded tiny default)")
+    io.add_argument("--draft", help="draft (router) model dir, trained with DRL or JRL")
+    io.add_argument("--target", help="target: a local HF model dir, or an http(s) base URL (OpenAI-compatible)")
+    io.add_argument("--target-model", default=None, help="model name sent to a remote target")
+    io.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env var holding the API key")
+    io.add_argument("--data", help="JSONL of {id, image, question, answer?}")
+    io.add_argument("--out", default=None, help="output JSONL (default: <default dir>/routes.jsonl)")
+    io.add_argument("--resume", action="store_true", help="skip ids already in --out")
+    io.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    io.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+
+    sc = ap.add_argument_group("evaluation (Sec. 4.2-4.3)")
+    sc.add_argument("--mode", choices=("drl", "jrl"), default="jrl",
+                    help="prompt and prefix grammar: jrl (P_joint, d and t) or drl (P_draft, d only)")
+    sc.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first")
+    sc.add_argument("--tau", type=float, default=2.0, help="JRL scale (ignored in DRL)")
+    sc.add_argument("--ipr", choices=("add", "band", "off"), default="add")
+    sc.add_argument("--ipr-backend", default="auto", choices=("auto", "torch", "triton"))
+    sc.add_argument("--rating", choices=("free", "forced"), default=None,
+                    help="free: the draft writes its prefix; forced: grammar-forced, the draft picks the digits "
+                         "(default: free, forced for the untrained embedded default)")
+    sc.add_argument("--max-prefix-tokens", type=int, default=24)
+    sc.add_argument("--max-new-tokens", type=int, default=None, help="default 1024 (32 for the embedded default)")
+
+    de = ap.add_argument_group("decision (Sec. 4.4)")
+    de.add_argument("--threshold", type=float, help="s > T keeps the draft")
+    de.add_argument("--pt", type=float, help="share routed to the target: per batch, or the --calibrate goal")
+    de.add_argument("--batch-size", type=int, default=20)
+    de.add_argument("--calibrate", metavar="VAL.jsonl", nargs="?", const="default",
+                    help="choose T on a labelled validation split (no file: the embedded default's)")
+    de.add_argument("--target-acc", type=float, help="calibration goal: cheapest T reaching this accuracy")
+    de.add_argument("--threshold-out", default=None, help="where --calibrate saves T (default: next to --out)")
+    de.add_argument("--threshold-file", help="reuse a saved calibration")
+    de.add_argument("--measure-target-only", action="store_true",
+                    help="also run the target on kept queries: measured target-only latency for the speedup")
+
+    rm = ap.add_argument_group("remote target")
+    rm.add_argument("--tries", type=int, default=4)
+    rm.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
+    rm.add_argument("--backoff", type=float, default=0.5, help="first retry wait; doubles each retry")
+    rm.add_argument("--concurrency", type=int, default=8)
+
+    sv = ap.add_argument_group("serving")
+    sv.add_argument("--serve", action="store_true", help="serve the router on /v1/chat/completions")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--batch-window-ms", type=float, default=20.0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from prp import route_run
+    from prp.modeling import load_model
+    from prp.remote import OpenAIClient, RetryPolicy
+    from prp.router import LocalTarget, RemoteTarget, Router, RouterConfig
+    from prp.thresholds import BatchFraction, Calibration, FixedThreshold
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    embedded = not (args.draft or args.target or args.data)
+    spec = route_run.DEFAULT_DEMO
+    if embedded:
+        paths = route_run.ensure_default_demo(spec)
+        args.draft, args.target, args.data = str(paths["draft"]), str(paths["target"]), str(paths["data"])
+        args.rating = args.rating or spec.rating
+        args.max_new_tokens = args.max_new_tokens or spec.max_new_tokens
+        args.out = args.out or str(spec.root / "routes.jsonl")
+    if not args.draft or not args.target or not (args.data or args.serve):
+        raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
+    args.out = args.out or "routes.jsonl"
+    max_new = args.max_new_tokens or 1024
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    draft, draft_proc = load_model(args.draft, device=device, dtype=args.dtype)
+    if args.target.startswith(("http://", "https://")):
+        retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
+        client = OpenAIClient(args.target, args.target_model or "target", api_key_env=args.api_key_env,
+                              retry=retry, max_tokens=max_new)
+        target = RemoteTarget(client, concurrency=args.concurrency)
+    else:
+        t_model, t_proc = load_model(args.target, device=device, dtype=args.dtype)
+        target = LocalTarget(t_model, t_proc, name=Path(args.target).name, max_new_tokens=max_new)
+    cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, ipr_backend=args.ipr_backend,
+                       rating=args.rating or "free", max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
+    router = Router(draft, draft_proc, target, cfg)
+
+    # decision source, in order of precedence
+    if args.threshold_file:
+        policy = FixedThreshold(Calibration.load(args.threshold_file).threshold)
+    elif args.threshold is not None:
+        policy = FixedThreshold(args.threshold)
+    elif args.calibrate:
+        val = args.calibrate
+        if val == "default":
+            val = str(route_run.ensure_default_demo(spec)["validation"])
+        cal = route_run.calibrate_on(router, val, p_t=None if args.target_acc is not None else args.pt,
+                                     target_acc=args.target_acc, batch_size=args.batch_size)
+        out = args.threshold_out or str(Path(args.out).with_suffix(".threshold.json"))
+        cal.save(out)
+        print(f"calibrated T={cal.threshold} on {cal.n} validation queries "
+              f"(p_t {cal.p_t:.1%}, accuracy {cal.accuracy:.1%}) -> {out}")
+        policy = FixedThreshold(cal.threshold)
+    elif args.pt is not None:
+        policy = BatchFraction(args.pt)
+    else:
+        raise SystemExit("give --threshold, --pt, --calibrate or --threshold-file")
+
+    if args.serve:
+        from prp.serve import RouterApp, serve_forever
+
+        app = RouterApp(router, policy, batch_size=args.batch_size, window_s=args.batch_window_ms / 1000)
+        serve_forever(app, args.host, args.port)
+        return None
+
+    rows = route_run.route_file(router, args.data, args.out, policy, batch_size=args.batch_size,
+                                resume=args.resume, target_all=args.measure_target_only)
+    summary = route_run.summarize(rows)
+    print(f"wrote {len(rows)} lines to {args.out}")
+    print(route_run.format_summary(summary))
+    Path(args.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

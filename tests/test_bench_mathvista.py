@@ -1,0 +1,202 @@
+"""MathVista: the official score on the shipped Bard / GPT-4 outputs, edge cases, query, loader."""
+import json
+import os
+
+import pytest
+
+from prp.bench.mathvista import (
+    build_query,
+    format_score,
+    get_most_similar,
+    load_mathvista,
+    normalize_extracted_answer,
+    score_output_file,
+)
+from prp.bench.records import group_counts
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "mathvista")
+TESTMINI = os.path.join(DATA, "testmini.json")
+
+
+def _load(name):
+    with open(os.path.join(DATA, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def testmini():
+    return _load("testmini.json")
+
+
+@pytest.fixture(scope="module", params=[("bard", 348, "accuracy: 34.8 (348/1000)"), ("gpt4", 261, "accuracy: 26.1 (261/1000)")])
+def scored(request):
+    model, correct, line = request.param
+    return model, correct, line, score_output_file(os.path.join(DATA, f"output_{model}.json"), TESTMINI)
+
+
+def test_published_totals(scored):
+    _, correct, line, result = scored
+    assert (result.correct, result.total) == (correct, 1000)
+    assert format_score(result) == line
+
+
+def test_every_verdict_matches_the_official_true_false(scored):
+    model, _, _, result = scored
+    official = {pid: row["true_false"] for pid, row in _load(f"output_{model}.json").items()}
+    assert result.per_pid == official
+
+
+# ("grade" is left out: the published file names testmini's "not applicable" grade "daily life".)
+@pytest.mark.parametrize("key", ["question_type", "answer_type", "source", "category", "task", "context", "language"])
+def test_published_per_category_counts(scored, testmini, key):
+    model, _, _, result = scored
+    published = _load(f"scores_{model}.json")[key]
+
+    def value(problem):
+        return problem[key] if key in problem else problem["metadata"][key]
+
+    counts = group_counts(result.per_pid, {pid: value(p) for pid, p in testmini.items()})
+    assert counts == {name: (v["correct"], v["total"]) for name, v in published.items()}
+
+
+def test_per_group_in_the_result(scored):
+    model, _, _, result = scored
+    published = _load(f"scores_{model}.json")["answer_type"]
+    assert result.per_group["float"] == (published["float"]["correct"], published["float"]["total"])
+
+
+def _score_one(tmp_path, pid, output):
+    path = tmp_path / "out.json"
+    path.write_text(json.dumps({pid: output}))
+    return score_output_file(str(path), TESTMINI)
+
+
+# pid 168: choices ["(c)", "(a)", "(e)", "(d)", "(b)"], gold "(b)" = option E.
+# pid 849: choices ["(c)", "(d)", "(a)", "(b)", "(e)"], gold "(b)" = option D.
+@pytest.mark.parametrize(
+    "pid, extraction, ok",
+    [
+        ("168", "E", True),  # the option letter of "(b)"
+        ("168", "(b)", False),  # "(b)" is read as option B, whose text is "(a)"
+        ("168", "b", True),  # a lower-case letter is no option: closest choice text is "(b)"
+        ("849", "(b)", False),  # Bard's own extraction, officially wrong
+        ("849", "(D)", True),
+        ("849", "D", True),
+    ],
+)
+def test_gold_letter_inside_choice_texts(tmp_path, pid, extraction, ok):
+    result = _score_one(tmp_path, pid, {"extraction": extraction})
+    assert result.per_pid[pid] is ok
+
+
+def test_only_the_listed_pids_score_the_rest_count_wrong(tmp_path):
+    result = _score_one(tmp_path, "168", {"extraction": "E"})
+    assert (result.correct, result.total) == (1, 1000)
+
+
+@pytest.mark.parametrize(
+    "pid, output, ok",
+    [
+        ("16", {"extraction": "2.0"}, True),  # integer gold "2": str(int(float("2.0")))
+        ("16", {"extraction": "2.7"}, True),  # int() truncates (no rounding), as the official script does
+        ("16", {"extraction": "two"}, False),
+        ("144", {"extraction": "13.80"}, True),  # precision 1, gold "13.8"
+        ("1", {"extraction": "0.11"}, False),  # precision 1, gold "1.2"
+        ("1", {"extraction": "1.24"}, True),
+        ("199", {"extraction": "0.214"}, True),  # precision 2, gold "0.21"
+        ("199", {"extraction": "0.2"}, False),
+        ("5", {"extraction": "(A) 97"}, True),  # multi-choice, gold "97"
+        ("5", {"extraction": "102"}, False),
+        ("5", {"extraction": "(A) or (C)"}, True),  # the first "(x)" letter counts
+        ("5", {"extraction": ""}, False),  # no extraction and no response: wrong
+        ("5", {"extraction": "", "response": "<think>..</think><answer>A</answer>"}, True),
+        ("5", {"response": "Hence the answer is (C)."}, False),
+        ("5", {}, False),
+        ("506", {"extraction": "[2014, 2016]"}, True),  # list compared as its string
+        ("506", {"extraction": "[2014,2016]"}, False),
+    ],
+)
+def test_normalisation_edge_cases(tmp_path, pid, output, ok):
+    assert _score_one(tmp_path, pid, output).per_pid[pid] is ok
+
+
+def test_normalize_direct():
+    assert normalize_extracted_answer("3.14159", None, "free_form", "float", 2.0) == "3.14"  # HF float precision
+    assert normalize_extracted_answer(None, None, "free_form", "integer", None) is None
+    assert normalize_extracted_answer("c", ["a", "b"], "multi_choice", "text", None) == "a"  # a tie: the first
+    assert get_most_similar("tokio", ["hong kong", "osaka", "tokyo"]) == "tokyo"
+
+
+def test_list_output_file_with_pid_field(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text(json.dumps([{"pid": "16", "response": "<answer>2</answer>"}, {"pid": "nope", "extraction": "1"}]))
+    result = score_output_file(str(path), TESTMINI)
+    assert result.per_pid["16"] and result.correct == 1 and "nope" not in result.per_pid
+
+
+def test_build_query_matches_the_official_query_file(testmini):
+    queries = _load("query_testmini.json")
+    assert {pid: build_query(p) for pid, p in testmini.items()} == queries
+
+
+def test_loader_json(testmini):
+    result = load_mathvista(TESTMINI, require_images=False, query_path=os.path.join(DATA, "query_testmini.json"))
+    assert len(result) == 1000 and not result.skipped and result.missing_images == 1000
+    rec = {r.id: r for r in result}["168"]
+    assert rec.answer == "(b)" and rec.choices == ["(c)", "(a)", "(e)", "(d)", "(b)"] and rec.image is None
+    assert rec.question.endswith("Choices:\n(A) (c)\n(B) (a)\n(C) (e)\n(D) (d)\n(E) (b)")
+    assert rec.meta["question_type"] == "multi_choice"
+
+
+def test_loader_images_and_malformed(tmp_path, testmini, caplog):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "1.jpg").write_bytes(b"jpg")
+    rows = {"1": testmini["1"], "2": testmini["2"], "3": dict(testmini["3"], answer=None), "4": "junk"}
+    path = tmp_path / "testmini.json"
+    path.write_text(json.dumps(rows))
+    result = load_mathvista(str(path))  # require_images: pid 2's image is not there
+    assert [r.id for r in result] == ["1"]
+    assert result.records[0].image == str(tmp_path / "images" / "1.jpg")
+    assert result.records[0].question == build_query(testmini["1"])  # no query file: built
+    assert result.skipped == {"malformed": 2, "missing_image": 1}
+    assert "missing_image" in caplog.text
+
+
+def test_parquet_needs_pyarrow_with_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match="pip install pyarrow"):
+        load_mathvista(str(tmp_path / "testmini-00000.parquet"))
+
+
+def test_parquet_hf_layout(tmp_path, testmini):
+    pa = pytest.importorskip("pyarrow")
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2), "red").save(buf, format="PNG")
+    rows = []
+    for pid in ("1", "168"):
+        p = testmini[pid]
+        rows.append({
+            "pid": pid, "question": p["question"], "image": p["image"],
+            "decoded_image": {"bytes": buf.getvalue(), "path": p["image"]}, "choices": p["choices"],
+            "unit": p["unit"], "precision": float(p["precision"]) if p["precision"] else None,
+            "answer": p["answer"], "question_type": p["question_type"], "answer_type": p["answer_type"],
+            "query": "HF query " + pid,
+        })
+    path = tmp_path / "testmini.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), str(path))
+    result = load_mathvista(str(path))
+    assert [r.id for r in result] == ["1", "168"] and not result.skipped
+    assert result.records[0].image.size == (3, 2) and result.records[0].meta["precision"] == 1
+    assert result.records[1].question == "HF query 168"
+    out = tmp_path / "out.json"
+    out.write_text(json.dumps({"1": {"extraction": "1.21"}, "168": {"extraction": "E"}}))
+    scored = score_output_file(str(out), str(path))  # gold from the parquet, float precision
+    assert (scored.correct, scored.total) == (2, 2)

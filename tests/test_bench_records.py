@@ -1,0 +1,37 @@
+"""Shared bench helpers: file formats, image resolution, the one-line accuracy report."""
+import io
+import json
+
+from PIL import Image
+
+from prp.bench.records import LoadResult, attach_image, format_accuracy, read_rows
+
+
+def test_read_rows_formats(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"7": {"x": 1}, "8": {"x": 2}}))
+    (tmp_path / "b.json").write_text(json.dumps({"dataset_name": "d", "data": [{"x": 3}]}))
+    (tmp_path / "c.jsonl").write_text('{"x": 4}\n\n{broken\n{"x": 5}\n')
+    assert read_rows(str(tmp_path / "a.json")) == [{"x": 1, "_key": "7"}, {"x": 2, "_key": "8"}]
+    assert read_rows(str(tmp_path / "b.json")) == [{"x": 3}]
+    assert read_rows(str(tmp_path / "c.jsonl")) == [{"x": 4}, None, {"x": 5}]  # None: counted malformed
+
+
+def test_attach_image(tmp_path):
+    (tmp_path / "ok.png").write_bytes(b"png")
+    result = LoadResult(records=[])
+    assert attach_image(result, "ok.png", str(tmp_path), "1", True) == (str(tmp_path / "ok.png"), True)
+    assert attach_image(result, None, str(tmp_path), "2", True) == (None, True)  # text-only item
+    assert attach_image(result, "no.png", str(tmp_path), "3", True) == (None, False)
+    assert attach_image(result, "no.png", str(tmp_path), "4", False) == (None, True)
+    assert attach_image(result, {"bytes": b"not an image"}, str(tmp_path), "5", True) == (None, False)
+    buf = io.BytesIO()
+    Image.new("L", (4, 5)).save(buf, format="PNG")
+    image, keep = attach_image(result, {"bytes": buf.getvalue(), "path": "x.png"}, str(tmp_path), "6", True)
+    assert keep and image.size == (4, 5)
+    assert result.skipped == {"missing_image": 1, "bad_image": 1} and result.missing_images == 1
+
+
+def test_format_accuracy():
+    assert format_accuracy(261, 1000) == "accuracy: 26.1 (261/1000)"
+    assert format_accuracy(1, 3) == "accuracy: 33.3 (1/3)"
+    assert format_accuracy(0, 0) == "accuracy: 0.0 (0/0)"

@@ -1,0 +1,288 @@
+"""Router: KV continuation, the three scoring rules, the three threshold modes, resume, error lines."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from route_fixtures import build_pair, build_queries, read_jsonl
+
+from prp import generation as gen
+from prp import route_run
+from prp.ipr import digit_stats_reference
+from prp.modeling import load_model, prepare_inputs
+from prp.prompts import build_messages
+from prp.router import LocalTarget, Query, Router, RouterConfig
+from prp.scoring import apply_ipr, route_score
+from prp.synthetic import render
+from prp.thresholds import BatchFraction, Calibration, FixedThreshold, calibrate, n_to_target
+from prp.tiny import digit_token_ids
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # see tests/test_tiny.py: 2 threads beside another process are ~30x slower on tiny matmuls
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return build_pair(tmp_path_factory.mktemp("pair"))
+
+
+@pytest.fixture(scope="module")
+def draft(pair):
+    return load_model(pair["draft"])
+
+
+@pytest.fixture(scope="module")
+def target(pair):
+    model, proc = load_model(pair["target"])
+    return LocalTarget(model, proc, max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return build_queries(tmp_path_factory.mktemp("data"), 12)
+
+
+def _router(draft, target, **cfg) -> Router:
+    cfg.setdefault("max_new_tokens", 6)
+    return Router(draft[0], draft[1], target, RouterConfig(**cfg))
+
+
+def _queries(n=4):
+    qs = ["What is the sum of the numbers in the image?", "How many?",
+          "What is the largest number in the image? Give the final answer.", "Which number is the largest?"]
+    nums = [[3, 14], [5], [1, 2, 3], [42, 7, 9, 60]]
+    return [Query(id=f"q{i}", question=qs[i % 4], image=render(nums[i % 4]), gold=f"${sum(nums[i % 4])}$")
+            for i in range(n)]
+
+
+class KeepAll:
+    def keep(self, scores):
+        return [True] * len(scores)
+
+
+class Prefills:
+    """Counts the draft's forward calls by the number of tokens each feeds."""
+
+    def __init__(self, model):
+        self.lengths: list[int] = []
+        self._h = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        self.lengths.append(kwargs["input_ids"].shape[1])
+
+    def close(self):
+        self._h.remove()
+
+
+# ------------------------------------------------------------------ step 4: KV continuation
+
+
+def _reference(model, proc, query: Query, mode: str, n: int) -> list[int]:
+    """One uninterrupted HF greedy generation of the same prompt, unpadded, batch of one."""
+    inputs = prepare_inputs(proc, [build_messages(query.question, mode=mode)], [query.image])
+    out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_continuation_with_holes_equals_uninterrupted_greedy(draft):
+    """Rows stop their prefix at different steps (left padding + holes), a subset continues."""
+    model, proc = draft
+    queries = _queries(3)
+    inputs = prepare_inputs(proc, [build_messages(q.question, mode="jrl") for q in queries],
+                            [q.image for q in queries])
+    stop_at = [3, 7, 11]
+    counter = Prefills(model)
+    prefix = gen.generate_prefix(model, proc.tokenizer, inputs, digit_ids=digit_token_ids(proc.tokenizer),
+                                 stop_fn=lambda b, ids, text: len(ids) >= stop_at[b])
+    new = gen.continue_rows(model, proc.tokenizer, gen.select_rows(prefix.state, [0, 2]), max_new_tokens=15)
+    counter.close()
+    assert [len(t) for t in prefix.tokens] == stop_at
+    for j, b in enumerate([0, 2]):
+        got = prefix.tokens[b] + new[j]
+        assert got == _reference(model, proc, queries[b], "jrl", stop_at[b] + 15)
+    assert len(set(prefix.tokens[2] + new[1])) > 5  # a varied output, not one repeated token
+    # one prompt forward (the prefill); every other call feeds one token per row
+    assert sum(1 for n in counter.lengths if n > 1) == 1 and counter.lengths[0] == inputs["input_ids"].shape[1]
+
+
+def test_router_keeps_draft_without_second_prefill(draft, target):
+    model, proc = draft
+    router = _router(draft, target, mode="drl", max_prefix_tokens=10, max_new_tokens=12)
+    queries = _queries(3)
+    counter = Prefills(model)
+    rows = router.route_batch(queries, KeepAll())
+    counter.close()
+    assert sum(1 for n in counter.lengths if n > 1) == 1
+    for q, row in zip(queries, rows):
+        assert row["route"] == "draft" and row["prefix_stop"] == "cap" and row["d"] is None
+        ref = _reference(model, proc, q, "drl", 10 + 12)
+        assert row["completion_tokens"] == len(ref)
+        assert row["text"] == proc.tokenizer.decode(ref, skip_special_tokens=True)
+
+
+def test_plain_generate_matches_hf(draft):
+    model, proc = draft
+    queries = _queries(3)
+    inputs = prepare_inputs(proc, [build_messages(q.question, mode="target") for q in queries],
+                            [q.image for q in queries])
+    mine = gen.generate(model, proc.tokenizer, inputs, max_new_tokens=9)
+    assert all(mine[i] == _reference(model, proc, q, "target", 9) for i, q in enumerate(queries))
+
+
+# ------------------------------------------------------------------ step 2: scoring rules
+
+
+@pytest.mark.parametrize("mode,rule", [("drl", "draft_first"), ("jrl", "draft_first"), ("jrl", "target_first")])
+def test_scoring_rules_via_router(draft, target, mode, rule):
+    router = _router(draft, target, mode=mode, rule=rule, tau=2.0, rating="forced", max_new_tokens=2)
+    queries = _queries(4)
+    prefix = router.pregenerate(queries)
+    rows = router.route_batch(queries, BatchFraction(0.5))
+    for i, row in enumerate(rows):
+        assert row["prefix_stop"] == "closed" and row["prefix"].endswith("</confidence>")
+        assert ("<target>" in row["prefix"]) == (mode == "jrl")
+        # IPR from the captured tenths-digit logits, checked against the torch reference
+        logits, digit = prefix.tenths["confidence"][i]
+        assert digit == int(f"{row['d']:.2f}"[2])
+        ref = digit_stats_reference(logits[None], torch.tensor(router.digit_ids), digit).ipr.item()
+        assert row["ipr_d"] == pytest.approx(ref, rel=1e-5)
+        d2 = apply_ipr(row["d"], row["ipr_d"])
+        if mode == "drl":
+            assert row["t"] is None and row["score"] == pytest.approx(d2)
+        else:
+            t2 = apply_ipr(row["t"], row["ipr_t"])
+            assert row["score"] == pytest.approx(route_score(d2, t2, tau=2.0, rule=rule))
+    # Decision: the two lowest scores go to the target
+    ranked = sorted(range(4), key=lambda i: (rows[i]["score"], i))
+    assert {i for i in range(4) if rows[i]["route"] == "target"} == set(ranked[:2])
+
+
+def test_ipr_off_and_band(draft, target):
+    q = _queries(4)
+    off = _router(draft, target, mode="drl", rating="forced", ipr="off").route_batch(q, KeepAll())
+    band = _router(draft, target, mode="drl", rating="forced", ipr="band").route_batch(q, KeepAll())
+    for a, b in zip(off, band):
+        assert a["score"] == a["d"]
+        assert a["d"] <= b["score"] <= a["d"] + 0.01  # band keeps the score inside its 0.01 band
+
+
+# ------------------------------------------------------------------ step 3: thresholds
+
+
+def test_fixed_threshold_and_batch_fraction():
+    assert FixedThreshold(0.5).keep([0.9, 0.5, None, 0.51]) == [True, False, False, True]
+    assert FixedThreshold(None).keep([0.0, None]) == [True, False]
+    assert [n_to_target(0.6, n) for n in (1, 2, 3, 5, 10, 20)] == [1, 1, 2, 3, 6, 12]
+    # ties: earlier queries go to the target first; a missing score is the lowest
+    assert BatchFraction(0.5).keep([0.5, 0.5, 0.5, None]) == [False, True, True, False]
+    assert BatchFraction(0.0).keep([0.1, 0.2]) == [True, True]
+    assert BatchFraction(1.0).keep([0.1, 0.2]) == [False, False]
+    with pytest.raises(ValueError):
+        BatchFraction(1.5).keep([0.1])
+
+
+def test_calibrate_pt_and_target_acc(tmp_path):
+    scores = [0.9, 0.1, 0.5, 0.7, None, 0.3]
+    draft_ok = [1, 0, 1, 1, 0, 0]
+    target_ok = [1, 1, 0, 1, 1, 1]
+    cal = calibrate(scores, draft_ok, target_ok, p_t=0.5)
+    assert cal.threshold == 0.3 and cal.p_t == 0.5 and cal.accuracy == 1.0
+    # the cheapest threshold reaching 5/6: route the missing score and 0.1 (k = 2)
+    cal = calibrate(scores, draft_ok, target_ok, target_acc=5 / 6)
+    assert cal.threshold == 0.1 and cal.p_t == pytest.approx(2 / 6) and cal.accuracy == pytest.approx(5 / 6)
+    assert calibrate(scores, draft_ok, target_ok, target_acc=0.0).threshold is None
+    cal.save(tmp_path / "t.json")
+    assert Calibration.load(tmp_path / "t.json") == cal
+    with pytest.raises(ValueError):
+        calibrate(scores, draft_ok, target_ok)
+
+
+def test_cli_three_threshold_modes(pair, data, tmp_path):
+    import route
+
+    common = ["--draft", str(pair["draft"]), "--target", str(pair["target"]), "--data", str(data),
+              "--rating", "forced", "--max-new-tokens", "3", "--batch-size", "6"]
+    s = route.main(common + ["--pt", "0.5", "--out", str(tmp_path / "pt.jsonl")])
+    assert s["queries"] == 12 and s["share_routed"] == 0.5  # 3 of each batch of 6
+    rows = read_jsonl(tmp_path / "pt.jsonl")
+    assert all(set(r) >= {"id", "d", "t", "ipr_d", "ipr_t", "score", "route", "answer", "fallback",
+                          "prefix_latency_s", "draft_latency_s", "target_latency_s", "prefix_tokens",
+                          "completion_tokens", "gold", "correct"} for r in rows)
+    threshold = sorted(r["score"] for r in rows)[5]
+    s = route.main(common + ["--threshold", str(threshold), "--out", str(tmp_path / "fixed.jsonl")])
+    assert s["share_routed"] == 0.5
+    # calibration on a labelled split (here the same file), saved then reused
+    s = route.main(common + ["--calibrate", str(data), "--pt", "0.25", "--out", str(tmp_path / "cal.jsonl")])
+    saved = json.loads((tmp_path / "cal.threshold.json").read_text())
+    assert saved["requested"] == {"pt": 0.25} and saved["p_t"] == 0.25 and s["share_routed"] == 0.25
+    s = route.main(common + ["--threshold-file", str(tmp_path / "cal.threshold.json"),
+                             "--out", str(tmp_path / "reuse.jsonl"), "--measure-target-only"])
+    assert s["share_routed"] == 0.25 and s["speedup_basis"] == "measured"
+
+
+# ------------------------------------------------------------------ failures lose nothing
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptingPolicy:
+    """Decides normally, but the n-th batch is interrupted (like a killed process)."""
+
+    def __init__(self, at_batch: int):
+        self.calls, self.at_batch = 0, at_batch
+
+    def keep(self, scores):
+        self.calls += 1
+        if self.calls == self.at_batch:
+            raise Interrupt
+        return BatchFraction(0.5).keep(scores)
+
+
+def test_resume_every_line_once(draft, target, data, tmp_path):
+    router = _router(draft, target, mode="drl", rating="forced", max_new_tokens=2)
+    out = tmp_path / "routes.jsonl"
+    with pytest.raises(Interrupt):
+        route_run.route_file(router, data, out, InterruptingPolicy(at_batch=2), batch_size=5)
+    assert len(read_jsonl(out)) == 5
+    with out.open("a") as f:  # a line torn by the interruption
+        f.write('{"id": "test-000')
+    rows = route_run.route_file(router, data, out, BatchFraction(0.5), batch_size=5, resume=True)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == 12 and len(set(ids)) == 12
+    # a resume with nothing left does nothing
+    assert len(route_run.route_file(router, data, out, BatchFraction(0.5), batch_size=5, resume=True)) == 12
+
+
+def test_bad_lines_and_images_yield_error_lines(draft, target, data, tmp_path):
+    lines = data.read_text().splitlines()[:3]
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    bad = [
+        "{not json",
+        json.dumps({"id": "noimg", "image": "missing.png", "question": "What?"}),
+        json.dumps({"id": "corrupt", "image": str(tmp_path / "corrupt.png"), "question": "What?"}),
+        json.dumps({"id": "empty", "question": ""}),
+        json.dumps({"id": "textonly", "question": "What is 2+3?", "answer": "5"}),
+    ]
+    path = tmp_path / "mixed.jsonl"
+    # images of the good lines are relative to the original file: make them absolute
+    good = [json.dumps({**json.loads(line), "image": str(data.parent / json.loads(line)["image"])}) for line in lines]
+    path.write_text("\n".join(good + bad) + "\n")
+    router = _router(draft, target, mode="drl", rating="forced", max_new_tokens=2)
+    rows = route_run.route_file(router, path, tmp_path / "out.jsonl", BatchFraction(0.5), batch_size=4)
+    by_id = {r["id"]: r for r in rows}
+    assert len(rows) == 8
+    assert by_id["line-4"]["error"] == "bad_json"
+    assert by_id["noimg"]["error"] == "missing_image" and by_id["corrupt"]["error"] == "corrupt_image"
+    assert by_id["empty"]["error"] == "empty_question"
+    assert by_id["textonly"]["route"] in ("draft", "target") and by_id["textonly"]["error"] is None
+    s = route_run.summarize(rows)
+    assert s["errors"] == 4 and s["queries"] == 8

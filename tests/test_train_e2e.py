@@ -1,0 +1,164 @@
+"""End-to-end training on tiny models + synthetic data (CPU).
+
+Default suite: one short in-process DRL run.  Slow (`-m slow`): every mode, a 2-process DeepSpeed
+ZeRO-3 JRL run, and the SIGKILL / --resume bit-exactness test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_drl_end_to_end(tmp_path):
+    from train import main
+
+    final = main(["--mode", "drl", "--config", TINY, "--max-steps", "2", "--output-dir", str(tmp_path)])
+    assert final == tmp_path / "ckpt-2"
+    _model, info = AutoModelForImageTextToText.from_pretrained(final, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    trained = load_file(final / "model.safetensors")
+    init = load_file(next(tmp_path.glob("tiny-test-seed0")) / "model.safetensors")
+    assert any(not torch.equal(init[k], trained[k]) for k in trained)  # it learned something
+    rows = _metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward/format", "reward/accuracy", "reward/rating_d", "rating_d_mae", "rating_d_std", "dss_d_rate",
+                "zero_std_frac", "completion_len_mean", "completion_len_max", "truncated_frac", "tokens_per_s",
+                "step_time_s", "lr"):
+        assert key in rows[0], key
+    samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"step", "id", "completion", "d", "acc_dft"} <= set(samples[0])
+    state = json.loads((final / "trainer_state.json").read_text())
+    assert state["step"] == 2 and sorted(state["sampler_order"]) == list(range(16))
+
+
+def test_rl_micro_step_with_dss_rewrites_score_tokens(tmp_path, monkeypatch):
+    """Steps 3-7 on a forced rollout: collapsed, wrong ratings -> DSS fires -> the substituted
+    d' are written into the token sequences the loss sees, and those tokens carry alpha * A_d."""
+    from prp import trainer as tr
+    from prp.loss import Segment
+    from prp.parsing import parse_completion
+    from prp.rollout import Rollout
+    from prp.train_config import load_config
+
+    cache = tmp_path / "acc.jsonl"
+    cache.write_text("".join(json.dumps({"id": f"train-{i:05d}", "acc": 0.25, "n": 4}) + "\n" for i in range(16)))
+    cfg = load_config(TINY, mode="jrl", overrides={"output_dir": str(tmp_path), "acc_tgt_cache": str(cache)})
+    t = tr.Trainer(cfg)
+    t.setup_data()
+    t.setup_model()
+    tok = t.tok
+    texts = ["<target>0.80</target><confidence>0.9</confidence><think>1+1=2</think><answer>$-1$</answer>"] * 4
+    forced = [tok.encode(x, add_special_tokens=False) + [t.eos_id] for x in texts]
+    monkeypatch.setattr(tr, "generate_rollout", lambda model, proc, prompts, **kw: Rollout(prompts, forced, [False] * 4))
+    out = t.rl_micro(0, t.records_for(0))
+    comp = out.batch.input_ids[:, out.batch.prompt_len:]
+    mask = out.batch.completion_mask.bool()
+    parsed = [parse_completion(tok.decode(comp[i][mask[i]].tolist(), skip_special_tokens=True), "jrl") for i in range(4)]
+    ds = [p.confidence for p in parsed]
+    ts = [p.target for p in parsed]
+    assert ds[3] == 0.9 and ts[3] == 0.8  # d_N, t_N kept
+    assert ds[:3] != [0.9] * 3 and ts[:3] != [0.8] * 3  # d_1..d_{N-1} substituted (Acc_dft = 0, Acc_tgt = 0.25)
+    assert all(p.format_ok for p in parsed)
+    assert out.metrics["dss_d_rate"] == [1.0] and out.metrics["dss_t_rate"] == [1.0]
+    # The score tokens of each row share one weight; A'_N = -sum A'_i (Eq. 6) -> the weights sum to 0.
+    segs = [tr.completion_segments(comp[i][mask[i]].tolist(), tok, "jrl") for i in range(4)]
+    d_w = [out.weights[i][[j for j, s in enumerate(segs[i]) if s == Segment.DRAFT]] for i in range(4)]
+    assert all(w.unique().numel() == 1 for w in d_w)
+    assert abs(sum(w.sum().item() for w in d_w)) < 1e-5
+    assert t.forward_backward(out) == pytest.approx(0.0, abs=1e-5)  # ratio 1: the loss value is -mean(A)
+
+
+# ---------------------------------------------------------------- slow
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["grpo", "jrl", "sft", "sft-cn", "presample"])
+def test_every_mode_runs(mode, tmp_path):
+    from train import main
+
+    main(["--mode", mode, "--config", TINY, "--max-steps", "2", "--output-dir", str(tmp_path)])
+    if mode == "presample":
+        assert len((tmp_path / "acc_tgt.jsonl").read_text().splitlines()) == 16
+        return
+    assert (tmp_path / "ckpt-2" / "model.safetensors").exists() and len(_metrics(tmp_path)) == 2
+    if mode == "jrl":  # presampled on the fly with the tiny target
+        assert len((tmp_path / "acc_tgt.jsonl").read_text().splitlines()) == 16
+    if mode == "sft-cn":
+        tok = json.loads((tmp_path / "ckpt-2" / "tokenizer.json").read_text())
+        assert {"[CN]", "[UN]"} <= {t["content"] for t in tok["added_tokens"]}
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_two_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = ["deepspeed", "--num_gpus", "2", "train.py", "--mode", "jrl", "--config", TINY, "--max-steps", "2",
+           "--output-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "ckpt-2")
+    assert sum(p.numel() for p in model.parameters()) > 100_000  # full, gathered weights
+    assert (tmp_path / "ckpt-2" / "ds").is_dir() and len(_metrics(tmp_path)) == 2
+
+
+def test_sigkill_then_resume_is_bit_exact(tmp_path):
+    """Kill a run with SIGKILL after checkpoint 2 is written and step 3 has started; --resume must
+    end with exactly the weights of an uninterrupted run."""
+    common = ["--mode", "drl", "--config", TINY, "--max-steps", "6", "--set", "save_every=2"]
+    ref = _run([*common, "--output-dir", str(tmp_path / "ref")], timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", *common, "--output-dir", str(out), "--set", "step_delay_s=0.5"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen_ckpt = False
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        seen_ckpt |= line.strip() == "prp-checkpoint 2"
+        if seen_ckpt and line.strip() == "prp-step-start 3":
+            time.sleep(0.3)  # inside step 3 (its start delay), before any later checkpoint
+            break
+        assert time.time() < deadline
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "ckpt-2").is_dir() and not (out / "ckpt-4").exists()
+
+    resumed = _run([*common, "--output-dir", str(out), "--resume"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    a, b = load_file(tmp_path / "ref" / "ckpt-6" / "model.safetensors"), load_file(out / "ckpt-6" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4, 5, 6]
+    init = load_file(next((tmp_path / "ref").glob("tiny-test-seed0")) / "model.safetensors")
+    assert any(not torch.equal(init[k], a[k]) for k in a)

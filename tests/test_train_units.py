@@ -1,0 +1,329 @@
+"""Fast unit tests of the training pieces: DSS token rewrite, advantage map, config, data skips,
+presample resumability, checkpoint atomicity."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import urllib.error
+
+import pytest
+import torch
+from PIL import Image
+
+from prp import checkpoint as ckpt_io
+from prp.data import drop_unparsable_gold, load_chartqa_train, load_jsonl, load_mmk12
+from prp.loss import Segment, token_advantage_map
+from prp.parsing import parse_completion
+from prp.presample import openai_sampler, presample, read_cache
+from prp.rollout import PromptBatch, build_batch, format_score, rewrite_score, trim_at_eos
+from prp.tiny import build_tokenizer
+from prp.train_config import TrainConfig, load_config, parse_set
+from prp.trainer import apply_substitution, completion_segments, compute_advantages, epoch_order
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+JRL = "<target>0.42</target><confidence>0.9</confidence><think>3+5=8</think><answer>$8$</answer>"
+
+
+def _ids(tok, text):
+    return tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids(tok.eos_token)]
+
+
+# ---------------------------------------------------------------- DSS token rewrite (Alg. 1 l.13)
+
+
+def test_rewrite_score_changes_length_and_keeps_the_rest(tok):
+    ids = _ids(tok, JRL)
+    span = parse_completion(tok.decode(ids, skip_special_tokens=True), "jrl").confidence_span
+    new_ids, idx = rewrite_score(ids, tok, span, "0.37")
+    assert len(new_ids) == len(ids) + 1  # "0.9" -> "0.37": one more digit token
+    text = tok.decode(new_ids, skip_special_tokens=True)
+    assert text == JRL.replace("0.9<", "0.37<")
+    parsed = parse_completion(text, "jrl")
+    assert parsed.confidence == 0.37 and parsed.target == 0.42 and parsed.format_ok
+    assert "".join(tok.decode([new_ids[i]]) for i in idx).find("0.37") >= 0
+    # Tokens before and after the rewritten piece are untouched.
+    tail = len(new_ids) - idx[-1] - 1
+    assert new_ids[: idx[0]] == ids[: idx[0]] and tail > 5 and new_ids[-tail:] == ids[-tail:]
+
+
+def test_apply_substitution_rewrites_both_ratings(tok):
+    ids = _ids(tok, JRL)
+    new = apply_substitution(ids, tok, mode="jrl", new_d=0.15, new_t=0.8)
+    parsed = parse_completion(tok.decode(new, skip_special_tokens=True), "jrl")
+    assert (parsed.confidence, parsed.target) == (0.15, 0.8)
+    assert new[-1] == ids[-1]  # EOS kept
+    same = apply_substitution(ids, tok, mode="jrl", new_d=math.nan, new_t=0.42)  # same string: untouched
+    assert same == ids
+
+
+def test_format_score():
+    assert format_score(0.5) == "0.50" and format_score(1.0) == "1.00" and format_score(0.071) == "0.07"
+
+
+# ---------------------------------------------------------------- advantage map from real completions
+
+
+def test_advantage_map_from_tiny_tokenizer_completions(tok):
+    texts = [JRL, "<target>0.1</target><confidence>0.87</confidence><think>x</think><answer>$2$</answer>"]
+    comps = [_ids(tok, t) for t in texts]
+    segs = [completion_segments(c, tok, "jrl") for c in comps]
+    for c, s, d, t in zip(comps, segs, ("0.9", "0.87"), ("0.42", "0.1")):
+        assert tok.decode([c[i] for i, x in enumerate(s) if x == Segment.DRAFT]) == d
+        assert tok.decode([c[i] for i, x in enumerate(s) if x == Segment.TARGET]) == t
+    prompt_len = 5
+    prompts = PromptBatch(torch.ones(2, prompt_len, dtype=torch.long), torch.ones(2, prompt_len, dtype=torch.long),
+                          torch.zeros(2, prompt_len, dtype=torch.long), None, None)
+    batch = build_batch(prompts, comps, pad_id=tok.pad_token_id)
+    seg = torch.zeros(batch.input_ids.shape, dtype=torch.long)
+    for i, s in enumerate(segs):
+        seg[i, prompt_len:prompt_len + len(s)] = torch.tensor(s)
+    a_base, a_d, a_t = torch.tensor([0.5, -0.5]), torch.tensor([0.2, -0.2]), torch.tensor([1.0, -1.0])
+    w = token_advantage_map(segments=seg, a_base=a_base, a_d=a_d, a_t=a_t, alpha=1.5, beta=2.0)
+    assert w[:, :prompt_len].abs().sum() == 0  # prompt: 0
+    for i, s in enumerate(segs):
+        row = w[i, prompt_len:]
+        n_d, n_t = s.count(Segment.DRAFT), s.count(Segment.TARGET)
+        n_r = len(s) - n_d - n_t
+        for m, kind in enumerate(s):
+            expect = {Segment.DRAFT: 1.5 * a_d[i] / n_d, Segment.TARGET: 2.0 * a_t[i] / n_t,
+                      Segment.REST: a_base[i] / n_r}[Segment(kind)]
+            assert math.isclose(row[m].item(), float(expect), rel_tol=1e-6)
+        assert row[len(s):].abs().sum() == 0  # padding: 0
+        assert row[len(s) - 1] == a_base[i] / n_r  # the EOS is part of r_i
+    assert batch.completion_mask.sum(1).tolist() == [len(c) for c in comps]
+
+
+def test_trim_at_eos():
+    assert trim_at_eos([1, 2, 3], {9}) == ([1, 2, 3], True)
+    assert trim_at_eos([1, 9, 9], {9}) == ([1, 9], False)
+
+
+# ---------------------------------------------------------------- advantages on gathered groups
+
+
+def _cfg(**kw):
+    return TrainConfig(model="m", train_data="d", **kw)
+
+
+def test_compute_advantages_matches_equations():
+    nan = float("nan")
+    base = torch.tensor([[2.0, 1.0, 1.0, 2.0], [1.0, 1.0, 1.0, 1.0]])
+    correct = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0]])
+    d = torch.tensor([[0.5, 0.9, nan, 0.5], [0.7, 0.7, 0.7, 0.7]], dtype=torch.float64)
+    t = torch.tensor([[0.3] * 4, [0.2] * 4], dtype=torch.float64)
+    out = compute_advantages(mode="jrl", base_rewards=base, correct=correct, d=d, t=t,
+                             acc_tgt=torch.tensor([0.3, 0.9], dtype=torch.float64), valid=torch.tensor([True, True]),
+                             cfg=_cfg(mu=0.2, sigma=0.05), generator=torch.Generator().manual_seed(0))
+    assert out.acc_dft.tolist() == [0.5, 0.0]
+    assert torch.allclose(out.a_base[0], torch.tensor([0.8660, -0.8660, -0.8660, 0.8660]), atol=1e-4)
+    assert out.a_base[1].abs().sum() == 0  # zero-std group
+    r = torch.tensor([1.0, 0.6, -1.0, 1.0])
+    assert torch.allclose(out.a_d[0], r - r.mean())  # Eq. 5 (an invalid rating is -1)
+    # group 2: d all 0.7, Acc 0 -> vanishing -> DSS (Eq. 6 sums to zero, d_N kept)
+    assert bool(out.dss_d[1]) and not bool(out.dss_d[0])
+    assert math.isnan(out.new_d[1, 3]) and not out.new_d[1, :3].isnan().any()
+    assert abs(out.a_d[1].sum().item()) < 1e-6
+    # t: group 1 exact (no DSS: mean gap 0); group 2 gap 0.7 -> DSS
+    assert bool(out.dss_t[1]) and not bool(out.dss_t[0])
+
+
+def test_compute_advantages_same_result_whatever_the_rank_split():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randint(0, 3, (6, 4), generator=g).float()
+    correct = (torch.rand(6, 4, generator=g) > 0.5).float()
+    d = torch.rand(6, 4, generator=g, dtype=torch.float64).mul(100).round().div(100)
+    args = {"mode": "drl", "t": torch.full((6, 4), float("nan"), dtype=torch.float64),
+                "acc_tgt": torch.zeros(6, dtype=torch.float64), "valid": torch.ones(6, dtype=torch.bool), "cfg": _cfg()}
+    whole = compute_advantages(base_rewards=base, correct=correct, d=d, generator=torch.Generator().manual_seed(3), **args)
+    # "gathered" from two ranks = concatenation in rank order: identical tensors, identical result.
+    halves = compute_advantages(base_rewards=torch.cat([base[:3], base[3:]]), correct=torch.cat([correct[:3], correct[3:]]),
+                                d=torch.cat([d[:3], d[3:]]), generator=torch.Generator().manual_seed(3), **args)
+    assert torch.equal(whole.a_base, halves.a_base) and torch.equal(whole.a_d, halves.a_d)
+
+
+def test_invalid_groups_get_no_advantage():
+    out = compute_advantages(mode="drl", base_rewards=torch.tensor([[1.0, 0, 0, 0]]), correct=torch.tensor([[1.0, 0, 0, 0]]),
+                             d=torch.tensor([[0.9] * 4], dtype=torch.float64), t=torch.full((1, 4), float("nan"), dtype=torch.float64),
+                             acc_tgt=torch.zeros(1), valid=torch.tensor([False]), cfg=_cfg(),
+                             generator=torch.Generator().manual_seed(0))
+    assert out.a_base.abs().sum() == 0 and out.a_d.abs().sum() == 0 and out.new_d.isnan().all()
+
+
+def test_epoch_order_is_a_deterministic_permutation():
+    a = epoch_order(10, seed=0, epoch=1)
+    assert sorted(a) == list(range(10)) and a == epoch_order(10, seed=0, epoch=1) != epoch_order(10, seed=0, epoch=2)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_tiny_yaml_per_mode_and_overrides():
+    cfg = load_config("configs/tiny.yaml", mode="sft")
+    assert cfg.mode == "sft" and cfg.sft_rating == "drl" and cfg.num_generations == 4
+    cfg = load_config("configs/tiny.yaml", mode="jrl", overrides=parse_set(["alpha=2", "bf16=true", "max_steps=7"]))
+    assert (cfg.alpha, cfg.bf16, cfg.max_steps) == (2.0, True, 7)
+
+
+@pytest.mark.parametrize("mode", ["grpo", "drl", "jrl", "sft", "sft-cn", "presample"])
+def test_paper_configs_parse(mode):
+    cfg = load_config(f"configs/{mode}.yaml")
+    assert cfg.mode == mode and cfg.learning_rate in (5e-7, 1e-5) and cfg.max_completion_length == 2048
+    assert (cfg.max_prompt_length, cfg.max_pixels, cfg.gradient_accumulation_steps) == (3000, 501760, 5)
+    assert cfg.bf16 and cfg.gradient_checkpointing and cfg.alpha == cfg.beta == 1.5
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(overrides={"model": "m", "train_data": "d", "nope": 1})
+    with pytest.raises(ValueError, match="multiple of"):
+        load_config(overrides={"model": "m", "train_data": "d", "per_device_batch_size": 6})
+    with pytest.raises(ValueError, match="integer"):
+        load_config(overrides={"model": "m", "train_data": "d", "max_steps": "x"})
+    with pytest.raises(ValueError, match="unknown mode"):
+        load_config(overrides={"model": "m", "train_data": "d", "mode": "ppo"})
+
+
+# ---------------------------------------------------------------- data: skipped and counted
+
+
+def _png(path):
+    Image.new("RGB", (56, 56), (120, 110, 100)).save(path)
+
+
+def test_jsonl_skips_are_counted(tmp_path):
+    _png(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    rows = [
+        {"id": "a", "image": "ok.png", "question": "q?", "answer": "$3$"},
+        {"id": "b", "image": "missing.png", "question": "q?", "answer": "$3$"},
+        {"id": "c", "image": "bad.png", "question": "q?", "answer": "$3$"},
+        {"id": "d", "image": "ok.png", "question": "  ", "answer": "$3$"},
+        {"id": "e", "image": "ok.png", "question": "q?", "answer": ""},
+        {"id": "f", "image": "ok.png", "question": "q?", "answer": "$$"},
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
+    result = drop_unparsable_gold(load_jsonl(path, require_answer=True))
+    assert [r.id for r in result.records] == ["a"]
+    assert result.skipped == {"missing_image": 1, "corrupt_image": 1, "empty_question": 1,
+                              "missing_answer": 1, "bad_json": 1, "unparsable_answer": 1}
+
+
+def test_mmk12_and_chartqa_loaders(tmp_path):
+    _png(tmp_path / "img.png")
+    rows = [{"id": "m1", "subject": "math", "image": "img.png", "question": "x?", "answer": "12"},
+            {"id": "m2", "subject": "math", "image": None, "question": "x?", "answer": "12"}]
+    (tmp_path / "mmk12.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    mm = load_mmk12(tmp_path / "mmk12.jsonl")
+    assert [r.id for r in mm.records] == ["m1"] and mm.records[0].meta["subject"] == "math"
+    assert mm.skipped == {"missing_image": 1}
+    (tmp_path / "png").mkdir()
+    _png(tmp_path / "png" / "c.png")
+    (tmp_path / "train_human.json").write_text(json.dumps(
+        [{"imgname": "c.png", "query": "Max?", "label": "45"}, {"imgname": "gone.png", "query": "Max?", "label": "1"}]))
+    cq = load_chartqa_train(tmp_path / "train_human.json")
+    assert [(r.id, r.question, r.answer) for r in cq.records] == [("train_human-0", "Max?", "45")]
+    assert cq.skipped == {"missing_image": 1}
+
+
+def test_parquet_without_pyarrow_says_so(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name.startswith("pyarrow"):
+            raise ImportError("no pyarrow")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    (tmp_path / "x.parquet").write_bytes(b"")
+    with pytest.raises(ImportError, match="pyarrow"):
+        load_mmk12(tmp_path / "x.parquet")
+
+
+# ---------------------------------------------------------------- presample
+
+
+class _Rec:
+    def __init__(self, i, answer="$2$"):
+        self.id, self.answer, self.image, self.question = f"r{i}", answer, None, "q"
+
+    def load_image(self):
+        return None
+
+
+def test_presample_resumes_and_repairs_a_torn_tail(tmp_path):
+    calls = []
+
+    def sampler(chunk):
+        calls.extend(r.id for r in chunk)
+        return [["<think>.</think><answer>$2$</answer>", "<answer>$3$</answer>"] for _ in chunk]
+
+    cache = tmp_path / "acc.jsonl"
+    cache.write_text(json.dumps({"id": "r0", "acc": 1.0, "n": 2}) + "\n" + '{"id": "r1", "ac')  # killed mid-write
+    counts = presample([_Rec(i) for i in range(3)] + [_Rec(9, answer="")], sampler, cache, m=2, batch_size=2)
+    assert calls == ["r1", "r2", "r9"] and counts["done"] == 2 and counts["no_gold"] == 1
+    assert read_cache(cache) == {"r0": 1.0, "r1": 0.5, "r2": 0.5}
+    assert all(json.loads(line) for line in cache.read_text().splitlines())  # no torn line left
+    calls.clear()
+    presample([_Rec(i) for i in range(3)], sampler, cache, m=2)
+    assert calls == []  # everything done: nothing resampled, nothing duplicated
+    assert len(cache.read_text().splitlines()) == 3
+
+
+def test_openai_sampler_retries_and_tops_up(monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-test")
+    sent = []
+
+    class Resp(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    def opener(req, timeout):
+        sent.append((json.loads(req.data), req.headers.get("Authorization"), timeout))
+        if len(sent) == 1:
+            raise urllib.error.HTTPError(req.full_url, 503, "busy", {}, None)
+        n = sent[-1][0]["n"]
+        return Resp(json.dumps({"choices": [{"message": {"content": "<answer>$1$</answer>"}}] * min(n, 2)}).encode())
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    sample = openai_sampler("http://x/v1", "big", m=3, max_new_tokens=8, api_key_env="MY_KEY", timeout_s=7, opener=opener)
+    out = sample([_Rec(0)])
+    assert out == [["<answer>$1$</answer>"] * 3]
+    assert [s[0]["n"] for s in sent] == [3, 3, 1] and sent[0][1] == "Bearer sk-test" and sent[0][2] == 7
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_commit_is_atomic_and_keeps_last(tmp_path):
+    for step in (1, 2, 3):
+        tmp = ckpt_io.tmp_dir(tmp_path, step)
+        ckpt_io.write_state(tmp, trainer_state={"step": step})
+        ckpt_io.commit(tmp, keep_last=2)
+    half = ckpt_io.tmp_dir(tmp_path, 4)  # a save killed half-way
+    (half / "model.safetensors").write_bytes(b"partial")
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path)] == ["ckpt-2", "ckpt-3"]
+    assert ckpt_io.latest_checkpoint(tmp_path).name == "ckpt-3"
+    ckpt_io.remove_stale_tmp(tmp_path)
+    assert not half.exists()
+    state, training, rng = ckpt_io.read_state(tmp_path / "ckpt-3")
+    assert state == {"step": 3} and training is None and "torch" in rng
