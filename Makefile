@@ -28,7 +28,7 @@ install: $(STAMP)
 demo: EXTRAS = dev
 demo: $(STAMP)
 	$(PY) route.py --tau 2 --pt 0.6 --out $(DEMO_DIR)/routes.jsonl
-	$(PY) eval.py --bench demo --routes $(DEMO_DIR)/routes.jsonl --out-dir $(DEMO_DIR)/report
+	$(PY) eval.py --bench demo --out-dir $(DEMO_DIR)/report
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --doctest-modules prp tests

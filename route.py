@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     from prp import route_run
     from prp.modeling import load_model
-    from prp.remote import OpenAIClient, RetryPolicy
-    from prp.router import LocalTarget, RemoteTarget, Router, RouterConfig
+    from prp.remote import RetryPolicy
+    from prp.router import Router, RouterConfig, load_target
     from prp.thresholds import BatchFraction, Calibration, FixedThreshold
 
     if args.threads:
@@ -99,14 +99,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     draft, draft_proc = load_model(args.draft, device=device, dtype=args.dtype)
-    if args.target.startswith(("http://", "https://")):
-        retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
-        client = OpenAIClient(args.target, args.target_model or "target", api_key_env=args.api_key_env,
-                              retry=retry, max_tokens=max_new)
-        target = RemoteTarget(client, concurrency=args.concurrency)
-    else:
-        t_model, t_proc = load_model(args.target, device=device, dtype=args.dtype)
-        target = LocalTarget(t_model, t_proc, name=Path(args.target).name, max_new_tokens=max_new)
+    retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
+    target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
+                         remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)
     cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, ipr_backend=args.ipr_backend,
                        rating=args.rating or "free", max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
     router = Router(draft, draft_proc, target, cfg)

@@ -125,6 +125,23 @@ class RemoteTarget:
             return list(pool.map(self.answer_one, queries))
 
 
+def load_target(spec: str, *, device=None, dtype=None, max_new_tokens: int = 1024, retry=None,
+                remote_model: str | None = None, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8):
+    """A target from the command line's spelling: an http(s) base URL (OpenAI-compatible) or a local dir."""
+    if spec.startswith(("http://", "https://")):
+        from prp.remote import OpenAIClient, RetryPolicy
+
+        client = OpenAIClient(spec, remote_model or "target", api_key_env=api_key_env,
+                              retry=retry or RetryPolicy(), max_tokens=max_new_tokens)
+        return RemoteTarget(client, concurrency=concurrency)
+    from pathlib import Path
+
+    from prp.modeling import load_model
+
+    model, processor = load_model(spec, device=device, dtype=dtype)
+    return LocalTarget(model, processor, name=Path(spec).name, max_new_tokens=max_new_tokens)
+
+
 def gen_inputs(processor, messages, images, model):
     """Processor inputs on the model's device; None images mean text-only rows."""
     has_image = any(im is not None for im in images)

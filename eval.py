@@ -1,0 +1,137 @@
+"""Evaluate PRP on a benchmark: official scoring, baselines and routing analysis (Sec. 5).
+
+    python eval.py --bench mathvista --score OUTPUT.json [--data-dir DIR]       # official MathVista score
+    python eval.py --bench mathvista --data-dir DIR --draft D --target T_OR_URL  # run models, write the report
+    python eval.py --bench demo                                                  # the embedded demo
+    python eval.py --bench demo --table runs/eval/instances.jsonl                # report from a saved table
+
+The per-instance table (draft and target correctness, latencies, ratings, P1/P2 signals) is cached
+in <out-dir>/instances.jsonl; a rerun resumes it.  The report (report.json, report.md, PNG plots)
+goes to <out-dir>.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+# The official testmini answers and published outputs ship with the tests (see its SOURCE.md).
+SHIPPED_MATHVISTA = REPO / "tests" / "data" / "mathvista"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--bench", required=True,
+                    choices=("mathvista", "mathverse", "chartqa", "m3cot", "docvqa", "demo"))
+    ap.add_argument("--data-dir", help="the benchmark's download folder (or its annotation file)")
+    ap.add_argument("--score", metavar="OUTPUT.json", help="MathVista: score an official-format output file")
+    ap.add_argument("--table", help="skip the models: build the report from this per-instance JSONL")
+    ap.add_argument("--draft", help="rating draft (DRL/JRL-trained) model dir")
+    ap.add_argument("--target", help="target model dir or OpenAI-compatible base URL")
+    ap.add_argument("--target-model", default=None, help="model name sent to a remote target")
+    ap.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    ap.add_argument("--sft-cn", help="Paradigm-2 baseline model (train.py --mode sft-cn) for the s_2 signal")
+    ap.add_argument("--mode", choices=("drl", "jrl"), default="jrl")
+    ap.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first")
+    ap.add_argument("--tau", type=float, default=2.0)
+    ap.add_argument("--ipr", choices=("add", "band", "off"), default="add")
+    ap.add_argument("--rating", choices=("free", "forced"), default="free")
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=8, help="1 gives per-query latencies (Tab. 2)")
+    ap.add_argument("--limit", type=int, help="first N records only")
+    ap.add_argument("--p-t", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6], help="Tab. 2 rows")
+    ap.add_argument("--out-dir", default=None, help="default runs/eval-<bench>")
+    ap.add_argument("--no-resume", action="store_true", help="start the instance cache afresh")
+    ap.add_argument("--allow-missing-images", action="store_true", help="keep records whose image is missing")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    return ap
+
+
+def score_mathvista(args) -> None:
+    from prp.bench.mathvista import format_score, score_output_file
+
+    candidates = [Path(args.data_dir)] if args.data_dir else [Path(args.score).parent, SHIPPED_MATHVISTA]
+    for base in candidates:
+        gold = base if base.is_file() else base / "testmini.json"
+        if gold.exists():
+            break
+    else:
+        raise SystemExit("no testmini.json found: pass --data-dir with the MathVista testmini annotations")
+    print(format_score(score_output_file(args.score, str(gold))))
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.score:
+        if args.bench != "mathvista":
+            raise SystemExit("--score reads MathVista's official output format; use --bench mathvista")
+        score_mathvista(args)
+        return None
+
+    from prp.report import build_report
+    from prp.route_run import read_rows
+
+    out_dir = Path(args.out_dir or f"runs/eval-{args.bench}")
+    table = args.table or run_models(args, out_dir)
+    rows = [r for r in read_rows(table) if "error" not in r]
+    skipped = sum(1 for r in read_rows(table) if "error" in r)
+    if not rows:
+        raise SystemExit(f"no evaluated instances in {table}")
+    paths = build_report(rows, p_t_list=args.p_t, out_dir=out_dir, title=f"PRP on {args.bench}")
+    draft_acc = sum(r["draft_correct"] for r in rows) / len(rows)
+    target_acc = sum(r["target_correct"] for r in rows) / len(rows)
+    print(f"{args.bench}: {len(rows)} instances ({skipped} skipped with errors); "
+          f"draft accuracy {draft_acc:.1%}, target accuracy {target_acc:.1%}")
+    print(f"report: {paths['markdown']} and {paths['json']}")
+    for name, path in paths["plots"].items():
+        print(f"plot {name}: {path}")
+    return paths
+
+
+def run_models(args, out_dir: Path) -> Path:
+    """Run the draft, the target and the baselines over the benchmark; returns the instance table."""
+    import torch
+
+    from prp.bench.registry import get_benchmark
+    from prp.evaluate import Baselines, run_benchmark
+    from prp.modeling import load_model
+    from prp.route_run import DEFAULT_DEMO, ensure_default_demo
+    from prp.router import Router, RouterConfig, load_target
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench = get_benchmark(args.bench)
+    if args.bench == "demo" and not (args.data_dir or args.draft or args.target):
+        paths = ensure_default_demo(DEFAULT_DEMO)
+        args.data_dir, args.draft, args.target = str(paths["data"]), str(paths["draft"]), str(paths["target"])
+        args.rating = DEFAULT_DEMO.rating
+        args.max_new_tokens = min(args.max_new_tokens, DEFAULT_DEMO.max_new_tokens)
+    if not (args.data_dir and args.draft and args.target):
+        raise SystemExit("give --data-dir, --draft and --target (or --table, or --score)")
+    loaded = bench.load(args.data_dir, require_images=not args.allow_missing_images)
+    records = loaded.records[: args.limit] if args.limit else loaded.records
+    if loaded.skipped:
+        print(f"skipped while loading: {dict(loaded.skipped)}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
+    target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+                         remote_model=args.target_model, api_key_env=args.api_key_env)
+    cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, rating=args.rating,
+                       max_new_tokens=args.max_new_tokens)
+    baselines = Baselines()
+    if args.sft_cn:
+        baselines.sft_cn_model, baselines.sft_cn_processor = load_model(args.sft_cn, device=device, dtype=args.dtype)
+        baselines.max_new_tokens = args.max_new_tokens
+    table = out_dir / "instances.jsonl"
+    run_benchmark(Router(draft, processor, target, cfg), bench, records, table, batch_size=args.batch_size,
+                  resume=not args.no_resume, baselines=baselines)
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""eval.py end to end: official MathVista scoring, and a model evaluation on a generated benchmark
+in MathVista's official schema (testmini.json + images) that writes the report and the plots."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import eval as eval_cli  # noqa: E402
+from route_fixtures import build_pair  # noqa: E402
+
+from prp.synthetic import make_items, render  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "mathvista"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("output, line", [("output_bard.json", "accuracy: 34.8 (348/1000)"),
+                                          ("output_gpt4.json", "accuracy: 26.1 (261/1000)")])
+def test_score_cli_reproduces_published_numbers(output, line, capsys):
+    eval_cli.main(["--bench", "mathvista", "--score", str(DATA / output), "--data-dir", str(DATA)])
+    assert capsys.readouterr().out.strip() == line
+
+
+def _mathvista_like(root: Path, n: int) -> Path:
+    """n sum questions written as an official testmini.json (free-form integers) + images/."""
+    (root / "images").mkdir(parents=True)
+    problems = {}
+    for i, item in enumerate(make_items(n, seed=0, split="test", levels=(1, 2))):
+        pid = str(i + 1)
+        render(item.numbers).save(root / "images" / f"{pid}.png")
+        problems[pid] = {
+            "pid": pid, "question": "What is the sum of the numbers in the image?", "image": f"images/{pid}.png",
+            "choices": None, "unit": None, "precision": None, "answer": str(sum(item.numbers)),
+            "question_type": "free_form", "answer_type": "integer", "metadata": {"split": "testmini"},
+        }
+    problems["999"] = dict(problems["1"], pid="999", image="images/missing.png")  # counted, not a crash
+    (root / "testmini.json").write_text(json.dumps(problems))
+    return root
+
+
+def test_eval_runs_models_writes_report_and_resumes(tmp_path, capsys):
+    pair = build_pair(tmp_path / "models")
+    data = _mathvista_like(tmp_path / "mathvista", 6)
+    out = tmp_path / "eval"
+    argv = ["--bench", "mathvista", "--data-dir", str(data), "--draft", str(pair["draft"]),
+            "--target", str(pair["target"]), "--rating", "forced", "--max-new-tokens", "6",
+            "--batch-size", "4", "--out-dir", str(out), "--p-t", "0.5"]
+    paths = eval_cli.main(argv)
+    printed = capsys.readouterr().out
+    assert "skipped while loading: {'missing_image': 1}" in printed
+    assert "6 instances" in printed
+    rows = [json.loads(line) for line in (out / "instances.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for row in rows:
+        assert {"draft_correct", "target_correct", "d", "t", "ipr_d", "draft_latency_s", "target_latency_s"} <= set(row)
+        assert 0.0 <= row["d"] <= 0.99 and row["prefix"].endswith("</confidence>")
+        assert 0.0 < row["scores"]["p1"] <= 1.0
+        assert row["draft_latency_s"] >= row["prefix_latency_s"] > 0
+        # no IPR: JRL draft-first by hand
+        assert row["scores"]["prp_no_ipr"] == pytest.approx(row["d"] + (row["d"] - row["t"]) / 2)
+        assert row["scores"]["prp"] == pytest.approx(row["d"] + row["ipr_d"] + (row["d"] + row["ipr_d"] - row["t"] - row["ipr_t"]) / 2)
+    report = json.loads(Path(paths["json"]).read_text())
+    assert report["n"] == 6
+    for plot in paths["plots"].values():
+        assert Path(plot).stat().st_size > 1000
+    # resume: a second run evaluates nothing new and keeps one line per id
+    before = (out / "instances.jsonl").read_text()
+    eval_cli.main(argv)
+    assert (out / "instances.jsonl").read_text() == before
+
+
+def test_special_token_signal_matches_a_direct_forward(tmp_path):
+    """P2 = P[CN] / (P[CN] + P[UN]) at the token after the sft-cn model's answer."""
+    from transformers import AutoModelForImageTextToText
+
+    from prp.evaluate import special_token_signal
+    from prp.modeling import load_model, prepare_inputs
+    from prp.prompts import build_messages
+    from prp.router import Query
+    from prp.tiny import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "cn", size="test", seed=3)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    _, processor = load_model(path)
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": ["[CN]", "[UN]"]})
+    model.resize_token_embeddings(len(processor.tokenizer))
+    model.eval()
+    image = render([3, 4])
+    q = Query(id="a", question="What is the sum of the numbers in the image?", image=image)
+    (s2,) = special_token_signal(model, processor, [q], max_new_tokens=0 + 1)
+    # by hand: generate one token greedily, then read the next-token distribution
+    inputs = prepare_inputs(processor, [build_messages(q.question, mode="target")], [image])
+    with torch.no_grad():
+        first = model(**inputs).logits[0, -1].argmax().item()
+        tok = processor.tokenizer
+        eos = set(model.generation_config.eos_token_id) | {tok.convert_tokens_to_ids("[CN]"), tok.convert_tokens_to_ids("[UN]")}
+        body = [] if first in eos else [first]
+        ids = torch.cat([inputs["input_ids"], torch.tensor([body], dtype=torch.long)], dim=1)
+        extra = {k: v for k, v in inputs.items() if k in ("pixel_values", "image_grid_thw")}
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                       mm_token_type_ids=torch.cat([inputs["mm_token_type_ids"], torch.zeros((1, len(body)), dtype=torch.long)], 1),
+                       **extra).logits[0, -1]
+    cn, un = tok.convert_tokens_to_ids("[CN]"), tok.convert_tokens_to_ids("[UN]")
+    expected = math.exp(logits[cn]) / (math.exp(logits[cn]) + math.exp(logits[un]))
+    assert s2 == pytest.approx(expected, rel=1e-4)
