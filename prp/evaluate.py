@@ -28,9 +28,9 @@ from prp.bench.records import BenchRecord
 from prp.bench.registry import Benchmark
 from prp.data import ImageError, open_image
 from prp.prompts import build_messages
+from prp.rollout import build_batch, build_prompts, completion_logprobs
 from prp.route_run import JsonlSink, read_rows
 from prp.router import Query, Router
-from prp.rollout import build_batch, build_prompts, completion_logprobs
 from prp.scoring import route_score
 
 log = logging.getLogger(__name__)

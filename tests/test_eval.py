@@ -11,10 +11,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import eval as eval_cli  # noqa: E402
-from route_fixtures import build_pair  # noqa: E402
+from route_fixtures import build_pair
 
-from prp.synthetic import make_items, render  # noqa: E402
+import eval as eval_cli
+from prp.synthetic import make_items, render
 
 DATA = Path(__file__).parent / "data" / "mathvista"
 
