@@ -11,7 +11,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from route_fixtures import build_pair
 
 import eval as eval_cli
 from prp.synthetic import make_items, render
@@ -19,12 +18,6 @@ from prp.synthetic import make_items, render
 DATA = Path(__file__).parent / "data" / "mathvista"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("output, line", [("output_bard.json", "accuracy: 34.8 (348/1000)"),
@@ -51,8 +44,7 @@ def _mathvista_like(root: Path, n: int) -> Path:
     return root
 
 
-def test_eval_runs_models_writes_report_and_resumes(tmp_path, capsys):
-    pair = build_pair(tmp_path / "models")
+def test_eval_runs_models_writes_report_and_resumes(tmp_path, capsys, pair):
     data = _mathvista_like(tmp_path / "mathvista", 6)
     out = tmp_path / "eval"
     argv = ["--bench", "mathvista", "--data-dir", str(data), "--draft", str(pair["draft"]),

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from route_fixtures import build_pair, build_queries, read_jsonl
+from route_fixtures import build_queries, read_jsonl
 
 from prp import generation as gen
 from prp import route_run
@@ -17,20 +17,6 @@ from prp.scoring import apply_ipr, route_score
 from prp.synthetic import render
 from prp.thresholds import BatchFraction, Calibration, FixedThreshold, calibrate, n_to_target
 from prp.tiny import digit_token_ids
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # see tests/test_tiny.py: 2 threads beside another process are ~30x slower on tiny matmuls
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return build_pair(tmp_path_factory.mktemp("pair"))
 
 
 @pytest.fixture(scope="module")

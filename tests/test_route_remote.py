@@ -11,8 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
-from route_fixtures import build_pair, build_queries
+from route_fixtures import build_queries
 
 from prp import route_run
 from prp.modeling import load_model
@@ -24,17 +23,8 @@ from prp.thresholds import BatchFraction
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return build_pair(tmp_path_factory.mktemp("pair"))
 
 
 def _start(args: list[str], env_extra: dict | None = None) -> tuple[subprocess.Popen, str]:

@@ -30,19 +30,8 @@ from prp.tiny import (
 QUESTION = "What is the sum of the numbers in the image?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny matmuls gain nothing from 2 threads, and with another process on the second core
-    # OpenMP's spin-waits make them ~30x slower (measured: 0.2 ms -> 8 ms per matmul).
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")

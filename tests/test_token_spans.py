@@ -1,13 +1,6 @@
 """Score spans -> completion token indices, on the real tiny tokenizer (both prompt formats)."""
-import pytest
 
 from prp.parsing import parse_completion, span_token_indices
-from prp.tiny import build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def _pieces(tok, ids, idx):

@@ -17,23 +17,8 @@ from prp.loss import Segment, token_advantage_map
 from prp.parsing import parse_completion
 from prp.presample import openai_sampler, presample, read_cache
 from prp.rollout import PromptBatch, build_batch, format_score, rewrite_score, trim_at_eos
-from prp.tiny import build_tokenizer
 from prp.train_config import TrainConfig, load_config, parse_set
 from prp.trainer import apply_substitution, completion_segments, compute_advantages, epoch_order
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
 
 JRL = "<target>0.42</target><confidence>0.9</confidence><think>3+5=8</think><answer>$8$</answer>"
 
