@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,19 @@ def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, s
     )
 
 
+def _numbered_jsonl(path: Path) -> Iterator[tuple[int, dict | None]]:
+    """(line number, object or None if the line is not a JSON object), blank lines left out."""
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError:
+                raw = None
+            yield line_no, raw if isinstance(raw, dict) else None
+
+
 def load_jsonl(
     path: str | Path,
     *,
@@ -98,44 +112,14 @@ def load_jsonl(
 ) -> LoadResult:
     """A generic JSONL file of {"id", "image", "question", "answer", ...} lines.
 
-    Image paths are relative to `image_root` (default: the file's folder).
+    Image paths are relative to `image_root` (default: the file's folder).  Error line numbers
+    are the file's own.
     """
     path = Path(path)
-    base_dir = Path(image_root) if image_root else path.parent
-    records: list[Record] = []
-    skipped: Counter = Counter()
-    errors: list[dict] = []
-
-    def skip(line_no: int, record_id, reason: str) -> None:
-        skipped[reason] += 1
-        errors.append({"line": line_no, "id": record_id, "error": reason})
-        log.warning("%s line %d (id=%s): skipped, %s", path.name, line_no, record_id, reason)
-
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                if not isinstance(raw, dict):
-                    raise json.JSONDecodeError("not an object", line, 0)
-            except json.JSONDecodeError:
-                skip(line_no, None, "bad_json")
-                continue
-            try:
-                record = parse_record(raw, base_dir=base_dir, line_no=line_no, fields=fields)
-            except ValueError as exc:
-                skip(line_no, raw.get("id"), str(exc))
-                continue
-            if require_answer and not (record.answer or "").strip():
-                skip(line_no, record.id, "missing_answer")
-                continue
-            reason = _check_image(Path(record.image)) if (check_images and record.image) else None
-            if reason:
-                skip(line_no, record.id, reason)
-                continue
-            records.append(record)
-    return LoadResult(records=records, skipped=skipped, errors=errors)
+    return _load_numbered(
+        _numbered_jsonl(path), base_dir=Path(image_root) if image_root else path.parent, source=path.name,
+        fields=fields, check_images=check_images, require_answer=require_answer,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,23 +130,11 @@ def load_jsonl(
 def _read_table(path: Path) -> list:
     """Rows of a .jsonl / .json (list or {"data": [...]}) / .parquet file (pyarrow only if needed)."""
     if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise ImportError(
-                f"reading {path} needs pyarrow (pip install pyarrow), or convert it to JSONL + image files"
-            ) from exc
-        return pq.read_table(path).to_pylist()
+        from prp.bench.records import read_parquet
+
+        return read_parquet(str(path))
     if path.suffix == ".jsonl":
-        rows: list = []
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        rows.append(None)  # counted as bad_json below
-        return rows
+        return [raw for _, raw in _numbered_jsonl(path)]  # None: counted as bad_json below
     data = json.loads(path.read_text(encoding="utf-8"))
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
@@ -186,18 +158,18 @@ def _materialise_image(raw: dict, key: str, record_id: str, cache_dir: Path) -> 
             raw[key] = value.get("path")
 
 
-def load_rows(
-    rows: list,
+def _load_numbered(
+    rows: Iterable[tuple[int, dict | None]],
     *,
     base_dir: Path,
     source: str,
     fields: dict[str, str] | None = None,
     check_images: bool = True,
     require_image: bool = False,
-    require_answer: bool = True,
+    require_answer: bool = False,
     image_cache_dir: Path | None = None,
 ) -> LoadResult:
-    """Rows (dicts, or None for an unreadable line) -> Records, skipping and counting bad ones."""
+    """(line number, dict or None for an unreadable line) -> Records, skipping and counting bad ones."""
     names = {"id": "id", "image": "image", **(fields or {})}
     records: list[Record] = []
     skipped: Counter = Counter()
@@ -208,12 +180,12 @@ def load_rows(
         errors.append({"line": line_no, "id": record_id, "error": reason})
         log.warning("%s row %d (id=%s): skipped, %s", source, line_no, record_id, reason)
 
-    for line_no, raw in enumerate(rows, start=1):
+    for line_no, raw in rows:
         if not isinstance(raw, dict):
             skip(line_no, None, "bad_json")
             continue
         raw = dict(raw)
-        record_id = str(raw.get(names["id"], f"row-{line_no}"))
+        record_id = str(raw.get(names["id"], f"line-{line_no}"))  # as parse_record names it
         if image_cache_dir is not None:
             _materialise_image(raw, names["image"], record_id, image_cache_dir)
         try:
@@ -233,6 +205,12 @@ def load_rows(
             continue
         records.append(record)
     return LoadResult(records=records, skipped=skipped, errors=errors)
+
+
+def load_rows(rows: list, *, base_dir: Path, source: str, require_answer: bool = True, **kwargs) -> LoadResult:
+    """Rows (dicts, or None for an unreadable line) -> Records, skipping and counting bad ones."""
+    return _load_numbered(enumerate(rows, start=1), base_dir=base_dir, source=source,
+                          require_answer=require_answer, **kwargs)
 
 
 def load_mmk12(

@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-validation", type=int, default=200)
     ap.add_argument("--n-jrl", type=int, default=1200, help="train records presampled for JRL")
     ap.add_argument("--presample-m", type=int, default=8, help="M target samples per JRL record")
-    ap.add_argument("--target-sft-steps", type=int, default=1800)
-    ap.add_argument("--target-grpo-steps", type=int, default=30)
-    ap.add_argument("--draft-sft-steps", type=int, default=1200)
+    ap.add_argument("--target-sft-steps", type=int, default=1500)
+    ap.add_argument("--target-grpo-steps", type=int, default=20)
+    ap.add_argument("--draft-sft-steps", type=int, default=800)
     ap.add_argument("--draft-grpo-steps", type=int, default=200)
     ap.add_argument("--prefix-sft-steps", type=int, default=150)
     ap.add_argument("--drl-steps", type=int, default=600)
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sft-cn-steps", type=int, default=150)
     ap.add_argument("--nodss-steps", type=int, default=200, help="DSS ablation (0: skip)")
     ap.add_argument("--rl-lr", default="2.0e-4")
+    ap.add_argument("--lanes", default="TD", help="T: the target lane, D: the draft lane (both by default)")
     ap.add_argument("--eval", action="store_true", help="greedy accuracy per level of the exported models")
     args = ap.parse_args(argv)
 
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             export(t, out / "models" / "target")
             if not acc_cache.exists() or len(acc_cache.read_text().splitlines()) < args.n_jrl:
                 _presample(args, jrl_data, out / "models" / "target", acc_cache, work)
+            (work / "presample.done").write_text("ok\n")
         except BaseException as exc:  # noqa: BLE001 - reported by main
             errors.append(exc)
         finally:
@@ -174,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.nodss_steps:
                 rl("drl-nodss", "drl", drl_init, args.nodss_steps, train, ["--set", "dss=false"])
             presampled.wait()
+            while "T" not in args.lanes and not (work / "presample.done").exists():
+                time.sleep(20)
             if not acc_cache.exists():
                 raise RuntimeError("no Acc_tgt cache: the target lane failed")
             export(rl("jrl", "jrl", jrl_init, args.jrl_steps, str(jrl_data), ["--acc-tgt-cache", str(acc_cache)]),
@@ -182,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
             errors.append(exc)
 
     t0 = time.time()
-    lanes = [threading.Thread(target=lane_target), threading.Thread(target=lane_draft)]
+    if "T" not in args.lanes:
+        presampled.set()  # the other lane runs elsewhere: the draft lane checks the cache itself
+    lanes = [threading.Thread(target=fn) for key, fn in (("T", lane_target), ("D", lane_draft)) if key in args.lanes]
     for th in lanes:
         th.start()
     for th in lanes:

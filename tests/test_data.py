@@ -1,0 +1,50 @@
+"""prp.data: every bad line is counted and reported with its own line number, none is fatal."""
+import json
+
+from prp.data import ImageError, load_jsonl, load_rows
+from prp.synthetic import render
+
+
+def test_load_jsonl_counts_each_kind_of_bad_line(tmp_path):
+    (tmp_path / "img").mkdir()
+    render([1, 2]).save(tmp_path / "img" / "ok.png")
+    (tmp_path / "img" / "bad.png").write_bytes(b"not a png")
+    lines = [
+        json.dumps({"id": "a", "image": "img/ok.png", "question": "Q?", "answer": "$3$"}),  # 1
+        "",  # 2: blank, ignored
+        "{not json",  # 3
+        json.dumps({"id": "b", "image": "img/ok.png", "question": "  "}),  # 4
+        json.dumps({"id": "c", "image": "img/missing.png", "question": "Q?"}),  # 5
+        json.dumps({"id": "d", "image": "img/bad.png", "question": "Q?"}),  # 6
+        json.dumps(["a list"]),  # 7
+        json.dumps({"question": "text only"}),  # 8: no id, no image: kept
+    ]
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = load_jsonl(path)
+    assert [r.id for r in result.records] == ["a", "line-8"]
+    assert result.records[0].image == str(tmp_path / "img" / "ok.png")
+    assert result.records[0].load_image().size == (112, 112)
+    assert result.records[1].image is None and result.records[1].load_image() is None
+    assert dict(result.skipped) == {"bad_json": 2, "empty_question": 1, "missing_image": 1, "corrupt_image": 1}
+    assert [(e["line"], e["error"]) for e in result.errors] == [
+        (3, "bad_json"), (4, "empty_question"), (5, "missing_image"), (6, "corrupt_image"), (7, "bad_json")]
+    assert "2 records, skipped 5" in result.summary()
+
+
+def test_load_rows_requires_answers_by_default_and_renames_fields(tmp_path):
+    rows = [{"query": "How many?", "label": "4"}, {"query": "No label"}, None]
+    result = load_rows(rows, base_dir=tmp_path, source="chartqa", fields={"question": "query", "answer": "label"})
+    assert [(r.question, r.answer) for r in result.records] == [("How many?", "4")]
+    assert dict(result.skipped) == {"missing_answer": 1, "bad_json": 1}
+
+
+def test_open_image_error_names_the_reason(tmp_path):
+    from prp.data import open_image
+
+    try:
+        open_image(tmp_path / "nope.png")
+    except ImageError as exc:
+        assert str(exc).startswith("missing_image")
+    else:
+        raise AssertionError("expected ImageError")
