@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from prp.metrics import n_routed
+
 NO_SCORE = float("-inf")
 
 
@@ -29,14 +31,13 @@ def _score(s: float | None) -> float:
 
 
 def n_to_target(p_t: float, n: int) -> int:
-    """How many of n queries go to the target for a share p_t: round half up, within [0, n].
+    """How many of n queries go to the target for a share p_t: round half up, within [0, n]
+    (the same count the evaluation's routing curves use, prp.metrics.n_routed).
 
     >>> n_to_target(0.6, 5), n_to_target(0.5, 3), n_to_target(0.0, 4)
     (3, 2, 0)
     """
-    if not 0.0 <= p_t <= 1.0:
-        raise ValueError(f"p_t must be in [0, 1], got {p_t}")
-    return min(n, max(0, math.floor(p_t * n + 0.5)))
+    return n_routed(p_t, n, rounding="round")
 
 
 @dataclass
