@@ -72,15 +72,31 @@ class LossOutput:
 def prp_loss(
     *,
     logprobs: torch.Tensor,
-    token_weights: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
     old_logprobs: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
+    a_base: torch.Tensor | None = None,
+    a_d: torch.Tensor | None = None,
+    a_t: torch.Tensor | None = None,
+    alpha: float = 1.5,
+    beta: float = 1.5,
 ) -> LossOutput:
     """L = mean_i L_i with L_i = -sum_m ratio[i, m] * w[i, m] (Eq. 2, 7, 8).
 
     logprobs:      [B, L] log pi_theta of the sampled tokens (with grad)
-    token_weights: [B, L] from `token_advantage_map` (0 on prompt and padding)
+    token_weights: [B, L] from `token_advantage_map` (0 on prompt and padding); or give
+                   segments [B, L] + a_base [B] (+ a_d, a_t [B], alpha, beta) and it is built here
     old_logprobs:  [B, L] log pi_theta_old; default: logprobs detached (single update, ratio = 1)
+
+    >>> seg = torch.tensor([[0, 2, 1, 1]])
+    >>> logp = torch.zeros(1, 4)
+    >>> prp_loss(logprobs=logp, segments=seg, a_base=torch.tensor([1.0]), a_d=torch.tensor([2.0]), alpha=1.5).loss
+    tensor(-4.)
     """
+    if token_weights is None:
+        if segments is None or a_base is None:
+            raise ValueError("give token_weights, or segments and a_base (plus a_d / a_t)")
+        token_weights = token_advantage_map(segments=segments, a_base=a_base, a_d=a_d, a_t=a_t, alpha=alpha, beta=beta)
     if old_logprobs is None:
         old_logprobs = logprobs.detach()
     ratio = torch.exp(logprobs - old_logprobs)  # [B, L]

@@ -5,9 +5,9 @@
   interrupted run loses at most the batch in flight; `--resume` reads the ids already written
   (dropping a torn last line) and skips them.  Ids are assumed unique (a line without an id
   is `line-N`, as prp.data names it).
-- The embedded default (no model/data flags): a tiny untrained draft + target pair and the
-  synthetic sum benchmark, built once under DEFAULT_DEMO_DIR.  Swap DEFAULT_DEMO for a trained
-  demo checkpoint when one exists.
+- The embedded default (no model/data flags): DEFAULT_DEMO, the trained tiny JRL draft + target
+  shipped under demo/ (scripts/build_demo.py rebuilds them) with the synthetic sum benchmark's
+  test/validation splits.  UNTRAINED_DEMO is the old untrained pair, built once under runs/default.
 """
 from __future__ import annotations
 
@@ -27,7 +27,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoSpec:
-    """Where the embedded default lives and how it is built (one constant to swap)."""
+    """Where the embedded default lives and how it is built (one constant to swap).
+
+    `shipped=True`: trained checkpoints committed under `root` (built by scripts/build_demo.py):
+    root/models/{draft,target,drl,jrl} and root/data/{test,validation}.jsonl; `draft` names the
+    router draft.  `shipped=False`: an untrained tiny pair built once under `root`.
+    """
 
     root: Path = Path("runs/default")
     seed: int = 0
@@ -35,21 +40,34 @@ class DemoSpec:
     n_validation: int = 40
     max_new_tokens: int = 32  # the untrained tiny models never stop on their own
     rating: str = "forced"  # an untrained draft never closes its rating: force the grammar
+    shipped: bool = False
+    draft: str = "draft"  # sub-folder of root/models used as the router draft
 
 
-DEFAULT_DEMO = DemoSpec()
+# The trained demo (scripts/build_demo.py): JRL draft + SFT/GRPO target on the synthetic
+# sum-of-numbers benchmark; the drafts close their rating tags, so the prefix is generated freely.
+SHIPPED_DEMO = DemoSpec(root=Path(__file__).resolve().parent.parent / "demo", n_test=400, n_validation=200,
+                        max_new_tokens=48, rating="free", shipped=True, draft="jrl")
+UNTRAINED_DEMO = DemoSpec()
+DEFAULT_DEMO = SHIPPED_DEMO
 
 
 def ensure_default_demo(spec: DemoSpec = DEFAULT_DEMO) -> dict[str, Path]:
-    """Build (once) the tiny draft/target pair and the synthetic queries; returns their paths."""
+    """The demo's model and data paths; an untrained spec is built (once) first."""
     from prp.synthetic import build_benchmark
     from prp.tiny import save_tiny_pair
 
     root = spec.root
     paths = {
-        "draft": root / "models" / "draft", "target": root / "models" / "target",
+        "draft": root / "models" / spec.draft, "target": root / "models" / "target",
         "data": root / "data" / "test.jsonl", "validation": root / "data" / "validation.jsonl",
     }
+    if spec.shipped:
+        missing = [str(p) for p in paths.values() if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"the shipped demo is incomplete ({', '.join(missing)}); "
+                                    "rebuild it with: python scripts/build_demo.py --out demo")
+        return paths
     ready = root / "READY"
     if not ready.exists():
         log.info("building the embedded default under %s (once)", root)

@@ -53,9 +53,13 @@ def final_ckpt(out: Path, steps: int) -> Path:
     return out / f"ckpt-{steps}"
 
 
-def run_stage(name: str, out: Path, steps: int, args: list[str], *, work: Path) -> Path:
-    """One train.py run; skipped when its final checkpoint exists, waited for when another process runs it."""
-    done = final_ckpt(out, steps)
+def run_stage(name: str, out: Path, steps: int, args: list[str], *, work: Path, stop_at: int = 0) -> Path:
+    """One train.py run; skipped when its final checkpoint exists, waited for when another process runs it.
+
+    `stop_at` < steps: the run keeps the `steps`-step LR schedule but is stopped once `ckpt-<stop_at>`
+    is written (that checkpoint is the stage's result).
+    """
+    done = final_ckpt(out, stop_at or steps)
     if done.exists():
         log(f"{name}: done already ({done})")
         return done
@@ -72,7 +76,15 @@ def run_stage(name: str, out: Path, steps: int, args: list[str], *, work: Path) 
     log(f"{name}: {' '.join(cmd[1:])}")
     t0 = time.time()
     with (work / "logs" / f"{name}.log").open("a") as f:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            if stop_at and done.exists():
+                proc.terminate()
+                proc.wait()
+                log(f"{name}: stopped at {done.name} (schedule of {steps} steps)")
+                return done
+            time.sleep(5)
+        rc = proc.returncode
     if rc != 0 or not done.exists():
         raise RuntimeError(f"{name} failed (rc {rc}); see {work / 'logs' / (name + '.log')}")
     log(f"{name}: finished in {(time.time() - t0) / 60:.1f} min")
@@ -102,17 +114,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-train", type=int, default=30000)
     ap.add_argument("--n-test", type=int, default=400)
     ap.add_argument("--n-validation", type=int, default=200)
-    ap.add_argument("--n-jrl", type=int, default=1200, help="train records presampled for JRL")
+    ap.add_argument("--n-jrl", type=int, default=800, help="train records presampled for JRL")
     ap.add_argument("--presample-m", type=int, default=8, help="M target samples per JRL record")
-    ap.add_argument("--target-sft-steps", type=int, default=1500)
+    ap.add_argument("--target-sft-steps", type=int, default=1500, help="length of the target's cosine schedule")
+    ap.add_argument("--target-sft-stop", type=int, default=1200, help="stop the target SFT at this checkpoint "
+                    "(a multiple of 300; 0: run the whole schedule)")
     ap.add_argument("--target-grpo-steps", type=int, default=20)
     ap.add_argument("--draft-sft-steps", type=int, default=800)
-    ap.add_argument("--draft-grpo-steps", type=int, default=200)
-    ap.add_argument("--prefix-sft-steps", type=int, default=150)
-    ap.add_argument("--drl-steps", type=int, default=600)
-    ap.add_argument("--jrl-steps", type=int, default=500)
-    ap.add_argument("--sft-cn-steps", type=int, default=150)
-    ap.add_argument("--nodss-steps", type=int, default=200, help="DSS ablation (0: skip)")
+    ap.add_argument("--draft-grpo-steps", type=int, default=100)
+    ap.add_argument("--prefix-sft-steps", type=int, default=100)
+    ap.add_argument("--drl-steps", type=int, default=400)
+    ap.add_argument("--jrl-steps", type=int, default=300)
+    ap.add_argument("--sft-cn-steps", type=int, default=80)
+    ap.add_argument("--nodss-steps", type=int, default=150, help="DSS ablation (0: skip)")
     ap.add_argument("--rl-lr", default="2.0e-4")
     ap.add_argument("--lanes", default="TD", help="T: the target lane, D: the draft lane (both by default)")
     ap.add_argument("--eval", action="store_true", help="greedy accuracy per level of the exported models")
@@ -135,12 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     presampled = threading.Event()
     errors: list[BaseException] = []
 
-    def sft(name, model, steps, lr, seed, rating="none"):
+    def sft(name, model, steps, lr, seed, rating="none", stop_at=0):
         return run_stage(name, work / name, steps, [
             "--mode", "sft", "--model", model, "--train-data", train, "--set", "per_device_batch_size=32",
             "--set", "gradient_accumulation_steps=1", "--set", f"learning_rate={lr}",
             "--set", f"warmup_ratio={warmup_ratio(steps)}", "--set", f"save_every={max(200, steps // 5)}",
-            "--set", f"sft_rating={rating}", "--set", f"seed={seed}"], work=work)
+            "--set", f"sft_rating={rating}", "--set", f"seed={seed}"], work=work, stop_at=stop_at)
 
     def rl(name, mode, model, steps, data_path, extra=()):
         return run_stage(name, work / name, steps, [
@@ -150,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def lane_target():
         try:
-            t_sft = sft("target-sft", "tiny:target", args.target_sft_steps, "1.5e-3", args.seed + 1)
+            t_sft = sft("target-sft", "tiny:target", args.target_sft_steps, "1.5e-3", args.seed + 1,
+                        stop_at=args.target_sft_stop)
             t = rl("target-grpo", "grpo", t_sft, args.target_grpo_steps, train) if args.target_grpo_steps else t_sft
             export(t, out / "models" / "target")
             if not acc_cache.exists() or len(acc_cache.read_text().splitlines()) < args.n_jrl:
