@@ -27,9 +27,12 @@ _CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 
 
 def rng_state() -> dict:
+    """Every RNG's state in types that `torch.load(weights_only=True)` accepts (no numpy arrays)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -37,7 +40,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -119,7 +124,7 @@ def read_state(ckpt: Path) -> tuple[dict, dict | None, dict]:
     """(trainer_state, training_state or None, rng_state)."""
     trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
     training = ckpt / "training_state.pt"
-    # weights_only=False: our own files, holding numpy RNG tuples; never load untrusted checkpoints.
-    training_state = torch.load(training, weights_only=False) if training.exists() else None
-    rng = torch.load(ckpt / "rng_state.pt", weights_only=False)
+    # weights_only: tensors, numbers and containers only, no arbitrary pickled objects
+    training_state = torch.load(training, weights_only=True) if training.exists() else None
+    rng = torch.load(ckpt / "rng_state.pt", weights_only=True)
     return trainer_state, training_state, rng
