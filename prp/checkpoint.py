@@ -98,8 +98,9 @@ def tmp_dir(output_dir: str | Path, step: int) -> Path:
 
 def write_state(tmp: Path, *, trainer_state: dict, optimizer=None, scheduler=None) -> None:
     """The non-model part (rank 0): optimizer/scheduler (plain torch) and the trainer's position + RNG."""
-    if optimizer is not None:
-        torch.save({"optimizer": optimizer.state_dict(),
+    # The scheduler is saved under DeepSpeed too (its engine checkpoint is loaded without it).
+    if optimizer is not None or scheduler is not None:
+        torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None},
                    tmp / "training_state.pt")
     torch.save(rng_state(), tmp / "rng_state.pt")

@@ -54,14 +54,23 @@ def _image_of(record: BenchRecord):
 
 
 @torch.no_grad()
-def mean_token_prob(model, processor, queries: list[Query], completions: list[list[int]], *, mode: str) -> list[float]:
-    """s_1 of Sec. 2.1: (1/L) sum_i p_i over the L tokens the model generated (teacher-forced)."""
+def mean_token_prob(model, processor, queries: list[Query], completions: list[list[int]], *, mode: str,
+                    skip: list[int] | None = None) -> list[float]:
+    """s_1 of Sec. 2.1: (1/L) sum_i p_i over the model's generated tokens (teacher-forced).
+
+    `skip[i]` leading tokens of completion i are context, not averaged: the evaluator skips the
+    rating prefix, whose tags a forced-grammar run did not choose (s_1 is a signal of the answer).
+    """
     msgs = [build_messages(q.question, mode=mode, with_image=q.image is not None) for q in queries]
     prompts = build_prompts(processor, msgs, [q.image for q in queries], repeat=1, device=model.device)
     batch = build_batch(prompts, [c or [processor.tokenizer.eos_token_id] for c in completions],
                         pad_id=processor.tokenizer.pad_token_id)
-    probs = completion_logprobs(model, batch).exp() * batch.completion_mask  # [B, L]
-    return (probs.sum(-1) / batch.completion_mask.sum(-1).clamp(min=1)).tolist()
+    mask = batch.completion_mask.clone()  # [B, L]
+    for i, k in enumerate(skip or []):
+        if k < int(mask[i].sum()):  # keep at least one token when nothing followed the prefix
+            mask[i, :k] = 0
+    probs = completion_logprobs(model, batch).exp() * mask  # [B, L]
+    return (probs.sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
 
 
 @torch.no_grad()
@@ -108,7 +117,8 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
     continued, continue_s = router.continue_draft(prefix, list(range(n)))
     targets = router.target.answer(queries)  # step 2
     draft_ids = [prefix.tokens[i] + continued.get(i, []) for i in range(n)]
-    p1 = mean_token_prob(router.model, router.processor, queries, draft_ids, mode=cfg.mode)  # step 3
+    p1 = mean_token_prob(router.model, router.processor, queries, draft_ids, mode=cfg.mode,  # step 3
+                         skip=[len(t) for t in prefix.tokens])
     p2 = (None if baselines.sft_cn_model is None else  # step 4
           special_token_signal(baselines.sft_cn_model, baselines.sft_cn_processor, queries,
                                max_new_tokens=baselines.max_new_tokens))

@@ -267,8 +267,11 @@ class Router:
                 "prefix_tokens": len(prefix.tokens[i]),
                 "completion_tokens": len(draft_ids) if by_draft else tgt.completion_tokens,
             }
-            # a fallback waited for the failed target attempts and then for the draft
-            row["latency_s"] = prefix_s + (row["draft_latency_s"] or 0.0) + (row["target_latency_s"] or 0.0)
+            # a fallback waited for the failed target attempts and then for the draft; a query routed
+            # to a local target also waited for the draft's continuation, which ran first on the device
+            queued = draft_s if (not self.target.remote and not keep[i] and not fallback) else 0.0
+            row["latency_s"] = (prefix_s + (row["draft_latency_s"] or 0.0) + (row["target_latency_s"] or 0.0)
+                                + queued)
             if target_all and tgt is not None:
                 row["target_only_latency_s"] = tgt.latency_s if tgt.text is not None else None
                 row["target_text"] = tgt.text

@@ -33,7 +33,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     deepspeed: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # NCCL gathers CUDA tensors only
 
     @property
     def main(self) -> bool:
@@ -96,9 +97,10 @@ class Dist:
         """Concatenate every rank's [G, ...] tensor along dim 0 (rank order) -> [G*world, ...]."""
         if self.world == 1:
             return t
-        parts = [torch.empty_like(t) for _ in range(self.world)]
-        dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts)
+        local = t.contiguous().to(self.device)
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        dist.all_gather(parts, local)
+        return torch.cat(parts).to(t.device)
 
 
 def setup_dist(use_deepspeed: bool) -> Dist:
@@ -107,7 +109,8 @@ def setup_dist(use_deepspeed: bool) -> Dist:
     import deepspeed
 
     deepspeed.init_distributed()  # picks gloo on CPU, nccl on CUDA
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), deepspeed=True)
+    device = torch.device(deepspeed.get_accelerator().current_device_name())
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), deepspeed=True, device=device)
 
 
 def ds_config_for(cfg: TrainConfig, world: int) -> dict:
@@ -400,7 +403,9 @@ class Trainer:
 
             # Must be alive while from_pretrained runs: it makes it build the model partitioned (ZeRO-3).
             self._hf_ds = HfDeepSpeedConfig(self.ds_config)
-        model, processor = load_model(path, device=None if d.deepspeed else self.device,
+        # fp32 weights: AdamW steps of ~1e-7 vanish in bf16 (most bf16 weights never change).
+        # bf16 is the compute dtype (autocast, or DeepSpeed's bf16 with its fp32 master copy).
+        model, processor = load_model(path, device=None if d.deepspeed else self.device, dtype=torch.float32,
                                       trust_remote_code=cfg.trust_remote_code)
         set_max_pixels(processor, cfg)
         tok = processor.tokenizer
@@ -523,8 +528,9 @@ class Trainer:
         acc = []
         for i, p in enumerate(parsed):
             a = accuracy_reward(p.answer, records[i // n].answer or "")
-            if a is None:
+            if a is None:  # e.g. a math-verify timeout: Acc would be wrong, so the group is not trained
                 self.skipped["runtime_unparsable_gold"] += 1
+                valid[i // n] = False
             acc.append(a or 0.0)
         lengths = [len(c) for c in ro.completions]
         over = [overlong_reward(x, max_length=cfg.max_completion_length, cache_length=cfg.overlong_cache_length)
@@ -667,15 +673,17 @@ class Trainer:
         else:
             loss = -(logp * out.weights).sum() / out.weights.sum().clamp(min=1.0)
         if self.engine is not None:
-            self.engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+            # DeepSpeed divides by the accumulation steps itself and counts micro-steps in step():
+            # it must be called after every backward, and only updates at the boundary.
+            self.engine.backward(loss)
+            self.engine.step()
         else:
             (loss / cfg.gradient_accumulation_steps).backward()
         return loss.item()
 
     def optimizer_step(self) -> float:
         """step 8: one update per `gradient_accumulation_steps` rollouts."""
-        if self.engine is not None:
-            self.engine.step()  # clips (gradient_clipping), steps optimizer + scheduler at the boundary
+        if self.engine is not None:  # the engine already stepped at the boundary (forward_backward)
             norm = self.engine.get_global_grad_norm()
             return float(norm) if norm is not None else float("nan")
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -108,3 +108,27 @@ def test_special_token_signal_matches_a_direct_forward(tmp_path):
     cn, un = tok.convert_tokens_to_ids("[CN]"), tok.convert_tokens_to_ids("[UN]")
     expected = math.exp(logits[cn]) / (math.exp(logits[cn]) + math.exp(logits[un]))
     assert s2 == pytest.approx(expected, rel=1e-4)
+
+
+def test_mean_token_prob_is_s1_over_the_answer_tokens(pair):
+    """s_1 = (1/L) sum p_i over the generated tokens after the rating prefix, checked by a plain forward."""
+    from prp.evaluate import mean_token_prob
+    from prp.modeling import load_model, prepare_inputs
+    from prp.prompts import build_messages
+    from prp.router import Query
+
+    model, processor = load_model(pair["draft"])
+    image = render([5, 6])
+    q = Query(id="a", question="What is the sum of the numbers in the image?", image=image)
+    completion = processor.tokenizer.encode("<confidence>0.5</confidence><think>5+6=11</think>")
+    k = len(processor.tokenizer.encode("<confidence>0.5</confidence>"))
+    (s1,) = mean_token_prob(model, processor, [q], [completion], mode="drl", skip=[k])
+    inputs = prepare_inputs(processor, [build_messages(q.question, mode="drl")], [image])
+    ids = torch.cat([inputs["input_ids"], torch.tensor([completion])], dim=1)
+    extra = {key: v for key, v in inputs.items() if key in ("pixel_values", "image_grid_thw")}
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra, mm_token_type_ids=torch.cat(
+            [inputs["mm_token_type_ids"], torch.zeros((1, len(completion)), dtype=torch.long)], 1)).logits[0]
+    p = inputs["input_ids"].shape[1]
+    probs = [torch.softmax(logits[p + j - 1], -1)[completion[j]].item() for j in range(k, len(completion))]
+    assert s1 == pytest.approx(sum(probs) / len(probs), rel=1e-4)

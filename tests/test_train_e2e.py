@@ -122,6 +122,9 @@ def test_deepspeed_zero3_two_processes(tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "ckpt-2")
     assert sum(p.numel() for p in model.parameters()) > 100_000  # full, gathered weights
     assert (tmp_path / "ckpt-2" / "ds").is_dir() and len(_metrics(tmp_path)) == 2
+    # one optimizer update per trainer step (tiny.yaml accumulates 2 micro-steps per update)
+    for states in (tmp_path / "ckpt-2" / "ds" / "ds").glob("*model_states.pt"):  # one per rank, our own files
+        assert torch.load(states, weights_only=False, map_location="cpu")["global_steps"] == 2
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path):
