@@ -138,6 +138,11 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004 - a config value error
         return value
     if isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004 - a config value error
         return float(value)

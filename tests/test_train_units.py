@@ -161,6 +161,8 @@ def test_config_tiny_yaml_per_mode_and_overrides():
     assert cfg.mode == "sft" and cfg.sft_rating == "drl" and cfg.num_generations == 4
     cfg = load_config("configs/tiny.yaml", mode="jrl", overrides=parse_set(["alpha=2", "bf16=true", "max_steps=7"]))
     assert (cfg.alpha, cfg.bf16, cfg.max_steps) == (2.0, True, 7)
+    # YAML reads "2e-3" (exponent without a dot) as a string: a float field still takes it
+    assert load_config("configs/tiny.yaml", overrides=parse_set(["learning_rate=2e-3"])).learning_rate == 0.002
 
 
 @pytest.mark.parametrize("mode", ["grpo", "drl", "jrl", "sft", "sft-cn", "presample"])

@@ -1,0 +1,284 @@
+"""Mini reproduction of the paper's main claims on the embedded demo (synthetic sum-of-numbers test split).
+
+    python benchmarks/reproduce_demo.py --demo demo --work runs/demo-build --out runs/reproduce
+
+Reads the shipped checkpoints (demo/models/{draft,target,drl,jrl}), the P2 baseline trained by
+scripts/build_demo.py (runs/demo-build/sft-cn, optional) and the training logs (DSS ablation).
+Writes <out>/results.json, <out>/instances_<mode>.jsonl and a prp.report report per rating draft.
+
+What is measured (every model greedy, one torch thread unless --threads):
+- accuracy per level k of every model (target prompt for plain models; the rating drafts answer
+  after their own prefix, Alg. 3-4 l.12);
+- Tab. 1: Spearman of rank & correctness (prp.metrics.rating_rank_correlation: negative = good)
+  of d (DRL), d / t / s (JRL) vs P1 (mean token probability of the same draft's answer) and
+  P2 ([CN]/[UN] probability of the sft-cn model, on its own answers); routing AUC of
+  PRP-DRL, PRP-JRL, random, P1, P2, oracle (prp.metrics.routing_curve / auc);
+- Tab. 2 / Sec. 4.4: the smallest p_t at which the JRL router's accuracy reaches the target's,
+  and the speedup there (latencies: amortised per-query wall time of batched CPU generation);
+- Fig. 5 / DSS: rating std and DSS trigger rate during DRL training, with and without DSS
+  (from train.py's metrics.jsonl).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prp import metrics as M
+
+GRID = M.DEFAULT_GRID
+
+
+def _queries(records):
+    from prp.router import Query
+
+    return [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in records]
+
+
+def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, max_new: int) -> list[dict]:
+    """Alg. 3-4 on every record: prefix (d, t, s with IPR), then the continuation from the cache; P1."""
+    from prp.modeling import load_model
+    from prp.rewards import accuracy_reward
+    from prp.router import Router, RouterConfig, extract_answer
+    from prp.scoring import route_score
+
+    model, proc = load_model(str(model_dir), device="cpu")
+    router = Router(model, proc, None, RouterConfig(mode=mode, rating="free", tau=2.0, ipr="add", max_new_tokens=max_new))
+    tok = proc.tokenizer
+    rows = []
+    for i in range(0, len(records), batch_size):
+        chunk = records[i:i + batch_size]
+        queries = _queries(chunk)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            prefix = router.pregenerate(queries)
+        prefix_s = time.perf_counter() - t0
+        ratings = router.evaluate(prefix)
+        new, cont_s = router.continue_draft(prefix, list(range(len(chunk))))
+        raw_scores = [None if r.d is None else float(r.d if mode == "drl" or r.t is None else route_score(r.d, r.t, tau=2.0))
+                      for r in ratings]
+        p1 = mean_token_prob(model, proc, [q for q in queries], mode,
+                             [prefix.tokens[j] + new[j] for j in range(len(chunk))],
+                             [len(prefix.tokens[j]) for j in range(len(chunk))])
+        b = len(chunk)
+        for j, (rec, rt) in enumerate(zip(chunk, ratings)):
+            ans = extract_answer(tok.decode(new[j], skip_special_tokens=True))
+            rows.append({
+                "id": rec.id, "level": int(rec.meta.get("level", 0)), "d": rt.d, "t": rt.t, "score": rt.score,
+                "score_no_ipr": raw_scores[j], "prefix_stop": prefix.stop[j], "answer": ans,
+                "draft_correct": float(accuracy_reward(ans, rec.answer) or 0.0), "p1": p1[j],
+                "prefix_latency_s": prefix_s / b, "draft_latency_s": (prefix_s + cont_s) / b,
+            })
+    return rows
+
+
+@torch.no_grad()
+def mean_token_prob(model, proc, queries, mode, completions, starts) -> list[float]:
+    """P1: mean probability of the answer tokens (after the rating prefix), teacher-forced."""
+    from prp.prompts import build_messages
+    from prp.rollout import build_batch, build_prompts
+
+    msgs = [build_messages(q.question, mode=mode) for q in queries]
+    prompts = build_prompts(proc, msgs, [q.image for q in queries], repeat=1, device=model.device)
+    batch = build_batch(prompts, completions, pad_id=proc.tokenizer.pad_token_id)
+    length = batch.completion_mask.shape[1]
+    logits = model(**batch.model_inputs, logits_to_keep=length + 1, use_cache=False).logits[:, :-1].float()
+    targets = batch.input_ids[:, batch.prompt_len:]
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    out = []
+    for i, c in enumerate(completions):
+        seg = logp[i, starts[i]:len(c)]
+        out.append(float(seg.exp().mean()) if seg.numel() else math.nan)
+    return out
+
+
+def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
+    """A plain model (target prompt P), greedy: correctness and amortised latency per query."""
+    from prp.modeling import load_model
+    from prp.rewards import accuracy_reward
+    from prp.router import LocalTarget, extract_answer
+
+    model, proc = load_model(str(model_dir), device="cpu")
+    target = LocalTarget(model, proc, max_new_tokens=max_new)
+    rows = []
+    for i in range(0, len(records), batch_size):
+        chunk = records[i:i + batch_size]
+        answers = target.answer(_queries(chunk))
+        for rec, a in zip(chunk, answers):
+            ans = extract_answer(a.text)
+            rows.append({"id": rec.id, "level": int(rec.meta.get("level", 0)), "answer": ans,
+                         "correct": float(accuracy_reward(ans, rec.answer) or 0.0),
+                         "latency_s": a.latency_s / len(chunk)})
+    return rows
+
+
+@torch.no_grad()
+def run_p2(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
+    """P2 (Paradigm 2, Sec. 2.1): the sft-cn model answers, then P([CN]) / (P([CN]) + P([UN])) after its answer."""
+    from prp import generation as gen
+    from prp.modeling import load_model, prepare_inputs
+    from prp.prompts import build_messages
+    from prp.rewards import accuracy_reward
+    from prp.rollout import build_batch, build_prompts
+    from prp.router import extract_answer
+
+    model, proc = load_model(str(model_dir), device="cpu")
+    tok = proc.tokenizer
+    cn, un = tok.convert_tokens_to_ids("[CN]"), tok.convert_tokens_to_ids("[UN]")
+    stop = gen.eos_ids_of(model, tok) | {cn, un}
+    rows = []
+    for i in range(0, len(records), batch_size):
+        chunk = records[i:i + batch_size]
+        queries = _queries(chunk)
+        msgs = [build_messages(q.question, mode="target") for q in queries]
+        inputs = prepare_inputs(proc, msgs, [q.image for q in queries], device=model.device)
+        outs = gen.generate(model, tok, inputs, max_new_tokens=max_new)
+        bodies = []
+        for ids in outs:
+            body = []
+            for t in ids:
+                if t in stop:
+                    break
+                body.append(t)
+            bodies.append(body or [tok.pad_token_id])
+        prompts = build_prompts(proc, msgs, [q.image for q in queries], repeat=1, device=model.device)
+        batch = build_batch(prompts, bodies, pad_id=tok.pad_token_id)
+        length = batch.completion_mask.shape[1]
+        logits = model(**batch.model_inputs, logits_to_keep=length + 1, use_cache=False).logits.float()
+        for j, (rec, body) in enumerate(zip(chunk, bodies)):
+            p = torch.softmax(logits[j, len(body)], -1)
+            score = float(p[cn] / (p[cn] + p[un]).clamp(min=1e-12))
+            ans = extract_answer(tok.decode(body, skip_special_tokens=True))
+            rows.append({"id": rec.id, "level": int(rec.meta.get("level", 0)), "answer": ans, "p2": score,
+                         "draft_correct": float(accuracy_reward(ans, rec.answer) or 0.0)})
+    return rows
+
+
+def by_level(rows, key) -> dict:
+    levels = sorted({r["level"] for r in rows})
+    out = {f"k={k}": float(np.mean([r[key] for r in rows if r["level"] == k])) for k in levels}
+    out["mean"] = float(np.mean([r[key] for r in rows]))
+    return out
+
+
+def signal_block(scores, dc, tc) -> dict:
+    s = np.array([math.nan if v is None else v for v in scores], dtype=float)
+    return {"spearman_rank_acc": M.rating_rank_correlation(s, dc),
+            "auc": M.auc(GRID, M.routing_curve(s, dc, tc, p_t_grid=GRID))}
+
+
+def analyse(rows, target_rows, signals: dict[str, str]) -> dict:
+    tgt = {r["id"]: r for r in target_rows}
+    dc = np.array([r["draft_correct"] for r in rows])
+    tc = np.array([tgt[r["id"]]["correct"] for r in rows])
+    out = {"draft_acc": float(dc.mean()), "target_acc": float(tc.mean()),
+           "closed_prefix_frac": float(np.mean([r.get("prefix_stop", "closed") == "closed" for r in rows]))}
+    for name, key in signals.items():
+        out[name] = signal_block([r[key] for r in rows], dc, tc)
+    out["random"] = {"auc": M.auc(GRID, M.random_curve_expected(dc, tc, p_t_grid=GRID))}
+    out["oracle"] = {"auc": M.auc(GRID, M.oracle_curve(dc, tc, p_t_grid=GRID))}
+    return out
+
+
+def speedup_at_target_acc(rows, target_rows, signal: str) -> dict:
+    tgt = {r["id"]: r for r in target_rows}
+    insts = [M.Instance(id=r["id"], draft_correct=bool(r["draft_correct"]), target_correct=bool(tgt[r["id"]]["correct"]),
+                        draft_latency_s=r["draft_latency_s"], prefix_latency_s=r["prefix_latency_s"],
+                        target_latency_s=tgt[r["id"]]["latency_s"], scores={signal: r[signal]}) for r in rows]
+    t_acc = float(np.mean([i.target_correct for i in insts]))
+    table = M.table2_rows(insts, signal, list(GRID))
+    reach = [row for row in table if row["accuracy"] >= t_acc - 1e-9]
+    best = max(table, key=lambda row: row["accuracy"])
+    return {"target_acc": t_acc, "first_reaching": reach[0] if reach else None, "best": best,
+            "at_p_t": {f"{p:.1f}": next(row for row in table if abs(row["p_t"] - p) < 1e-9) for p in (0.2, 0.4, 0.6, 0.8)}}
+
+
+def dss_ablation(work: Path) -> dict:
+    out = {}
+    for name in ("drl", "drl-nodss"):
+        path = work / name / "metrics.jsonl"
+        if not path.exists():
+            out[name] = None
+            continue
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        def mean(key, sub):
+            vals = [r[key] for r in sub if r.get(key) is not None]
+            return float(np.mean(vals)) if vals else None
+        n = len(rows)
+        windows = {}
+        for lo in range(0, n, max(1, n // 5)):
+            sub = rows[lo:lo + max(1, n // 5)]
+            windows[f"steps {sub[0]['step']}-{sub[-1]['step']}"] = {
+                "rating_d_std": mean("rating_d_std", sub), "dss_d_rate": mean("dss_d_rate", sub),
+                "rating_d_mae": mean("rating_d_mae", sub), "accuracy": mean("reward/accuracy", sub)}
+        out[name] = {"steps": n, "windows": windows}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--demo", default="demo")
+    ap.add_argument("--work", default="runs/demo-build")
+    ap.add_argument("--out", default="runs/reproduce")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from prp.checkpoint import latest_checkpoint
+    from prp.data import load_jsonl
+    from prp.report import build_report
+
+    demo, work, out = Path(args.demo), Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_jsonl(demo / "data" / f"{args.split}.jsonl", check_images=False).records
+    records = records[: args.limit] if args.limit else records
+    kw = {"batch_size": args.batch_size, "max_new": args.max_new_tokens}
+    res: dict = {"n": len(records), "split": args.split, "accuracy_by_level": {}}
+    t0 = time.time()
+    target_rows = run_plain(demo / "models" / "target", records, **kw)
+    res["accuracy_by_level"]["target"] = by_level(target_rows, "correct")
+    if (demo / "models" / "draft").exists():
+        res["accuracy_by_level"]["draft (plain)"] = by_level(run_plain(demo / "models" / "draft", records, **kw), "correct")
+    per_mode = {}
+    for mode in ("drl", "jrl"):
+        if not (demo / "models" / mode).exists():
+            res[mode] = "missing"
+            continue
+        rows = run_rating_draft(demo / "models" / mode, mode, records, **kw)
+        per_mode[mode] = rows
+        res["accuracy_by_level"][mode] = by_level(rows, "draft_correct")
+        signals = {"prp (s, IPR)": "score", "prp (no IPR)": "score_no_ipr", "d": "d", "p1": "p1"}
+        if mode == "jrl":
+            signals["t"] = "t"
+        res[mode] = analyse(rows, target_rows, signals)
+        res[mode]["speedup"] = speedup_at_target_acc(rows, target_rows, "score")
+        tgt = {r["id"]: r for r in target_rows}
+        build_report([{"id": r["id"], "draft_correct": r["draft_correct"], "target_correct": tgt[r["id"]]["correct"],
+                       "draft_latency_s": r["draft_latency_s"], "prefix_latency_s": r["prefix_latency_s"],
+                       "target_latency_s": tgt[r["id"]]["latency_s"], "split": f"k={r['level']}",
+                       "d": r["d"], "t": r["t"], "scores": {"prp": r["score"], "p1": r["p1"]}} for r in rows],
+                     out_dir=out / f"report_{mode}", title=f"PRP-{mode.upper()} on the synthetic demo ({args.split})")
+        (out / f"instances_{mode}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cn = latest_checkpoint(work / "sft-cn") if (work / "sft-cn").exists() else None
+    if cn is not None:
+        p2 = run_p2(cn, records, **kw)
+        res["accuracy_by_level"]["sft-cn (P2 model)"] = by_level(p2, "draft_correct")
+        res["p2"] = analyse(p2, target_rows, {"p2": "p2"})
+    else:
+        res["p2"] = "missing (no runs/demo-build/sft-cn checkpoint)"
+    res["dss_ablation"] = dss_ablation(work)
+    res["wall_s"] = time.time() - t0
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=float))
+    print(json.dumps(res, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
