@@ -1,7 +1,7 @@
 """Proactive routing (PRP, Sec. 4, Alg. 3-4) from the command line.
 
     python route.py --draft DIR --target DIR_OR_URL --data FILE.jsonl --tau 2 --pt 0.6 --out routes.jsonl
-    python route.py --tau 2 --pt 0.6                       # the embedded tiny default (runs/default/)
+    python route.py --tau 2 --pt 0.6                       # the embedded default: the trained tiny demo in demo/
     python route.py --serve --port 8000 --threshold 0.5    # the router as an OpenAI-compatible endpoint
 
 Decision (exactly one source of T, in this order): --threshold-file, --threshold, --calibrate
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--ipr-backend", default="auto", choices=("auto", "torch", "triton"))
     sc.add_argument("--rating", choices=("free", "forced"), default=None,
                     help="free: the draft writes its prefix; forced: grammar-forced, the draft picks the digits "
-                         "(default: free, forced for the untrained embedded default)")
+                         "(default: the embedded default's setting, else free)")
     sc.add_argument("--max-prefix-tokens", type=int, default=24)
     sc.add_argument("--max-new-tokens", type=int, default=None, help="default 1024 (32 for the embedded default)")
 

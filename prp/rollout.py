@@ -25,6 +25,15 @@ def step_seed(*parts: int | str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _model_inputs(batch: PromptBatch | TrainBatch) -> dict:
+    """The forward's keyword arguments; the image ones only when the batch has images."""
+    out = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+           "mm_token_type_ids": batch.mm_token_type_ids}
+    if batch.pixel_values is not None:
+        out.update(pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw)
+    return out
+
+
 @dataclass
 class PromptBatch:
     """Prompts already repeated N times (row j = prompt j // N)."""
@@ -37,11 +46,7 @@ class PromptBatch:
 
     @property
     def model_inputs(self) -> dict:
-        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-               "mm_token_type_ids": self.mm_token_type_ids}
-        if self.pixel_values is not None:
-            out.update(pixel_values=self.pixel_values, image_grid_thw=self.image_grid_thw)
-        return out
+        return _model_inputs(self)
 
 
 @dataclass
@@ -138,11 +143,7 @@ class TrainBatch:
 
     @property
     def model_inputs(self) -> dict:
-        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-               "mm_token_type_ids": self.mm_token_type_ids}
-        if self.pixel_values is not None:
-            out.update(pixel_values=self.pixel_values, image_grid_thw=self.image_grid_thw)
-        return out
+        return _model_inputs(self)
 
 
 def build_batch(prompts: PromptBatch, completions: list[list[int]], *, pad_id: int) -> TrainBatch:
