@@ -249,6 +249,16 @@ def main(argv: list[str] | None = None) -> None:
             "--set", f"learning_rate={lr or args.rl_lr}", "--set", f"warmup_ratio={warmup_ratio(steps, 20)}",
             "--set", f"save_every={max(50, steps // 4)}", "--set", f"seed={args.seed}", *extra], work=work)
 
+    def rating_sft(rating):
+        """A fresh draft SFT'd on traces with the constant rating prefix ("drl" or "jrl")."""
+        with rating_lock:  # both lanes write the same init folders
+            init = with_rating_template(build_tiny("draft", args.seed, work / "init-draft"), work / "init-rating")
+        model = sft(f"{rating}-sft", str(init), args.rating_sft_steps, "2.0e-3", args.seed, rating=rating)
+        if args.rating_sft2_steps:
+            model = sft(f"{rating}-sft2", str(model), args.rating_sft2_steps, "1.5e-3", args.seed, rating=rating,
+                        warmup=50)
+        return model
+
     base_ready = threading.Event()  # the draft's first SFT stage exists: the target continues from it
     base: list[Path] = []
 
@@ -269,12 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             export(t, out / "models" / "target")
             if not acc_cache.exists() or len(acc_cache.read_text().splitlines()) < args.n_jrl:
                 _presample(args, jrl_data, out / "models" / "target", acc_cache, work)
-            with rating_lock:
-                init = with_rating_template(build_tiny("draft", args.seed, work / "init-draft"), work / "init-rating")
-            jrl_init = sft("jrl-sft", str(init), args.rating_sft_steps, "2.0e-3", args.seed, rating="jrl")
-            if args.rating_sft2_steps:
-                jrl_init = sft("jrl-sft2", str(jrl_init), args.rating_sft2_steps, "1.5e-3", args.seed, rating="jrl",
-                               warmup=50)
+            jrl_init = rating_sft("jrl")
             export(rl("jrl", "jrl", jrl_init, args.jrl_steps, str(jrl_data), ["--acc-tgt-cache", str(acc_cache)],
                       lr=args.jrl_lr),
                    out / "models" / "jrl")
@@ -297,12 +302,7 @@ def main(argv: list[str] | None = None) -> None:
                              if args.draft_sft2_steps else base[0])
             finally:
                 d_sft2.set()
-            with rating_lock:
-                init = with_rating_template(build_tiny("draft", args.seed, work / "init-draft"), work / "init-rating")
-            drl_init = sft("drl-sft", str(init), args.rating_sft_steps, "2.0e-3", args.seed, rating="drl")
-            if args.rating_sft2_steps:
-                drl_init = sft("drl-sft2", str(drl_init), args.rating_sft2_steps, "1.5e-3", args.seed, rating="drl",
-                               warmup=50)
+            drl_init = rating_sft("drl")
             export(rl("drl", "drl", drl_init, args.drl_steps, train), out / "models" / "drl")
             if args.nodss_steps:  # the DSS ablation, first (cheap, and the report needs it)
                 rl("drl-nodss", "drl", drl_init, args.nodss_steps, train, ["--set", "dss=false"])
