@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     out_dir = Path(args.out_dir or f"runs/eval-{args.bench}")
     table = args.table or run_models(args, out_dir)
-    rows = [r for r in read_rows(table) if "error" not in r]
-    skipped = sum(1 for r in read_rows(table) if "error" in r)
+    all_rows = read_rows(table)
+    rows = [r for r in all_rows if "error" not in r]
+    skipped = len(all_rows) - len(rows)
     if not rows:
         raise SystemExit(f"no evaluated instances in {table}")
     paths = build_report(rows, p_t_list=args.p_t, out_dir=out_dir, title=f"PRP on {args.bench}")

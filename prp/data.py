@@ -59,11 +59,16 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def _check_image(path: Path) -> str | None:
-    """The skip reason for an unusable image, or None if it decodes."""
+    """The skip reason for an unusable image, or None.  `verify()` checks the file without decoding
+    the pixels (loading stays cheap); a file that still fails to decode later is caught where the
+    image is used."""
     try:
-        open_image(path)
-    except ImageError as exc:
-        return str(exc).split(":", 1)[0]
+        with Image.open(path) as image:
+            image.verify()
+    except FileNotFoundError:
+        return "missing_image"
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return "corrupt_image"
     return None
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from prp.bench.records import BenchRecord
 from prp.bench.registry import Benchmark
 from prp.data import ImageError, open_image
-from prp.prompts import build_messages
+from prp.prompts import CN_TOKEN, UN_TOKEN, build_messages
 from prp.rollout import build_batch, build_prompts, completion_logprobs
 from prp.route_run import JsonlSink, read_rows
 from prp.router import Query, Router
@@ -35,7 +35,6 @@ from prp.scoring import route_score
 
 log = logging.getLogger(__name__)
 
-CN_TOKEN, UN_TOKEN = "[CN]", "[UN]"
 
 
 @dataclass

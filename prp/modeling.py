@@ -45,6 +45,18 @@ def load_model(
     return model.eval(), processor
 
 
+def set_pixel_bounds(processor: ProcessorMixin, *, max_pixels: int, min_pixels: int | None = None) -> None:
+    """Bound the image size the processor resizes to (paper C.2: max pixels 501760).
+
+    `size` is where transformers 5 keeps the bounds (the min_pixels/max_pixels kwargs are deprecated).
+    """
+    ip = processor.image_processor
+    size = {**dict(ip.size or {}), "longest_edge": max_pixels}
+    if min_pixels is not None:
+        size["shortest_edge"] = min(min_pixels, max_pixels)
+    ip.size = size
+
+
 ImagesArg = Sequence[Image.Image | Sequence[Image.Image] | None] | None
 
 

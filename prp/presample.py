@@ -14,8 +14,6 @@ The target is a local HF dir ("tiny:<size>" builds a tiny one) or an OpenAI-comp
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import os
@@ -29,8 +27,10 @@ from pathlib import Path
 import torch
 
 from prp.data import Record
+from prp.modeling import set_pixel_bounds
 from prp.parsing import parse_completion
 from prp.prompts import P_TARGET, build_messages
+from prp.remote import chat_messages, completions_url
 from prp.rewards import accuracy_reward, group_accuracy
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def local_sampler(
 
     model, processor = load_model(model_dir, device=device)
     if max_pixels:
-        _set_max_pixels(processor, max_pixels)
+        set_pixel_bounds(processor, max_pixels=max_pixels)
     calls = [0]
 
     def sample(chunk: list[Record]) -> list[list[str]]:
@@ -140,21 +140,7 @@ def local_sampler(
     return sample
 
 
-def _set_max_pixels(processor, max_pixels: int) -> None:
-    ip = processor.image_processor
-    ip.size = {**dict(ip.size or {}), "longest_edge": max_pixels}
-
-
 # ----------------------------------------------------------------------------- remote target
-
-
-def _data_url(record: Record) -> str | None:
-    image = record.load_image()
-    if image is None:
-        return None
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def openai_sampler(
@@ -167,7 +153,7 @@ def openai_sampler(
     Asks for `n` choices in one request and tops up with more requests if the server returns fewer.
     Network errors and 429/5xx are retried with exponential back-off; other HTTP errors raise.
     """
-    url = base_url.rstrip("/") + "/chat/completions"
+    url = completions_url(base_url)  # the same URL rule as the router's client (adds /v1 when missing)
     key = os.environ.get(api_key_env, "")
 
     def post(payload: dict) -> dict:
@@ -191,14 +177,10 @@ def openai_sampler(
     def sample(chunk: list[Record]) -> list[list[str]]:
         results = []
         for record in chunk:
-            content: list[dict] = []
-            url_ = _data_url(record)
-            if url_:
-                content.append({"type": "image_url", "image_url": {"url": url_}})
-            content.append({"type": "text", "text": f"{P_TARGET}\n{record.question}"})
+            messages = chat_messages(f"{P_TARGET}\n{record.question}", record.load_image())
             texts: list[str] = []
             while len(texts) < m:
-                reply = post({"model": model, "messages": [{"role": "user", "content": content}],
+                reply = post({"model": model, "messages": messages,
                               "n": m - len(texts), "max_tokens": max_new_tokens,
                               "temperature": temperature, "top_p": top_p})
                 got = [c.get("message", {}).get("content") or "" for c in reply.get("choices", [])]

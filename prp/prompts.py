@@ -44,6 +44,9 @@ P_TARGET = (
 
 PROMPTS: dict[str, str] = {"drl": P_DRAFT, "jrl": P_JOINT, "target": P_TARGET, "grpo": P_TARGET}
 
+# Paradigm 2's correctness tokens (Sec. 2.1): train.py --mode sft-cn adds them, eval.py reads s_2 from them.
+CN_TOKEN, UN_TOKEN = "[CN]", "[UN]"
+
 # The tag that closes the rating prefix: routing stops generating right after it (Alg. 3-4, S).
 RATING_CLOSE_TAG = "</confidence>"
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from prp.generation import eos_ids_of
 from prp.modeling import prepare_inputs
 
 
@@ -61,21 +62,12 @@ def build_prompts(processor, messages: list[list[dict]], images: list[Image.Imag
     """Chat-template and process each prompt `repeat` times (the processor handles the image patches)."""
     msgs = [m for m in messages for _ in range(repeat)]
     imgs = [im for im in images for _ in range(repeat)]
-    batch = prepare_inputs(processor, msgs, imgs if any(i is not None for i in imgs) else None,
-                           padding_side="left", device=device)
+    batch = prepare_inputs(processor, msgs, imgs, padding_side="left", device=device)
     return PromptBatch(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
         mm_token_type_ids=batch["mm_token_type_ids"],
         pixel_values=batch.get("pixel_values"), image_grid_thw=batch.get("image_grid_thw"),
     )
-
-
-def eos_token_ids(model, tokenizer) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 def vision_token_ids(model) -> list[int]:
@@ -120,7 +112,7 @@ def generate_rollout(
         pad_token_id=tokenizer.pad_token_id, suppress_tokens=vision_token_ids(model) or None,
     )  # [B*N, P + L']
     model.train(was_training)
-    eos = eos_token_ids(model, tokenizer)
+    eos = eos_ids_of(model, tokenizer)
     completions, truncated = [], []
     for row in out[:, prompts.input_ids.shape[1]:].tolist():
         ids, cut = trim_at_eos(row, eos)

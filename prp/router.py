@@ -22,18 +22,13 @@ import torch
 from PIL import Image
 
 from prp import generation as gen
+from prp.answers import extract_answer
 from prp.ipr import digit_stats_from_logits
 from prp.modeling import prepare_inputs
 from prp.parsing import parse_completion
 from prp.prompts import P_TARGET, build_messages
 from prp.scoring import apply_ipr, route_score
 from prp.tiny import digit_token_ids
-
-try:  # the shared answer extractor, when present
-    from prp.answers import extract_answer
-except ImportError:  # pragma: no cover - fallback for a tree without it
-    def extract_answer(text):
-        return parse_completion(text or "", "grpo").answer
 
 
 @dataclass
@@ -144,8 +139,7 @@ def load_target(spec: str, *, device=None, dtype=None, max_new_tokens: int = 102
 
 def gen_inputs(processor, messages, images, model):
     """Processor inputs on the model's device; None images mean text-only rows."""
-    has_image = any(im is not None for im in images)
-    return prepare_inputs(processor, messages, images if has_image else None, device=model.device)
+    return prepare_inputs(processor, messages, images, device=model.device)
 
 
 class Router:

@@ -54,8 +54,8 @@ from prp.data import (
 )
 from prp.loss import Segment, prp_loss, token_advantage_map
 from prp.parsing import parse_completion, span_token_indices
-from prp.prompts import build_messages
-from prp.rewards import accuracy_reward, format_reward, overlong_reward, rating_reward
+from prp.prompts import CN_TOKEN, UN_TOKEN, build_messages
+from prp.rewards import accuracy_reward, overlong_reward, rating_reward
 from prp.rollout import (
     PromptBatch,
     build_batch,
@@ -70,7 +70,6 @@ from prp.train_config import TrainConfig, dump_config
 
 log = logging.getLogger("prp.train")
 
-CN_TOKEN, UN_TOKEN = "[CN]", "[UN]"
 RL_MODES = ("grpo", "drl", "jrl")
 PROMPT_MODE = {"grpo": "grpo", "drl": "drl", "jrl": "jrl", "sft-cn": "target"}
 
@@ -205,9 +204,9 @@ def materialise_model(spec: str, out_dir: Path, *, seed: int, d: Dist) -> str:
 
 
 def set_max_pixels(processor, cfg: TrainConfig) -> None:
-    # `size` is where transformers 5 keeps the pixel bounds (min_pixels/max_pixels kwargs are deprecated).
-    ip = processor.image_processor
-    ip.size = {**dict(ip.size or {}), "longest_edge": cfg.max_pixels, "shortest_edge": min(cfg.min_pixels, cfg.max_pixels)}
+    from prp.modeling import set_pixel_bounds
+
+    set_pixel_bounds(processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int):
@@ -524,7 +523,7 @@ class Trainer:
         texts = tok.batch_decode(ro.completions, skip_special_tokens=True)
         # step 4: parse and reward every completion (Alg. 1 l.6-7)
         parsed = [parse_completion(t, mode) for t in texts]
-        fmt = [format_reward(t, mode) for t in texts]
+        fmt = [1.0 if p.format_ok else 0.0 for p in parsed]  # R_fmt (prp.rewards.format_reward)
         acc = []
         for i, p in enumerate(parsed):
             a = accuracy_reward(p.answer, records[i // n].answer or "")
