@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def score_mathvista(args) -> None:
-    from prp.bench.mathvista import format_score, score_output_file
+    from prp.bench.mathvista import score_output_file
 
     candidates = [Path(args.data_dir)] if args.data_dir else [Path(args.score).parent, SHIPPED_MATHVISTA]
     for base in candidates:
@@ -61,7 +61,7 @@ def score_mathvista(args) -> None:
             break
     else:
         raise SystemExit("no testmini.json found: pass --data-dir with the MathVista testmini annotations")
-    print(format_score(score_output_file(args.score, str(gold))))
+    print(score_output_file(args.score, str(gold)).format())
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -124,8 +124,6 @@ def local_sampler(
     model, processor = load_model(model_dir, device=device)
     if max_pixels:
         set_pixel_bounds(processor, max_pixels=max_pixels)
-    calls = [0]
-
     def sample(chunk: list[Record]) -> list[list[str]]:
         msgs = [build_messages(r.question, mode="target", with_image=r.image is not None) for r in chunk]
         prompts = build_prompts(processor, msgs, [r.load_image() for r in chunk], repeat=m,
@@ -133,7 +131,6 @@ def local_sampler(
         # Seeded by the first record's id: a resumed run draws the same samples for a record.
         rollout = generate_rollout(model, processor, prompts, max_new_tokens=max_new_tokens,
                                    temperature=temperature, top_p=top_p, seed=step_seed(seed, chunk[0].id))
-        calls[0] += 1
         texts = processor.tokenizer.batch_decode(rollout.completions, skip_special_tokens=True)
         return [texts[i * m:(i + 1) * m] for i in range(len(chunk))]
 

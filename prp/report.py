@@ -84,7 +84,7 @@ def build_report(
         rating=rating,
         title=title,
     )
-    plots = write_plots(insts, data, out_dir=out, p_t_grid=grid)
+    plots = write_plots(data, out_dir=out, p_t_grid=grid)
     data["plots"] = {k: str(v) for k, v in plots.items()}
     json_path = out / "report.json"
     json_path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False))
@@ -345,7 +345,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write_plots(insts, data: dict, *, out_dir: Path, p_t_grid) -> dict[str, Path]:
+def write_plots(data: dict, *, out_dir: Path, p_t_grid) -> dict[str, Path]:
     """Write the PNG plots; returns ``{name: path}``."""
     x = 100 * np.asarray(p_t_grid, dtype=float)
     plots = {"routing_curves": _plot_routing(data, x, out_dir / "routing_curves.png")}

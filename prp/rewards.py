@@ -68,6 +68,15 @@ def accuracy_reward(answer: str | None, gold: str) -> float | None:
         predicted = _CHOICE_PRED.search(answer.replace("$", " "))
         return 1.0 if predicted and predicted.group(1).upper() == choice.group(1).upper() else 0.0
 
+    same = math_equivalent(answer, gold)
+    return None if same is None else float(same)
+
+
+def math_equivalent(answer: str | None, gold: str) -> bool | None:
+    """math-verify's symbolic equivalence of two answers (each read as LaTeX in $...$).
+
+    None when the gold itself cannot be parsed; False for a missing or unparsable answer.
+    """
     from math_verify import parse, verify
 
     # math-verify's timeouts use SIGALRM, which only works on the main thread (a server
@@ -78,11 +87,9 @@ def accuracy_reward(answer: str | None, gold: str) -> float | None:
         log.debug("unparsable gold answer %r", gold)
         return None
     if answer is None or not answer.strip():
-        return 0.0
+        return False
     predicted = parse(_as_latex(answer), parsing_timeout=timeout)
-    if not predicted:
-        return 0.0
-    return 1.0 if verify(gold_parsed, predicted, timeout_seconds=timeout) else 0.0
+    return bool(predicted) and bool(verify(gold_parsed, predicted, timeout_seconds=timeout))
 
 
 def overlong_reward(length: int, *, max_length: int, cache_length: int) -> float:

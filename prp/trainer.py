@@ -509,9 +509,8 @@ class Trainer:
         return prompts, valid
 
     def rollout(self, prompts: PromptBatch, micro: int):
-        gen_model = self.model
         return generate_rollout(
-            gen_model, self.processor, prompts, max_new_tokens=self.cfg.max_completion_length,
+            self.model, self.processor, prompts, max_new_tokens=self.cfg.max_completion_length,
             temperature=self.cfg.temperature, top_p=self.cfg.top_p,
             seed=step_seed(self.cfg.seed, "rollout", micro, self.d.rank), synced_gpus=self.d.deepspeed,
         )

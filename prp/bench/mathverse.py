@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 from collections.abc import Iterable, Mapping
 
 from prp.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.rewards import math_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +66,11 @@ def choice_letter(text: str | None) -> str | None:
     return match.group(1).upper() if match else None
 
 
-def _as_latex(text: str) -> str:
-    text = text.strip()
-    return text if "$" in text or "\\boxed" in text else f"${text}$"
-
-
 def free_form_correct(prediction: str, answer: str) -> bool:
     """String match (case and spaces ignored), else math-verify's symbolic equivalence."""
     if "".join(prediction.lower().split()) == "".join(answer.lower().split()):
         return True
-    from math_verify import parse, verify
-
-    # math-verify times out with SIGALRM, which only the main thread may use.
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    gold = parse(_as_latex(answer), parsing_timeout=timeout)
-    pred = parse(_as_latex(prediction), parsing_timeout=timeout)
-    if not gold or not pred:
-        return False
-    return bool(verify(gold, pred, timeout_seconds=timeout))
+    return bool(math_equivalent(prediction, answer))
 
 
 def is_correct(prediction: str | None, answer: str, question_type: str) -> bool:
