@@ -15,6 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from prp.route_run import add_router_arguments
+
 REPO = Path(__file__).resolve().parent
 # The official testmini answers and published outputs ship with the tests (see its SOURCE.md).
 SHIPPED_MATHVISTA = REPO / "tests" / "data" / "mathvista"
@@ -28,26 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", help="the benchmark's download folder (or its annotation file)")
     ap.add_argument("--score", metavar="OUTPUT.json", help="MathVista: score an official-format output file")
     ap.add_argument("--table", help="skip the models: build the report from this per-instance JSONL")
-    ap.add_argument("--draft", help="rating draft (DRL/JRL-trained) model dir")
-    ap.add_argument("--target", help="target model dir or OpenAI-compatible base URL")
-    ap.add_argument("--target-model", default=None, help="model name sent to a remote target")
-    ap.add_argument("--api-key-env", default="OPENAI_API_KEY")
     ap.add_argument("--sft-cn", help="Paradigm-2 baseline model (train.py --mode sft-cn) for the s_2 signal")
-    ap.add_argument("--mode", choices=("drl", "jrl"), default="jrl")
-    ap.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first")
-    ap.add_argument("--tau", type=float, default=2.0)
-    ap.add_argument("--ipr", choices=("add", "band", "off"), default="add")
-    ap.add_argument("--rating", choices=("free", "forced"), default="free")
-    ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=8, help="1 gives per-query latencies (Tab. 2)")
     ap.add_argument("--limit", type=int, help="first N records only")
     ap.add_argument("--p-t", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6], help="Tab. 2 rows")
     ap.add_argument("--out-dir", default=None, help="default runs/eval-<bench>")
     ap.add_argument("--no-resume", action="store_true", help="start the instance cache afresh")
     ap.add_argument("--allow-missing-images", action="store_true", help="keep records whose image is missing")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    add_router_arguments(ap, title="models (all of --data-dir, --draft, --target omitted with --bench demo: the embedded demo)")
     return ap
 
 
@@ -101,8 +92,7 @@ def run_models(args, out_dir: Path) -> Path:
     from prp.bench.registry import get_benchmark
     from prp.evaluate import Baselines, run_benchmark
     from prp.modeling import load_model
-    from prp.route_run import DEFAULT_DEMO, ensure_default_demo
-    from prp.router import Router, RouterConfig, load_target
+    from prp.route_run import DEFAULT_DEMO, build_router, ensure_default_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,26 +100,22 @@ def run_models(args, out_dir: Path) -> Path:
     if args.bench == "demo" and not (args.data_dir or args.draft or args.target):
         paths = ensure_default_demo(DEFAULT_DEMO)
         args.data_dir, args.draft, args.target = str(paths["data"]), str(paths["draft"]), str(paths["target"])
-        args.rating = DEFAULT_DEMO.rating
-        args.max_new_tokens = min(args.max_new_tokens, DEFAULT_DEMO.max_new_tokens)
+        args.rating = args.rating or DEFAULT_DEMO.rating
+        args.max_new_tokens = args.max_new_tokens or DEFAULT_DEMO.max_new_tokens
     if not (args.data_dir and args.draft and args.target):
         raise SystemExit("give --data-dir, --draft and --target (or --table, or --score)")
     loaded = bench.load(args.data_dir, require_images=not args.allow_missing_images)
     records = loaded.records[: args.limit] if args.limit else loaded.records
     if loaded.skipped:
         print(f"skipped while loading: {dict(loaded.skipped)}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
-    target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
-                         remote_model=args.target_model, api_key_env=args.api_key_env)
-    cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, rating=args.rating,
-                       max_new_tokens=args.max_new_tokens)
+    router = build_router(args)
     baselines = Baselines()
     if args.sft_cn:
-        baselines.sft_cn_model, baselines.sft_cn_processor = load_model(args.sft_cn, device=device, dtype=args.dtype)
-        baselines.max_new_tokens = args.max_new_tokens
+        baselines.sft_cn_model, baselines.sft_cn_processor = load_model(
+            args.sft_cn, device=router.model.device, dtype=args.dtype)
+        baselines.max_new_tokens = router.cfg.max_new_tokens
     table = out_dir / "instances.jsonl"
-    run_benchmark(Router(draft, processor, target, cfg), bench, records, table, batch_size=args.batch_size,
+    run_benchmark(router, bench, records, table, batch_size=args.batch_size,
                   resume=not args.no_resume, baselines=baselines)
     return table
 

@@ -14,33 +14,17 @@ import json
 import logging
 from pathlib import Path
 
+from prp.route_run import add_router_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    io = ap.add_argument_group("models and data (all omitted: the embedded tiny default)")
-    io.add_argument("--draft", help="draft (router) model dir, trained with DRL or JRL")
-    io.add_argument("--target", help="target: a local HF model dir, or an http(s) base URL (OpenAI-compatible)")
-    io.add_argument("--target-model", default=None, help="model name sent to a remote target")
-    io.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env var holding the API key")
+    add_router_arguments(ap, title="models (all of --draft, --target, --data omitted: the embedded default)")
+    io = ap.add_argument_group("data")
     io.add_argument("--data", help="JSONL of {id, image, question, answer?}")
     io.add_argument("--out", default=None, help="output JSONL (default: <default dir>/routes.jsonl)")
     io.add_argument("--resume", action="store_true", help="skip ids already in --out")
-    io.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
-    io.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
-
-    sc = ap.add_argument_group("evaluation (Sec. 4.2-4.3)")
-    sc.add_argument("--mode", choices=("drl", "jrl"), default="jrl",
-                    help="prompt and prefix grammar: jrl (P_joint, d and t) or drl (P_draft, d only)")
-    sc.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first")
-    sc.add_argument("--tau", type=float, default=2.0, help="JRL scale (ignored in DRL)")
-    sc.add_argument("--ipr", choices=("add", "band", "off"), default="add")
-    sc.add_argument("--ipr-backend", default="auto", choices=("auto", "torch", "triton"))
-    sc.add_argument("--rating", choices=("free", "forced"), default=None,
-                    help="free: the draft writes its prefix; forced: grammar-forced, the draft picks the digits "
-                         "(default: the embedded default's setting, else free)")
-    sc.add_argument("--max-prefix-tokens", type=int, default=24)
-    sc.add_argument("--max-new-tokens", type=int, default=None, help="default 1024 (32 for the embedded default)")
 
     de = ap.add_argument_group("decision (Sec. 4.4)")
     de.add_argument("--threshold", type=float, help="s > T keeps the draft")
@@ -53,12 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--threshold-file", help="reuse a saved calibration")
     de.add_argument("--measure-target-only", action="store_true",
                     help="also run the target on kept queries: measured target-only latency for the speedup")
-
-    rm = ap.add_argument_group("remote target")
-    rm.add_argument("--tries", type=int, default=4)
-    rm.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
-    rm.add_argument("--backoff", type=float, default=0.5, help="first retry wait; doubles each retry")
-    rm.add_argument("--concurrency", type=int, default=8)
 
     sv = ap.add_argument_group("serving")
     sv.add_argument("--serve", action="store_true", help="serve the router on /v1/chat/completions")
@@ -77,9 +55,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     import torch
 
     from prp import route_run
-    from prp.modeling import load_model
-    from prp.remote import RetryPolicy
-    from prp.router import Router, RouterConfig, load_target
     from prp.thresholds import BatchFraction, Calibration, FixedThreshold
 
     if args.threads:
@@ -95,16 +70,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not args.draft or not args.target or not (args.data or args.serve):
         raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
     args.out = args.out or "routes.jsonl"
-    max_new = args.max_new_tokens or 1024
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-    draft, draft_proc = load_model(args.draft, device=device, dtype=args.dtype)
-    retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
-    target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
-                         remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)
-    cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, ipr_backend=args.ipr_backend,
-                       rating=args.rating or "free", max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
-    router = Router(draft, draft_proc, target, cfg)
+    router = route_run.build_router(args)
 
     # decision source, in order of precedence
     if args.threshold_file:

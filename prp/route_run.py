@@ -77,6 +77,59 @@ def ensure_default_demo(spec: DemoSpec = DEFAULT_DEMO) -> dict[str, Path]:
     return paths
 
 
+# ------------------------------------------------------------------------------ router from the command line
+
+
+def add_router_arguments(ap, *, title: str = "models") -> None:
+    """The flags route.py and eval.py share: models, the evaluation stage (Sec. 4.2-4.3), a remote target."""
+    io = ap.add_argument_group(title)
+    io.add_argument("--draft", help="draft (router) model dir, trained with DRL or JRL")
+    io.add_argument("--target", help="target: a local HF model dir, or an http(s) base URL (OpenAI-compatible)")
+    io.add_argument("--target-model", default=None, help="model name sent to a remote target")
+    io.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env var holding the API key")
+    io.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    io.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+
+    sc = ap.add_argument_group("evaluation (Sec. 4.2-4.3)")
+    sc.add_argument("--mode", choices=("drl", "jrl"), default="jrl",
+                    help="prompt and prefix grammar: jrl (P_joint, d and t) or drl (P_draft, d only)")
+    sc.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first")
+    sc.add_argument("--tau", type=float, default=2.0, help="JRL scale (ignored in DRL)")
+    sc.add_argument("--ipr", choices=("add", "band", "off"), default="add")
+    sc.add_argument("--ipr-backend", default="auto", choices=("auto", "torch", "triton"))
+    sc.add_argument("--rating", choices=("free", "forced"), default=None,
+                    help="free: the draft writes its prefix; forced: grammar-forced, the draft picks the digits "
+                         "(default: the embedded default's setting, else free)")
+    sc.add_argument("--max-prefix-tokens", type=int, default=24)
+    sc.add_argument("--max-new-tokens", type=int, default=None,
+                    help="default 1024 (the embedded default's own limit there)")
+
+    rm = ap.add_argument_group("remote target")
+    rm.add_argument("--tries", type=int, default=4)
+    rm.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
+    rm.add_argument("--backoff", type=float, default=0.5, help="first retry wait; doubles each retry")
+    rm.add_argument("--concurrency", type=int, default=8)
+
+
+def build_router(args) -> Router:
+    """Load the draft and the target named by `add_router_arguments`'s flags and wrap them in a Router."""
+    import torch
+
+    from prp.modeling import load_model
+    from prp.remote import RetryPolicy
+    from prp.router import RouterConfig, load_target
+
+    max_new = args.max_new_tokens or 1024
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
+    retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
+    target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
+                         remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)
+    cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, ipr_backend=args.ipr_backend,
+                       rating=args.rating or "free", max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
+    return Router(draft, processor, target, cfg)
+
+
 # ------------------------------------------------------------------------------ output
 
 
