@@ -6,7 +6,6 @@ import pytest
 
 from prp.bench.mathvista import (
     build_query,
-    format_score,
     get_most_similar,
     load_mathvista,
     normalize_extracted_answer,
@@ -37,7 +36,7 @@ def scored(request):
 def test_published_totals(scored):
     _, correct, line, result = scored
     assert (result.correct, result.total) == (correct, 1000)
-    assert format_score(result) == line
+    assert result.format() == line
 
 
 def test_every_verdict_matches_the_official_true_false(scored):

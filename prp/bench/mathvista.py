@@ -29,7 +29,6 @@ from prp.bench.records import (
     ScoreResult,
     as_int_or_none,
     attach_image,
-    format_accuracy,
     group_counts,
     read_rows,
 )
@@ -258,8 +257,3 @@ def score_output_file(output_path: str, testmini_path: str) -> ScoreResult:
     for key in ("question_type", "answer_type"):
         per_group.update(group_counts(per_pid, {pid: str(p[key]) for pid, p in gold.items()}))
     return ScoreResult(correct=sum(per_pid.values()), total=len(per_pid), per_pid=per_pid, per_group=per_group)
-
-
-def format_score(result: ScoreResult) -> str:
-    """``accuracy: 34.8 (348/1000)``."""
-    return format_accuracy(result.correct, result.total)
