@@ -1,9 +1,10 @@
 """Mini reproduction of the paper's main claims on the embedded demo (synthetic sum-of-numbers test split).
 
-    python benchmarks/reproduce_demo.py --demo demo --work runs/demo-build --out runs/reproduce
+    python benchmarks/reproduce_demo.py --demo demo --work runs/demo2 --out runs/reproduce
 
-Reads the shipped checkpoints (demo/models/{draft,target,drl,jrl}), the P2 baseline trained by
-scripts/build_demo.py (runs/demo-build/sft-cn, optional) and the training logs (DSS ablation).
+Reads the shipped checkpoints (demo/models/{draft,target,drl,jrl}), the P2 baseline and the
+ablation runs trained by scripts/build_demo.py (<work>/sft-cn, <work>/drl-alpha<a>, optional) and
+the training logs (DSS ablation).
 Writes <out>/results.json, <out>/instances_<mode>.jsonl and a prp.report report per rating draft.
 
 What is measured (every model greedy, one torch thread unless --threads):
@@ -16,7 +17,9 @@ What is measured (every model greedy, one torch thread unless --threads):
 - Tab. 2 / Sec. 4.4: the smallest p_t at which the JRL router's accuracy reaches the target's,
   and the speedup there (latencies: amortised per-query wall time of batched CPU generation);
 - Fig. 5 / DSS: rating std and DSS trigger rate during DRL training, with and without DSS
-  (from train.py's metrics.jsonl).
+  (from train.py's metrics.jsonl; the DSS-on run of equal length is drl-alpha1.5 when it exists);
+- Fig. 15 / alpha: greedy accuracy (answers after the rating prefix) of the DRL drafts trained with
+  each alpha, next to the draft they started from, and their final rating error.
 """
 from __future__ import annotations
 
@@ -198,9 +201,33 @@ def speedup_at_target_acc(rows, target_rows, signal: str) -> dict:
             "at_p_t": {f"{p:.1f}": next(row for row in table if abs(row["p_t"] - p) < 1e-9) for p in (0.2, 0.4, 0.6, 0.8)}}
 
 
+def alpha_ablation(work: Path, demo: Path, records, kw) -> dict:
+    """Fig. 15 analogue: accuracy of the DRL draft after training with each alpha, vs its starting point."""
+    from prp.checkpoint import latest_checkpoint
+
+    runs = sorted(work.glob("drl-alpha*"), key=lambda p: float(p.name[len("drl-alpha"):]))
+    if not runs:
+        return {}
+    out = {"start (draft, P_draft)": by_level(run_rating_draft(demo / "models" / "draft", "drl", records, **kw),
+                                               "draft_correct")}
+    for run in runs:
+        ckpt = latest_checkpoint(run)
+        if ckpt is None:
+            continue
+        rows = run_rating_draft(ckpt, "drl", records, **kw)
+        d = np.array([math.nan if r["d"] is None else r["d"] for r in rows])
+        dc = np.array([r["draft_correct"] for r in rows])
+        out[f"alpha={run.name[len('drl-alpha'):]}"] = {
+            **by_level(rows, "draft_correct"), "steps": int(ckpt.name.split("-")[-1]),
+            "rating_mae": float(np.nanmean(np.abs(d - dc))), "rating_std": float(np.nanstd(d)),
+            "spearman_rank_acc": M.rating_rank_correlation(d, dc)}
+    return out
+
+
 def dss_ablation(work: Path) -> dict:
     out = {}
-    for name in ("drl", "drl-nodss"):
+    dss_on = "drl-alpha1.5" if (work / "drl-alpha1.5" / "metrics.jsonl").exists() else "drl"
+    for name in (dss_on, "drl-nodss"):
         path = work / name / "metrics.jsonl"
         if not path.exists():
             out[name] = None
@@ -223,7 +250,7 @@ def dss_ablation(work: Path) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", default="demo")
-    ap.add_argument("--work", default="runs/demo-build")
+    ap.add_argument("--work", default="runs/demo2")
     ap.add_argument("--out", default="runs/reproduce")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=0)
@@ -273,8 +300,9 @@ def main(argv=None):
         res["accuracy_by_level"]["sft-cn (P2 model)"] = by_level(p2, "draft_correct")
         res["p2"] = analyse(p2, target_rows, {"p2": "p2"})
     else:
-        res["p2"] = "missing (no runs/demo-build/sft-cn checkpoint)"
+        res["p2"] = f"missing (no {work}/sft-cn checkpoint)"
     res["dss_ablation"] = dss_ablation(work)
+    res["alpha_ablation"] = alpha_ablation(work, demo, records, kw)
     res["wall_s"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float))
     print(json.dumps(res, indent=2, default=float))

@@ -79,7 +79,7 @@ class TrainConfig:
     overlong_cache_length: int = 0  # DAPO soft over-length buffer; 0 = off
 
     # ---- SFT warm start
-    sft_rating: str = "none"  # none | drl | jrl: prefix the trace with a rating (and use that prompt)
+    sft_rating: str = "none"  # none | drl | jrl: prefix the trace with a rating (and use that prompt); mixed: all three
     sft_rating_value: float = 0.5  # the rating written when the record carries none
 
     # ---- bookkeeping
@@ -103,8 +103,8 @@ class TrainConfig:
                     f"per_device_batch_size ({self.per_device_batch_size}) must be a multiple of "
                     f"num_generations ({self.num_generations}): each rank generates whole groups"
                 )
-        if self.sft_rating not in ("none", "drl", "jrl"):
-            raise ValueError("sft_rating must be none, drl or jrl")
+        if self.sft_rating not in ("none", "drl", "jrl", "mixed"):
+            raise ValueError("sft_rating must be none, drl, jrl or mixed")
         if self.lr_scheduler not in ("constant", "linear", "cosine"):
             raise ValueError("lr_scheduler must be constant, linear or cosine")
         if not self.model and self.mode != "presample":

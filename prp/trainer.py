@@ -31,6 +31,7 @@ import os
 import random
 import sys
 import time
+import zlib
 from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ log = logging.getLogger("prp.train")
 
 RL_MODES = ("grpo", "drl", "jrl")
 PROMPT_MODE = {"grpo": "grpo", "drl": "drl", "jrl": "jrl", "sft-cn": "target"}
+SFT_FORMATS = ("none", "drl", "jrl")  # sft_rating=mixed picks one per record
 
 
 # ============================================================================ distributed helpers
@@ -498,9 +500,11 @@ class Trainer:
         chunk = self._order[pos * span:(pos + 1) * span]
         return [self.records[i] for i in chunk[self.d.rank * self.ppd:(self.d.rank + 1) * self.ppd]]
 
-    def prompts_for(self, records: list[Record], mode: str, repeat: int) -> tuple[PromptBatch, torch.Tensor]:
+    def prompts_for(self, records: list[Record], mode: str | list[str], repeat: int) -> tuple[PromptBatch, torch.Tensor]:
+        """Prompt each record in `mode` (one mode, or one per record), `repeat` times; and which are valid."""
         images, ok = zip(*(safe_image(r) for r in records))
-        msgs = [build_messages(r.question, mode=mode, with_image=True) for r in records]
+        modes = [mode] * len(records) if isinstance(mode, str) else mode
+        msgs = [build_messages(r.question, mode=m, with_image=True) for r, m in zip(records, modes)]
         prompts = build_prompts(self.processor, msgs, list(images), repeat=repeat, device=self.device)
         too_long = (prompts.attention_mask.sum(1) > self.cfg.max_prompt_length).view(len(records), repeat).any(1)
         valid = torch.tensor(ok) & ~too_long.cpu()
@@ -608,14 +612,17 @@ class Trainer:
     def sft_micro(self, micro: int, records: list[Record]) -> MicroOut:
         """Supervised warm start: `[rating]<think>{reasoning}</think><answer>{answer}</answer>` + EOS."""
         cfg, tok = self.cfg, self.tok
-        mode = cfg.sft_rating if cfg.sft_rating != "none" else "target"
-        prompts, valid = self.prompts_for(records, mode, 1)
+        # "mixed": each record in one of the three formats (fixed per record id), so one warm start
+        # follows whichever prompt it is given (P, P_draft or P_joint), as the paper's base draft does.
+        formats = [SFT_FORMATS[zlib.crc32(r.id.encode()) % 3] if cfg.sft_rating == "mixed" else cfg.sft_rating
+                   for r in records]
+        prompts, valid = self.prompts_for(records, [f if f != "none" else "target" for f in formats], 1)
         completions = []
-        for r in records:
+        for r, fmt in zip(records, formats):
             d = format_score(float(r.meta.get("confidence", cfg.sft_rating_value)))
             t = format_score(float(r.meta.get("target_rating", cfg.sft_rating_value)))
             prefix = {"none": "", "drl": f"<confidence>{d}</confidence>",
-                      "jrl": f"<target>{t}</target><confidence>{d}</confidence>"}[cfg.sft_rating]
+                      "jrl": f"<target>{t}</target><confidence>{d}</confidence>"}[fmt]
             text = f"{prefix}<think>{r.meta['reasoning']}</think><answer>{r.answer}</answer>"
             completions.append(tok.encode(text, add_special_tokens=False)[: cfg.max_completion_length - 1] + [self.eos_id])
         batch = build_batch(prompts, completions, pad_id=tok.pad_token_id)

@@ -1,36 +1,27 @@
 """Rebuild the embedded demo (demo/models/{draft,target,drl,jrl} + demo/data) with the project's own train.py.
 
-    python scripts/build_demo.py --out demo/      # everything; ~60 min of 2 CPU cores when nothing else runs
+    python scripts/build_demo.py --out demo/      # everything; ~70 min of 2 CPU cores when nothing else runs
 
 Two lanes run side by side (one torch thread each); every stage is a `train.py` subprocess with its
-log under --work/logs and its metrics.jsonl under --work/<stage> (default runs/demo-build/):
+log under --work/logs and its metrics.jsonl under --work/<stage> (default runs/demo2/):
 
-    lane D  draft-sft (800 steps, from scratch) -> draft-sft2 (400, continues)          = the draft's SFT
-            drl-sft (1000, from scratch) -> drl-sft2 (400), <confidence>0.50</confidence> prefix -> drl
-                                                                                    -> demo/models/drl
-            draft-sft2 (draft-grpo: 0 steps by default, skipped for time)            -> demo/models/draft
-            drl-nodss (DSS ablation), sft-cn (P2 baseline, 0 steps by default)       (runs/ only)
-    lane T  target-sft (1200, continues draft-sft: the draft architecture trained longer)
-            -> target-grpo                                                           -> demo/models/target
-            -> presample (train.py --mode presample: M=8 samples of that target per JRL record = Acc_tgt)
-            -> jrl-sft (1000) -> jrl-sft2 (400), <target>0.50</target><confidence>0.50</confidence> prefix
-            -> jrl (GRPO+JRL with the Acc_tgt cache)                                 -> demo/models/jrl
+    lane D  draft-sft (0.74 M, 3000 steps from scratch, sft_rating=mixed: each record in one of the
+            three formats, so the one warm start answers P, P_draft and P_joint)
+            -> draft-grpo                                                  -> demo/models/draft
+            -> drl (DRL, Alg. 3)                                           -> demo/models/drl
+            -> drl-nodss (DSS ablation), drl-alpha<a> (Fig. 15 ablation), sft-cn (P2 baseline)  (runs/ only)
+    lane T  target-sft (3.7 M tiny target, 2500 steps from scratch) -> target-grpo -> demo/models/target
+            -> presample (train.py --mode presample: M samples of that target per JRL record = Acc_tgt)
+            -> jrl (JRL, Alg. 4, from draft-grpo, with the Acc_tgt cache)  -> demo/models/jrl
 
-Recipe (shared/notes/tiny-vlm-training.md): batch 32, AdamW, cosine, ~100 warm-up steps, fp32,
-frozen vision biases, loss on the completion only.  What had to change on this machine (2026-11):
-- The image goes AFTER the text in the user turn (IMAGE_LAST_TEMPLATE, saved with each model; no
-  code change).  With the image first, ~110 prompt tokens between image and answer, the 0.74 M
-  draft had not started reading digits after 800 SFT steps.
-- The 3.7 M tiny target could not be trained within the budget (step ~3x the draft's, 2.8-4.4 s
-  under load); the target is the draft architecture trained 2.5x as many steps (--target-arch).
-- The rating drafts are SFT'd from scratch WITH the constant 0.50 prefix: fine-tuning the plain
-  draft on the prefixed format (80-1000 steps, LR 2e-4..1e-3) erased its digit reading (0-6% at
-  k=1): the prefix shifts every answer token's distance to the image tokens, and the tiny model
-  locates digits by M-RoPE position.  The constant 0.50 carries no information: ratings become
-  per-question only through DRL/JRL (rating reward + DSS).
-- The rating drafts render the user text as P (the target prompt) + question whatever prompt is
-  sent (rating_template(); P_draft / P_joint are dropped by their chat template): cheaper (121 vs
-  ~190 prompt tokens) and the same inputs the plain models read.  route.py / eval.py unchanged.
+Recipe (shared/notes/tiny-vlm-training.md): two-digit numbers on the 28-px grid, processor-mean
+background, rope_theta 10, frozen vision biases, batch 32, AdamW (2e-3 draft / 1.5e-3 target),
+cosine with ~100 warm-up steps, fp32, loss on the completion only.  What differs (measured here,
+2026-11, see demo/README.md): the demo models' chat template (demo_template(), saved with each
+model) renders a short format marker and the question instead of the ~150-token Table-4 prompt,
+with the image last; the draft's text RoPE base is DRAFT_ROPE_THETA (1000); the rating prefix is
+learned in the same SFT as the answer (a constant 0.50), so ratings carry information only after
+DRL / JRL (rating reward + DSS).
 
 Stages are resumable: one whose final checkpoint (`ckpt-<steps>`) exists is skipped; one whose
 metrics.jsonl another process is writing is waited for.
@@ -57,68 +48,61 @@ RL = ["--set", "per_device_batch_size=32", "--set", "num_generations=4", "--set"
       "--set", "temperature=1.0", "--set", "sample_every=20", "--set", "num_samples_logged=4"]
 
 
-# The tiny models' chat template with the image moved AFTER the text of the user turn.  With the
-# image first (prp.tiny.CHAT_TEMPLATE, the real model's order), ~110 tokens of the Table-4 prompt sit
-# between the image and the answer and the 0.74 M draft never learned to read the digits in 800 SFT
-# steps (0% at k=1: it answered the right number of operands with constant digits).  Measured here,
-# 2026-11; shared/notes/tiny-vlm-training.md had the question right after the image.  The template
-# is saved with each model (processor / tokenizer files), so train.py, route.py and eval.py use it
-# without any code change; prompts (prp.prompts) are unchanged.
-IMAGE_LAST_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if not (content['type'] == 'image' or 'image' in content or 'image_url' in content) and 'text' in content %}"
-    "{{ content['text'] }}{% endif %}{% endfor %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# The demo models' chat template: instead of the ~150-token Table-4 prompt, a short format marker and
+# the question: "[draft] " when the prompt asks for a <confidence> rating (P_draft), "[joint] " when it
+# also asks for <target> (P_joint), nothing for P.  Why: the long prompts made each step ~3x slower
+# and kept the 0.74 M draft from reading the digits within the budget (measured 2026-11, see
+# demo/README.md); a model this size cannot follow instructions anyway, it learns the format in SFT.
+# The template is saved with each model (processor / tokenizer files), so route.py / eval.py /
+# train.py send the paper's prompts unchanged.
+_IMAGE = "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+_TEXT = ("{% set text = content['text'] %}"
+         "{% if '<target>' in text %}[joint] {% elif '<confidence>' in text %}[draft] {% endif %}"
+         "{{ text.split('\\n')[-1] }}")
 
 
-def rating_template() -> str:
-    """IMAGE_LAST_TEMPLATE for the rating drafts: the user text is rendered as P (the target prompt) +
-    the question, whatever format prompt the caller sent (P_draft / P_joint are dropped).
+def demo_template() -> str:
+    """The demo chat template: the format marker and question, then the image (next to the answer).
 
-    Each tiny rating draft always emits its own prefix (learned in SFT), so it does not need the
-    format prompt; P is ~70 tokens shorter than P_draft (training cost) and it is the context the
-    plain models read under.  The router still sends P_draft / P_joint: no code change.
-    """
-
-    from prp.prompts import P_TARGET
-
-    assert "\n" not in P_TARGET and "'" not in P_TARGET
-    return IMAGE_LAST_TEMPLATE.replace(
-        "{{ content['text'] }}", "{{ '" + P_TARGET + "\\n' }}{{ content['text'].split('\\n', 1)[-1] }}")
-
-
-def with_rating_template(src: Path, dest: Path) -> Path:
-    """A copy of a checkpoint's HF files whose chat template is rating_template()."""
-    if (dest / "config.json").exists():
-        return dest
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export(src, tmp)
-    (tmp / "chat_template.jinja").write_text(rating_template())
-    tmp.rename(dest)
-    return dest
+    The tiny models find each digit by its M-RoPE position relative to the answer token, so the
+    distance image -> answer matters: with the image first (the real model's order, ~27 more tokens
+    away) the draft read 6% of the numbers after 3000 SFT steps; the image last, 41% after 1200
+    (with DRAFT_ROPE_THETA; measured 2026-11, demo/README.md)."""
+    image = _IMAGE + "<|vision_start|><|image_pad|><|vision_end|>{% endif %}"
+    text = "{% if 'text' in content and content['type'] != 'image' %}" + _TEXT + "{% endif %}"
+    body = "".join("{% for content in message['content'] %}" + p + "{% endfor %}" for p in (text, image))
+    return ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+            "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+            "{% else %}" + body + "<|im_end|>\n{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def build_tiny(size: str, seed: int, dest: Path) -> Path:
-    """A random-init tiny model dir (prp.tiny) whose processor renders the image after the text."""
+# The draft's text RoPE base.  prp.tiny uses 10 so that the M-RoPE row / column angles of the image
+# tokens differ enough (notes/tiny-vlm-training.md), and the plain-format target reads with it.  But
+# at 10 every rotary frequency is >= 0.12 rad per position, so matching an image token by content
+# depends on its distance to the answer token, and the draft's three formats (rating prefixes of 0,
+# 9 and 18 tokens) shift that distance: at 10 it read 6% of the numbers after 3000 steps; at 1000
+# (lowest frequency 0.002 rad / position: a distance-free content channel, rows / columns still
+# distinct) 41% after 1200 steps (measured 2026-11, same data and schedule).
+DRAFT_ROPE_THETA = 1000.0
+
+
+def build_tiny(size: str, seed: int, dest: Path, *, rope_theta: float | None = None) -> Path:
+    """A random-init tiny model dir (prp.tiny) with demo_template(), optionally another text RoPE base."""
     from prp.tiny import build_processor, build_tokenizer, save_tiny_model
 
     if (dest / "config.json").exists():
         return dest
     tok = build_tokenizer()
-    tok.chat_template = IMAGE_LAST_TEMPLATE
+    tok.chat_template = demo_template()
     proc = build_processor(tokenizer=tok)
-    proc.chat_template = IMAGE_LAST_TEMPLATE
+    proc.chat_template = demo_template()
     tmp = dest.with_name(dest.name + ".tmp")
     save_tiny_model(tmp, size=size, seed=seed, tokenizer=tok, processor=proc)
+    if rope_theta is not None:
+        config = json.loads((tmp / "config.json").read_text())
+        config["text_config"]["rope_parameters"]["rope_theta"] = rope_theta
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tmp.rename(dest)
     return dest
 
@@ -131,13 +115,10 @@ def final_ckpt(out: Path, steps: int) -> Path:
     return out / f"ckpt-{steps}"
 
 
-def run_stage(name: str, out: Path, steps: int, args: list[str], *, work: Path, stop_at: int = 0) -> Path:
-    """One train.py run; skipped when its final checkpoint exists, waited for when another process runs it.
-
-    `stop_at` < steps: the run keeps the `steps`-step LR schedule but is stopped once `ckpt-<stop_at>`
-    is written (that checkpoint is the stage's result).
-    """
-    done = final_ckpt(out, stop_at or steps)
+def run_stage(name: str, out: Path, steps: int, args: list[str], *, work: Path) -> Path:
+    """One train.py run; skipped when its final checkpoint exists, resumed from its latest one, waited for
+    when another process is writing it."""
+    done = final_ckpt(out, steps)
     if done.exists():
         log(f"{name}: done already ({done})")
         return done
@@ -154,15 +135,7 @@ def run_stage(name: str, out: Path, steps: int, args: list[str], *, work: Path, 
     log(f"{name}: {' '.join(cmd[1:])}")
     t0 = time.time()
     with (work / "logs" / f"{name}.log").open("a") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-        while proc.poll() is None:
-            if stop_at and done.exists():
-                proc.terminate()
-                proc.wait()
-                log(f"{name}: stopped at {done.name} (schedule of {steps} steps)")
-                return done
-            time.sleep(5)
-        rc = proc.returncode
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if rc != 0 or not done.exists():
         raise RuntimeError(f"{name} failed (rc {rc}); see {work / 'logs' / (name + '.log')}")
     log(f"{name}: finished in {(time.time() - t0) / 60:.1f} min")
@@ -187,35 +160,23 @@ def warmup_ratio(steps: int, warmup: int = 100) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="demo", help="demo folder: models/ and data/ go here")
-    ap.add_argument("--work", default="runs/demo-build", help="training runs, logs, the train split")
+    ap.add_argument("--work", default="runs/demo2", help="training runs, logs, the train split")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=30000)
     ap.add_argument("--n-test", type=int, default=400)
     ap.add_argument("--n-validation", type=int, default=200)
-    ap.add_argument("--n-jrl", type=int, default=600, help="train records presampled for JRL")
-    ap.add_argument("--presample-m", type=int, default=8, help="M target samples per JRL record")
-    ap.add_argument("--target-arch", choices=("draft", "target"), default="draft",
-                    help="draft: the target is the 0.74 M draft architecture trained longer (continues the "
-                    "draft's first SFT stage); target: the 3.7 M tiny target from scratch (needs >1 h more)")
-    ap.add_argument("--target-sft-steps", type=int, default=1200, help="length of the target's cosine schedule")
-    ap.add_argument("--target-sft-stop", type=int, default=0, help="stop the target SFT at this checkpoint "
-                    "(a multiple of save_every; 0: run the whole schedule)")
-    ap.add_argument("--target-grpo-steps", type=int, default=10)
-    ap.add_argument("--target-grpo-lr", default="1.5e-4")
-    ap.add_argument("--draft-sft-steps", type=int, default=800)
-    ap.add_argument("--draft-sft2-steps", type=int, default=400, help="second SFT stage of the draft")
-    ap.add_argument("--draft-grpo-steps", type=int, default=0)
-    ap.add_argument("--rating-sft-steps", type=int, default=1000,
-                    help="SFT of the DRL / JRL drafts from scratch, traces prefixed with a constant 0.50 rating")
-    ap.add_argument("--rating-sft2-steps", type=int, default=400, help="second SFT stage of the rating drafts "
-                    "(the plain draft needed 800 + 400 steps to read digits)")
-    ap.add_argument("--drl-steps", type=int, default=120)
-    ap.add_argument("--jrl-steps", type=int, default=100)
-    ap.add_argument("--sft-cn-steps", type=int, default=0)
-    ap.add_argument("--nodss-steps", type=int, default=60, help="DSS ablation (0: skip)")
-    ap.add_argument("--rl-lr", default="3.0e-4")
-    ap.add_argument("--jrl-lr", default="1.0e-4", help="JRL LR: at 3e-4 the longer JRL prefix collapsed within "
-                    "100 steps (<target>0.0000000... never closed)")
+    ap.add_argument("--n-jrl", type=int, default=800, help="train records presampled for JRL")
+    ap.add_argument("--presample-m", type=int, default=8, help="M target samples per JRL record (paper: 16)")
+    ap.add_argument("--draft-sft-steps", type=int, default=3000)
+    ap.add_argument("--target-sft-steps", type=int, default=2500)
+    ap.add_argument("--grpo-steps", type=int, default=40, help="GRPO after SFT, draft and target")
+    ap.add_argument("--grpo-lr", default="1.5e-4")
+    ap.add_argument("--drl-steps", type=int, default=300)
+    ap.add_argument("--jrl-steps", type=int, default=300)
+    ap.add_argument("--rl-lr", default="3.0e-4", help="DRL / JRL learning rate")
+    ap.add_argument("--ablation-steps", type=int, default=150, help="steps of each DSS / alpha ablation run")
+    ap.add_argument("--alphas", default="1,1.5,5,10", help="alpha ablation (Fig. 15); empty: skip")
+    ap.add_argument("--sft-cn-steps", type=int, default=150, help="P2 baseline (Sec. 2.1); 0: skip")
     ap.add_argument("--lanes", default="TD", help="T: the target lane, D: the draft lane (both by default)")
     ap.add_argument("--eval", action="store_true", help="greedy accuracy per level of the exported models")
     args = ap.parse_args(argv)
@@ -236,87 +197,60 @@ def main(argv: list[str] | None = None) -> None:
     acc_cache = work / "acc_tgt.jsonl"
     errors: list[BaseException] = []
 
-    def sft(name, model, steps, lr, seed, rating="none", stop_at=0, warmup=100):
+    def sft(name, model, steps, lr, seed, rating="none"):
         return run_stage(name, work / name, steps, [
-            "--mode", "sft", "--model", model, "--train-data", train, "--set", "per_device_batch_size=32",
+            "--mode", "sft", "--model", str(model), "--train-data", train, "--set", "per_device_batch_size=32",
             "--set", "gradient_accumulation_steps=1", "--set", f"learning_rate={lr}",
-            "--set", f"warmup_ratio={warmup_ratio(steps, warmup)}", "--set", f"save_every={max(200, steps // 5)}",
-            "--set", f"sft_rating={rating}", "--set", f"seed={seed}"], work=work, stop_at=stop_at)
+            "--set", f"warmup_ratio={warmup_ratio(steps)}", "--set", f"save_every={max(200, steps // 5)}",
+            "--set", f"sft_rating={rating}", "--set", f"seed={seed}"], work=work)
 
-    def rl(name, mode, model, steps, data_path, extra=(), lr=None):
+    def rl(name, mode, model, steps, data_path=train, extra=(), lr=None):
         return run_stage(name, work / name, steps, [
             "--mode", mode, "--model", str(model), "--train-data", data_path, *RL,
             "--set", f"learning_rate={lr or args.rl_lr}", "--set", f"warmup_ratio={warmup_ratio(steps, 20)}",
             "--set", f"save_every={max(50, steps // 4)}", "--set", f"seed={args.seed}", *extra], work=work)
 
-    def rating_sft(rating):
-        """A fresh draft SFT'd on traces with the constant rating prefix ("drl" or "jrl")."""
-        with rating_lock:  # both lanes write the same init folders
-            init = with_rating_template(build_tiny("draft", args.seed, work / "init-draft"), work / "init-rating")
-        model = sft(f"{rating}-sft", str(init), args.rating_sft_steps, "2.0e-3", args.seed, rating=rating)
-        if args.rating_sft2_steps:
-            model = sft(f"{rating}-sft2", str(model), args.rating_sft2_steps, "1.5e-3", args.seed, rating=rating,
-                        warmup=50)
-        return model
-
-    base_ready = threading.Event()  # the draft's first SFT stage exists: the target continues from it
-    base: list[Path] = []
-
-
-    def lane_target():
-        try:
-            if args.target_arch == "target":  # the 3.7 M target from scratch (does not fit the budget)
-                t_sft = sft("target-sft", str(build_tiny("target", args.seed + 1, work / "init-target")),
-                            args.target_sft_steps, "1.5e-3", args.seed + 1, stop_at=args.target_sft_stop)
-            else:  # the draft architecture, trained longer: continues the draft's first SFT stage
-                base_ready.wait()
-                if not base:
-                    raise RuntimeError("the draft's SFT failed")
-                t_sft = sft("target-sft", str(base[0]), args.target_sft_steps, "1.5e-3", args.seed + 1,
-                            stop_at=args.target_sft_stop, warmup=50)
-            t = rl("target-grpo", "grpo", t_sft, args.target_grpo_steps, train, lr=args.target_grpo_lr) \
-                if args.target_grpo_steps else t_sft
-            export(t, out / "models" / "target")
-            if not acc_cache.exists() or len(acc_cache.read_text().splitlines()) < args.n_jrl:
-                _presample(args, jrl_data, out / "models" / "target", acc_cache, work)
-            jrl_init = rating_sft("jrl")
-            export(rl("jrl", "jrl", jrl_init, args.jrl_steps, str(jrl_data), ["--acc-tgt-cache", str(acc_cache)],
-                      lr=args.jrl_lr),
-                   out / "models" / "jrl")
-        except BaseException as exc:  # noqa: BLE001 - reported by main
-            errors.append(exc)
-
-    d_sft: list[Path] = []
-    d_sft2 = threading.Event()
-    rating_lock = threading.Lock()
+    draft_ready = threading.Event()  # lane T's JRL starts from lane D's draft
+    draft: list[Path] = []
 
     def lane_draft():
         try:
             try:
-                base.append(sft("draft-sft", str(build_tiny("draft", args.seed, work / "init-draft")),
-                                args.draft_sft_steps, "2.0e-3", args.seed))
+                init = build_tiny("draft", args.seed, work / "init-draft", rope_theta=DRAFT_ROPE_THETA)
+                base = sft("draft-sft", init, args.draft_sft_steps, "2.0e-3", args.seed, rating="mixed")
+                draft.append(rl("draft-grpo", "grpo", base, args.grpo_steps, lr=args.grpo_lr)
+                             if args.grpo_steps else base)
+                export(draft[0], out / "models" / "draft")
             finally:
-                base_ready.set()
-            try:
-                d_sft.append(sft("draft-sft2", str(base[0]), args.draft_sft2_steps, "1.5e-3", args.seed, warmup=50)
-                             if args.draft_sft2_steps else base[0])
-            finally:
-                d_sft2.set()
-            drl_init = rating_sft("drl")
-            export(rl("drl", "drl", drl_init, args.drl_steps, train), out / "models" / "drl")
-            if args.nodss_steps:  # the DSS ablation, first (cheap, and the report needs it)
-                rl("drl-nodss", "drl", drl_init, args.nodss_steps, train, ["--set", "dss=false"])
-            if args.draft_grpo_steps:
-                export(rl("draft-grpo", "grpo", d_sft[0], args.draft_grpo_steps, train), out / "models" / "draft")
-            else:
-                export(d_sft[0], out / "models" / "draft")
-            # baselines / ablations (runs/ only)
+                draft_ready.set()
+            export(rl("drl", "drl", draft[0], args.drl_steps), out / "models" / "drl")
+            # ablations and baselines (runs/ only; benchmarks/reproduce_demo.py reads them)
+            if args.ablation_steps:
+                rl("drl-nodss", "drl", draft[0], args.ablation_steps, extra=["--set", "dss=false"])
+                for a in filter(None, args.alphas.split(",")):
+                    rl(f"drl-alpha{a}", "drl", draft[0], args.ablation_steps, extra=["--set", f"alpha={a}"])
             if args.sft_cn_steps:
-                rl("sft-cn", "sft-cn", d_sft[0], args.sft_cn_steps, train)
-        except BaseException as exc:  # noqa: BLE001
+                rl("sft-cn", "sft-cn", draft[0], args.sft_cn_steps)
+        except BaseException as exc:  # noqa: BLE001 - reported by main
             errors.append(exc)
         finally:
-            d_sft2.set()
+            draft_ready.set()
+
+    def lane_target():
+        try:
+            t_sft = sft("target-sft", build_tiny("target", args.seed + 1, work / "init-target"), args.target_sft_steps,
+                        "1.5e-3", args.seed + 1)
+            t = rl("target-grpo", "grpo", t_sft, args.grpo_steps, lr=args.grpo_lr) if args.grpo_steps else t_sft
+            export(t, out / "models" / "target")
+            if not acc_cache.exists() or len(acc_cache.read_text().splitlines()) < args.n_jrl:
+                _presample(args, jrl_data, out / "models" / "target", acc_cache, work)
+            draft_ready.wait()
+            if not draft:
+                raise RuntimeError("the draft's SFT failed")
+            export(rl("jrl", "jrl", draft[0], args.jrl_steps, str(jrl_data), ["--acc-tgt-cache", str(acc_cache)]),
+                   out / "models" / "jrl")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
 
     t0 = time.time()
     lanes = [threading.Thread(target=fn) for key, fn in (("T", lane_target), ("D", lane_draft)) if key in args.lanes]

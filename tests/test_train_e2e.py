@@ -87,6 +87,38 @@ def test_rl_micro_step_with_dss_rewrites_score_tokens(tmp_path, monkeypatch):
     assert t.forward_backward(out) == pytest.approx(0.0, abs=1e-5)  # ratio 1: the loss value is -mean(A)
 
 
+def test_sft_mixed_writes_each_record_in_its_own_format(tmp_path):
+    """sft_rating=mixed: each record gets one of the three formats (fixed by its id), with the prompt
+    that asks for it: P -> plain trace, P_draft -> <confidence> prefix, P_joint -> <target><confidence>."""
+    import zlib
+
+    from prp import trainer as tr
+    from prp.prompts import prompt_for
+    from prp.train_config import load_config
+
+    cfg = load_config(TINY, mode="sft", overrides={"output_dir": str(tmp_path), "sft_rating": "mixed",
+                                                    "sft_rating_value": 0.3, "per_device_batch_size": 16,
+                                                    "max_completion_length": 64})
+    t = tr.Trainer(cfg)
+    t.setup_data()
+    t.setup_model()
+    records = t.records_for(0)
+    out = t.sft_micro(0, records)
+    ids, prompt_len, tok = out.batch.input_ids, out.batch.prompt_len, t.tok
+    seen = set()
+    for i, r in enumerate(records):
+        fmt = tr.SFT_FORMATS[zlib.crc32(r.id.encode()) % 3]
+        seen.add(fmt)
+        prompt = tok.decode(ids[i, :prompt_len], skip_special_tokens=True)
+        completion = tok.decode(ids[i, prompt_len:][out.batch.completion_mask[i].bool()], skip_special_tokens=True)
+        assert prompt_for("target" if fmt == "none" else fmt) in prompt
+        prefix = {"none": "<think>", "drl": "<confidence>0.30</confidence><think>",
+                  "jrl": "<target>0.30</target><confidence>0.30</confidence><think>"}[fmt]
+        assert completion.startswith(prefix), (fmt, completion)
+        assert completion.endswith(f"<answer>{r.answer}</answer>")
+    assert seen == {"none", "drl", "jrl"}  # 16 records: all three formats occur
+
+
 # ---------------------------------------------------------------- slow
 
 
