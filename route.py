@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_router_arguments(ap, title="models (all of --draft, --target, --data omitted: the embedded default)")
     io = ap.add_argument_group("data")
     io.add_argument("--data", help="JSONL of {id, image, question, answer?}")
-    io.add_argument("--out", default=None, help="output JSONL (default: <default dir>/routes.jsonl)")
+    io.add_argument("--out", default=None, help="output JSONL (default: routes.jsonl; embedded demo: runs/demo/routes.jsonl)")
     io.add_argument("--resume", action="store_true", help="skip ids already in --out")
 
     de = ap.add_argument_group("decision (Sec. 4.4)")
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.draft, args.target, args.data = str(paths["draft"]), str(paths["target"]), str(paths["data"])
         args.rating = args.rating or spec.rating
         args.max_new_tokens = args.max_new_tokens or spec.max_new_tokens
-        args.out = args.out or str(spec.root / "routes.jsonl")
+        # the shipped demo folder is tracked: outputs go under runs/ (git-ignored)
+        args.out = args.out or str(Path("runs/demo" if spec.shipped else spec.root) / "routes.jsonl")
     if not args.draft or not args.target or not (args.data or args.serve):
         raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
     args.out = args.out or "routes.jsonl"

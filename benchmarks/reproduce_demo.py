@@ -140,7 +140,7 @@ def run_p2(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[d
         queries = _queries(chunk)
         msgs = [build_messages(q.question, mode="target") for q in queries]
         inputs = prepare_inputs(proc, msgs, [q.image for q in queries], device=model.device)
-        outs = gen.generate(model, tok, inputs, max_new_tokens=max_new)
+        outs = gen.generate(model, tok, inputs, max_new_tokens=max_new, suppress=(cn, un))
         bodies = []
         for ids in outs:
             body = []
@@ -183,6 +183,9 @@ def analyse(rows, target_rows, signals: dict[str, str]) -> dict:
            "closed_prefix_frac": float(np.mean([r.get("prefix_stop", "closed") == "closed" for r in rows]))}
     for name, key in signals.items():
         out[name] = signal_block([r[key] for r in rows], dc, tc)
+    if "t" in signals:  # JRL's target rating vs the target's own correctness (what t should predict)
+        t = np.array([math.nan if r["t"] is None else r["t"] for r in rows], dtype=float)
+        out["t"]["spearman_rank_target_acc"] = M.rating_rank_correlation(t, tc)
     out["random"] = {"auc": M.auc(GRID, M.random_curve_expected(dc, tc, p_t_grid=GRID))}
     out["oracle"] = {"auc": M.auc(GRID, M.oracle_curve(dc, tc, p_t_grid=GRID))}
     return out
@@ -305,7 +308,70 @@ def main(argv=None):
     res["alpha_ablation"] = alpha_ablation(work, demo, records, kw)
     res["wall_s"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float))
-    print(json.dumps(res, indent=2, default=float))
+    (out / "results.md").write_text(markdown(res))
+    print(markdown(res))
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+
+
+def _f(x, fmt: str = "+.3f") -> str:
+    """One table cell: n/a for a missing or undefined value; fmt "pct" prints a fraction in %."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:.1f}" if fmt == "pct" else format(x, fmt)
+
+
+def markdown(res: dict) -> str:
+    """The README tables, from results.json."""
+    lines = [f"Test split, {res['n']} items, greedy.", "", "| model | " + " | ".join(
+        next(iter(res["accuracy_by_level"].values())).keys()) + " |"]
+    lines.append("|---" * (1 + len(next(iter(res["accuracy_by_level"].values())))) + "|")
+    for name, acc in res["accuracy_by_level"].items():
+        lines.append(f"| {name} | " + " | ".join(_f(v, 'pct') for v in acc.values()) + " |")
+    lines += ["", ("Tab. 1 / routing AUC (Spearman of rank & correctness: negative = ratings rank correct answers "
+                   "first; AUC of accuracy over p_t in [0, 1], in %):"), "",
+              "| draft | signal | Spearman | AUC |", "|---|---|---|---|"]
+    for mode in ("drl", "jrl", "p2"):
+        block = res.get(mode)
+        if not isinstance(block, dict):
+            lines.append(f"| {mode} | missing | | |")
+            continue
+        for name, sig in block.items():
+            if isinstance(sig, dict) and "auc" in sig and name not in ("random", "oracle"):
+                lines.append(f"| {mode} | {name} | {_f(sig.get('spearman_rank_acc'))} | {_f(sig['auc'], '.1f')} |")
+        lines.append(f"| {mode} | random / oracle | | {_f(block['random']['auc'], '.1f')} / "
+                     f"{_f(block['oracle']['auc'], '.1f')} |")
+        if "t" in block and "spearman_rank_target_acc" in block["t"]:
+            lines.append(f"| {mode} | t vs the target's correctness | {_f(block['t']['spearman_rank_target_acc'])} | |")
+    lines += ["", "Speedup (Sec. 4.4; latency = amortised per-query time of batched CPU generation):", "",
+              "| router | target acc | smallest p_t reaching it | accuracy there | speedup there | best accuracy (p_t) |",
+              "|---|---|---|---|---|---|"]
+    for mode in ("drl", "jrl"):
+        sp = res.get(mode, {}).get("speedup") if isinstance(res.get(mode), dict) else None
+        if not sp:
+            continue
+        first, best = sp["first_reaching"], sp["best"]
+        lines.append(f"| {mode} | {_f(sp['target_acc'], 'pct')} | "
+                     + (f"{first['p_t']:.2f} | {_f(first['accuracy'], 'pct')} | {first['speedup']:.2f}x"
+                        if first else "never | | ")
+                     + f" | {_f(best['accuracy'], 'pct')} ({best['p_t']:.2f}) |")
+    dss = res.get("dss_ablation") or {}
+    lines += ["", "DSS ablation (train.py metrics.jsonl, windows of steps):", "",
+              "| run | window | rating std | DSS rate | mean abs(d - Acc_dft) | accuracy |", "|---|---|---|---|---|---|"]
+    for run, block in dss.items():
+        for window, w in (block or {}).get("windows", {}).items():
+            lines.append(f"| {run} | {window} | {_f(w['rating_d_std'], '.4f')} | {_f(w['dss_d_rate'], '.2f')} | "
+                         f"{_f(w['rating_d_mae'], '.3f')} | {_f(w['accuracy'], 'pct')} |")
+    alpha = res.get("alpha_ablation") or {}
+    if alpha:
+        keys = [k for k in next(iter(alpha.values())) if k.startswith("k=") or k == "mean"]
+        lines += ["", "Alpha ablation (Fig. 15; greedy accuracy after the rating prefix):", "",
+                  "| run | " + " | ".join(keys) + " | rating MAE | rating std | Spearman |",
+                  "|---" * (4 + len(keys)) + "|"]
+        for name, a in alpha.items():
+            lines.append(f"| {name} | " + " | ".join(_f(a[k], 'pct') for k in keys) + " | "
+                         + f"{_f(a.get('rating_mae'), '.3f')} | {_f(a.get('rating_std'), '.3f')} | "
+                         + f"{_f(a.get('spearman_rank_acc'))} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

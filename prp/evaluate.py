@@ -84,7 +84,7 @@ def special_token_signal(model, processor, queries: list[Query], *, max_new_toke
     msgs = [build_messages(q.question, mode="target", with_image=q.image is not None) for q in queries]
     images = [q.image for q in queries]
     inputs = build_prompts(processor, msgs, images, repeat=1, device=model.device)
-    answers = gen.generate(model, tok, inputs.model_inputs, max_new_tokens=max_new_tokens)
+    answers = gen.generate(model, tok, inputs.model_inputs, max_new_tokens=max_new_tokens, suppress=(cn, un))
     stop = gen.eos_ids_of(model, tok) | {cn, un}
     bodies = []
     for ids in answers:

@@ -122,8 +122,11 @@ def step(model, state: DecodeState, tokens: torch.Tensor, active: torch.Tensor, 
     return out.logits[:, -1, :].float()
 
 
-def choose(logits: torch.Tensor, *, temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy (temperature 0) or sampled next tokens: [B, V] -> [B]."""
+def choose(logits: torch.Tensor, *, temperature: float = 0.0, generator: torch.Generator | None = None,
+           suppress: Sequence[int] = ()) -> torch.Tensor:
+    """Greedy (temperature 0) or sampled next tokens: [B, V] -> [B]; `suppress`ed ids are never chosen."""
+    if suppress:
+        logits = logits.index_fill(-1, torch.tensor(list(suppress), device=logits.device), float("-inf"))
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -239,6 +242,7 @@ def continue_rows(
     done: Sequence[bool] | None = None,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    suppress: Sequence[int] = (),
 ) -> list[list[int]]:
     """ContinueUntilEoS (Alg. 3-4 l.12) from the cache: feed each row's pending token, decode on.
 
@@ -255,7 +259,7 @@ def continue_rows(
         if not active.any():
             break
         logits = step(model, state, state.pending, active, pad_id)
-        chosen = choose(logits, temperature=temperature, generator=generator).tolist()
+        chosen = choose(logits, temperature=temperature, generator=generator, suppress=suppress).tolist()
         pending = state.pending.tolist()
         for b in active.nonzero().flatten().tolist():
             tok = chosen[b]
@@ -269,14 +273,16 @@ def continue_rows(
 
 @torch.no_grad()
 def generate(model, tokenizer, inputs, *, max_new_tokens: int, temperature: float = 0.0,
-             generator: torch.Generator | None = None) -> list[list[int]]:
-    """Plain batched generation with the same loop (the local target, the benchmark baseline)."""
+             generator: torch.Generator | None = None, suppress: Sequence[int] = ()) -> list[list[int]]:
+    """Plain batched generation with the same loop (the local target, the benchmark baseline).
+
+    `suppress`: token ids never generated (e.g. P2's [CN] / [UN], which only the scorer appends)."""
     if max_new_tokens <= 0:
         return [[] for _ in range(inputs["input_ids"].shape[0])]
     state, logits = prefill(model, inputs)
-    state.pending = choose(logits, temperature=temperature, generator=generator)
+    state.pending = choose(logits, temperature=temperature, generator=generator, suppress=suppress)
     first = state.pending.tolist()
     eos = eos_ids_of(model, tokenizer)
-    rest = continue_rows(model, tokenizer, state, max_new_tokens=max_new_tokens - 1,
-                         done=[t in eos for t in first], temperature=temperature, generator=generator)
+    rest = continue_rows(model, tokenizer, state, max_new_tokens=max_new_tokens - 1, done=[t in eos for t in first],
+                         temperature=temperature, generator=generator, suppress=suppress)
     return [[f] + r for f, r in zip(first, rest)]

@@ -7,6 +7,7 @@ row's length (Alg. 1 l.13); `build_batch` pads them only once they are final.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -93,14 +94,15 @@ def trim_at_eos(row: list[int], eos: set[int]) -> tuple[list[int], bool]:
 @torch.no_grad()
 def generate_rollout(
     model, processor, prompts: PromptBatch, *, max_new_tokens: int, temperature: float, top_p: float,
-    seed: int, synced_gpus: bool = False,
+    seed: int, synced_gpus: bool = False, suppress: Sequence[int] = (),
 ) -> Rollout:
     """Sample one completion per prompt row (Alg. 1 l.3).
 
     HF sampling draws from torch's global generator, so it is re-seeded from (seed, step, rank)
     right here: sampling is a function of the step, not of everything that ran before (what makes
     --resume bit-exact).  Under ZeRO-3 `synced_gpus=True` keeps every rank stepping until all
-    have finished, else ranks with shorter outputs leave the collectives early.
+    have finished, else ranks with shorter outputs leave the collectives early.  `suppress`: token
+    ids never sampled (besides the vision placeholders), e.g. sft-cn's [CN] / [UN].
     """
     tokenizer = processor.tokenizer
     was_training = model.training
@@ -109,7 +111,7 @@ def generate_rollout(
     out = model.generate(
         **prompts.model_inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
         max_new_tokens=max_new_tokens, use_cache=True, synced_gpus=synced_gpus,
-        pad_token_id=tokenizer.pad_token_id, suppress_tokens=vision_token_ids(model) or None,
+        pad_token_id=tokenizer.pad_token_id, suppress_tokens=[*vision_token_ids(model), *suppress] or None,
     )  # [B*N, P + L']
     model.train(was_training)
     eos = eos_ids_of(model, tokenizer)

@@ -512,11 +512,12 @@ class Trainer:
         self.skipped["prompt_too_long"] += int(too_long.sum())
         return prompts, valid
 
-    def rollout(self, prompts: PromptBatch, micro: int):
+    def rollout(self, prompts: PromptBatch, micro: int, suppress: tuple[int, ...] = ()):
         return generate_rollout(
             self.model, self.processor, prompts, max_new_tokens=self.cfg.max_completion_length,
             temperature=self.cfg.temperature, top_p=self.cfg.top_p,
             seed=step_seed(self.cfg.seed, "rollout", micro, self.d.rank), synced_gpus=self.d.deepspeed,
+            suppress=suppress,
         )
 
     def rl_micro(self, micro: int, records: list[Record]) -> MicroOut:
@@ -617,10 +618,14 @@ class Trainer:
         formats = [SFT_FORMATS[zlib.crc32(r.id.encode()) % 3] if cfg.sft_rating == "mixed" else cfg.sft_rating
                    for r in records]
         prompts, valid = self.prompts_for(records, [f if f != "none" else "target" for f in formats], 1)
+        # sft_rating_value < 0: a fresh uniform 0.00-0.99 rating per record and step, like the base
+        # model's "randomly evaluate" ratings (P_draft); a constant teaches the model one rating only.
+        rng = random.Random(step_seed(cfg.seed, "sft_rating", micro, self.d.rank))
         completions = []
         for r, fmt in zip(records, formats):
-            d = format_score(float(r.meta.get("confidence", cfg.sft_rating_value)))
-            t = format_score(float(r.meta.get("target_rating", cfg.sft_rating_value)))
+            default = [rng.randrange(100) / 100 if cfg.sft_rating_value < 0 else cfg.sft_rating_value for _ in "dt"]
+            d = format_score(float(r.meta.get("confidence", default[0])))
+            t = format_score(float(r.meta.get("target_rating", default[1])))
             prefix = {"none": "", "drl": f"<confidence>{d}</confidence>",
                       "jrl": f"<target>{t}</target><confidence>{d}</confidence>"}[fmt]
             text = f"{prefix}<think>{r.meta['reasoning']}</think><answer>{r.answer}</answer>"
@@ -638,8 +643,11 @@ class Trainer:
         policy each step) rather than one offline pass: same data shape, no second stage."""
         cfg, tok, n = self.cfg, self.tok, self.cfg.num_generations
         prompts, valid = self.prompts_for(records, "target", n)
-        ro = self.rollout(prompts, micro)
         cn, un = tok.convert_tokens_to_ids(CN_TOKEN), tok.convert_tokens_to_ids(UN_TOKEN)
+        # The body is the policy's answer; only the trainer appends [CN] / [UN].  Sampling them
+        # mid-answer collapsed a tiny model within 50 steps: every [UN] target raises P[UN] at
+        # every position, early [UN]s cut the answers short, and accuracy fell from 44% to 0.
+        ro = self.rollout(prompts, micro, suppress=(cn, un))
         completions, rows_w, correct = [], [], []
         for i, ids in enumerate(ro.completions):
             text = tok.decode(ids, skip_special_tokens=True)

@@ -122,6 +122,23 @@ def test_plain_generate_matches_hf(draft):
     assert all(mine[i] == _reference(model, proc, q, "target", 9) for i, q in enumerate(queries))
 
 
+def test_generate_never_emits_suppressed_tokens(draft):
+    """`suppress` (P2's [CN] / [UN]): the suppressed ids never appear, greedy or sampled, and the
+    greedy output is otherwise the argmax over the remaining vocabulary."""
+    model, proc = draft
+    queries = _queries(3)
+    inputs = prepare_inputs(proc, [build_messages(q.question, mode="target") for q in queries],
+                            [q.image for q in queries])
+    plain = gen.generate(model, proc.tokenizer, inputs, max_new_tokens=9)
+    banned = sorted({t for row in plain for t in row[:3]})  # what greedy picks first
+    for temperature in (0.0, 1.0):
+        out = gen.generate(model, proc.tokenizer, inputs, max_new_tokens=9, temperature=temperature,
+                           generator=torch.Generator().manual_seed(0), suppress=banned)
+        assert not {t for row in out for t in row} & set(banned)
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    assert gen.choose(logits, suppress=[1]).item() == 3
+
+
 # ------------------------------------------------------------------ step 2: scoring rules
 
 

@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
+from prp.parsing import parse_completion
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
@@ -117,6 +119,35 @@ def test_sft_mixed_writes_each_record_in_its_own_format(tmp_path):
         assert completion.startswith(prefix), (fmt, completion)
         assert completion.endswith(f"<answer>{r.answer}</answer>")
     assert seen == {"none", "drl", "jrl"}  # 16 records: all three formats occur
+
+
+def test_sft_random_ratings_vary_and_replay(tmp_path):
+    """sft_rating_value < 0: each record and step gets a uniform 0.00-0.99 rating, the same on a replay
+    of that step (resume) and different on the next step."""
+    from prp import trainer as tr
+    from prp.train_config import load_config
+
+    cfg = load_config(TINY, mode="sft", overrides={"output_dir": str(tmp_path), "sft_rating": "jrl",
+                                                    "sft_rating_value": -1, "per_device_batch_size": 16,
+                                                    "max_completion_length": 64})
+    t = tr.Trainer(cfg)
+    t.setup_data()
+    t.setup_model()
+
+    def ratings(micro):
+        out = t.sft_micro(micro, t.records_for(0))
+        comp = out.batch.input_ids[:, out.batch.prompt_len:]
+        texts = [t.tok.decode(comp[i][out.batch.completion_mask[i].bool()], skip_special_tokens=True)
+                 for i in range(comp.shape[0])]
+        parsed = [parse_completion(x, "jrl") for x in texts]
+        assert all(p.format_ok for p in parsed)
+        return [(p.target, p.confidence) for p in parsed]
+
+    first = ratings(0)
+    values = [v for pair in first for v in pair]
+    assert all(0.0 <= v <= 0.99 and round(v, 2) == v for v in values)
+    assert len(set(values)) > 8  # 32 draws from 100 values
+    assert ratings(0) == first and ratings(1) != first
 
 
 # ---------------------------------------------------------------- slow
