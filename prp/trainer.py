@@ -644,9 +644,8 @@ class Trainer:
         cfg, tok, n = self.cfg, self.tok, self.cfg.num_generations
         prompts, valid = self.prompts_for(records, "target", n)
         cn, un = tok.convert_tokens_to_ids(CN_TOKEN), tok.convert_tokens_to_ids(UN_TOKEN)
-        # The body is the policy's answer; only the trainer appends [CN] / [UN].  Sampling them
-        # mid-answer collapsed a tiny model within 50 steps: every [UN] target raises P[UN] at
-        # every position, early [UN]s cut the answers short, and accuracy fell from 44% to 0.
+        # The body is the policy's own answer; only the trainer appends [CN] / [UN], so they are never
+        # sampled (a sampled [UN] would end the answer early, and the scorer reads P[CN] after it).
         ro = self.rollout(prompts, micro, suppress=(cn, un))
         completions, rows_w, correct = [], [], []
         for i, ids in enumerate(ro.completions):

@@ -67,9 +67,7 @@ def demo_template() -> str:
     """The demo chat template: the format marker and question, then the image (next to the answer).
 
     The tiny models find each digit by its M-RoPE position relative to the answer token, so the
-    distance image -> answer matters: with the image first (the real model's order, ~27 more tokens
-    away) the draft read 6% of the numbers after 3000 SFT steps; the image last, 41% after 1200
-    (with DRAFT_ROPE_THETA; measured 2026-11, demo/README.md)."""
+    distance image -> answer matters; see DRAFT_ROPE_THETA for what was measured."""
     image = _IMAGE + "<|vision_start|><|image_pad|><|vision_end|>{% endif %}"
     text = "{% if 'text' in content and content['type'] != 'image' %}" + _TEXT + "{% endif %}"
     body = "".join("{% for content in message['content'] %}" + p + "{% endfor %}" for p in (text, image))
@@ -83,9 +81,11 @@ def demo_template() -> str:
 # tokens differ enough (notes/tiny-vlm-training.md), and the plain-format target reads with it.  But
 # at 10 every rotary frequency is >= 0.12 rad per position, so matching an image token by content
 # depends on its distance to the answer token, and the draft's three formats (rating prefixes of 0,
-# 9 and 18 tokens) shift that distance: at 10 it read 6% of the numbers after 3000 steps; at 1000
-# (lowest frequency 0.002 rad / position: a distance-free content channel, rows / columns still
-# distinct) 41% after 1200 steps (measured 2026-11, same data and schedule).
+# 9 and 18 tokens) shift that distance; 1000 adds slow frequencies (down to 0.002 rad / position)
+# while rows / columns stay distinct.  Measured 2026-11, same data and schedule, share of the
+# numbers the mixed-format draft read: image first + base 10: 6% after 3000 steps; image last +
+# base 10: 0% after 900 (stopped there); image last + base 1000: 41% after 1200, 100% after 2400.
+# Which of the two changes mattered more was not separated.
 DRAFT_ROPE_THETA = 1000.0
 
 
