@@ -1,6 +1,6 @@
 """Rebuild the embedded demo (demo/models/{draft,target,drl,jrl} + demo/data) with the project's own train.py.
 
-    python scripts/build_demo.py --out demo/      # everything; ~70 min of 2 CPU cores when nothing else runs
+    python scripts/build_demo.py --out demo/      # everything; ~70 min of 2 CPU cores (sum of the stage times)
 
 Two lanes run side by side (one torch thread each); every stage is a `train.py` subprocess with its
 log under --work/logs and its metrics.jsonl under --work/<stage> (default runs/demo2/):
