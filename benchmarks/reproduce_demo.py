@@ -45,6 +45,7 @@ def _queries(records):
 
 def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, max_new: int) -> list[dict]:
     """Alg. 3-4 on every record: prefix (d, t, s with IPR), then the continuation from the cache; P1."""
+    from prp.evaluate import mean_token_prob
     from prp.modeling import load_model
     from prp.rewards import accuracy_reward
     from prp.router import Router, RouterConfig, extract_answer
@@ -63,11 +64,11 @@ def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, ma
         prefix_s = time.perf_counter() - t0
         ratings = router.evaluate(prefix)
         new, cont_s = router.continue_draft(prefix, list(range(len(chunk))))
-        raw_scores = [None if r.d is None else float(r.d if mode == "drl" or r.t is None else route_score(r.d, r.t, tau=2.0))
+        raw_scores = [None if r.d is None else float(r.d if mode == "drl" or r.t is None
+                                                     else route_score(r.d, r.t, tau=router.cfg.tau))
                       for r in ratings]
-        p1 = mean_token_prob(model, proc, [q for q in queries], mode,
-                             [prefix.tokens[j] + new[j] for j in range(len(chunk))],
-                             [len(prefix.tokens[j]) for j in range(len(chunk))])
+        p1 = mean_token_prob(model, proc, queries, [prefix.tokens[j] + new[j] for j in range(len(chunk))],
+                             mode=mode, skip=[len(t) for t in prefix.tokens])
         b = len(chunk)
         for j, (rec, rt) in enumerate(zip(chunk, ratings)):
             ans = extract_answer(tok.decode(new[j], skip_special_tokens=True))
@@ -78,26 +79,6 @@ def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, ma
                 "prefix_latency_s": prefix_s / b, "draft_latency_s": (prefix_s + cont_s) / b,
             })
     return rows
-
-
-@torch.no_grad()
-def mean_token_prob(model, proc, queries, mode, completions, starts) -> list[float]:
-    """P1: mean probability of the answer tokens (after the rating prefix), teacher-forced."""
-    from prp.prompts import build_messages
-    from prp.rollout import build_batch, build_prompts
-
-    msgs = [build_messages(q.question, mode=mode) for q in queries]
-    prompts = build_prompts(proc, msgs, [q.image for q in queries], repeat=1, device=model.device)
-    batch = build_batch(prompts, completions, pad_id=proc.tokenizer.pad_token_id)
-    length = batch.completion_mask.shape[1]
-    logits = model(**batch.model_inputs, logits_to_keep=length + 1, use_cache=False).logits[:, :-1].float()
-    targets = batch.input_ids[:, batch.prompt_len:]
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    out = []
-    for i, c in enumerate(completions):
-        seg = logp[i, starts[i]:len(c)]
-        out.append(float(seg.exp().mean()) if seg.numel() else math.nan)
-    return out
 
 
 def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
@@ -120,43 +101,20 @@ def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> lis
     return rows
 
 
-@torch.no_grad()
 def run_p2(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
     """P2 (Paradigm 2, Sec. 2.1): the sft-cn model answers, then P([CN]) / (P([CN]) + P([UN])) after its answer."""
-    from prp import generation as gen
-    from prp.modeling import load_model, prepare_inputs
-    from prp.prompts import build_messages
+    from prp.evaluate import special_token_answers
+    from prp.modeling import load_model
     from prp.rewards import accuracy_reward
-    from prp.rollout import build_batch, build_prompts
     from prp.router import extract_answer
 
     model, proc = load_model(str(model_dir), device="cpu")
-    tok = proc.tokenizer
-    cn, un = tok.convert_tokens_to_ids("[CN]"), tok.convert_tokens_to_ids("[UN]")
-    stop = gen.eos_ids_of(model, tok) | {cn, un}
     rows = []
     for i in range(0, len(records), batch_size):
         chunk = records[i:i + batch_size]
-        queries = _queries(chunk)
-        msgs = [build_messages(q.question, mode="target") for q in queries]
-        inputs = prepare_inputs(proc, msgs, [q.image for q in queries], device=model.device)
-        outs = gen.generate(model, tok, inputs, max_new_tokens=max_new, suppress=(cn, un))
-        bodies = []
-        for ids in outs:
-            body = []
-            for t in ids:
-                if t in stop:
-                    break
-                body.append(t)
-            bodies.append(body or [tok.pad_token_id])
-        prompts = build_prompts(proc, msgs, [q.image for q in queries], repeat=1, device=model.device)
-        batch = build_batch(prompts, bodies, pad_id=tok.pad_token_id)
-        length = batch.completion_mask.shape[1]
-        logits = model(**batch.model_inputs, logits_to_keep=length + 1, use_cache=False).logits.float()
-        for j, (rec, body) in enumerate(zip(chunk, bodies)):
-            p = torch.softmax(logits[j, len(body)], -1)
-            score = float(p[cn] / (p[cn] + p[un]).clamp(min=1e-12))
-            ans = extract_answer(tok.decode(body, skip_special_tokens=True))
+        bodies, scores = special_token_answers(model, proc, _queries(chunk), max_new_tokens=max_new)
+        for rec, body, score in zip(chunk, bodies, scores):
+            ans = extract_answer(proc.tokenizer.decode(body, skip_special_tokens=True))
             rows.append({"id": rec.id, "level": int(rec.meta.get("level", 0)), "answer": ans, "p2": score,
                          "draft_correct": float(accuracy_reward(ans, rec.answer) or 0.0)})
     return rows

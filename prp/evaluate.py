@@ -72,9 +72,15 @@ def mean_token_prob(model, processor, queries: list[Query], completions: list[li
     return (probs.sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
 
 
-@torch.no_grad()
 def special_token_signal(model, processor, queries: list[Query], *, max_new_tokens: int) -> list[float]:
     """s_2 of Sec. 2.1: the sft-cn model answers, then P[CN] / (P[CN] + P[UN]) for the token after its answer."""
+    return special_token_answers(model, processor, queries, max_new_tokens=max_new_tokens)[1]
+
+
+@torch.no_grad()
+def special_token_answers(model, processor, queries: list[Query], *,
+                          max_new_tokens: int) -> tuple[list[list[int]], list[float]]:
+    """(the sft-cn model's answer token ids, stopped before [CN] / [UN] / EOS; s_2 of each answer)."""
     from prp import generation as gen
 
     tok = processor.tokenizer
@@ -97,7 +103,7 @@ def special_token_signal(model, processor, queries: list[Query], *, max_new_toke
     logprobs = completion_logprobs(model, batch)  # [2B, L]
     last = torch.tensor([len(r) - 1 for r in rows], device=logprobs.device)
     tail = logprobs.gather(1, last.unsqueeze(1)).squeeze(1).view(-1, 2)  # [B, 2]: log P[CN], log P[UN]
-    return torch.softmax(tail, dim=-1)[:, 0].tolist()
+    return bodies, torch.softmax(tail, dim=-1)[:, 0].tolist()
 
 
 def _nan(x):

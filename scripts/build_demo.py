@@ -193,7 +193,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sft-cn-lr", default="3.0e-5", help="at 2e-4 the draft's accuracy fell from 44%% to 0 "
                     "within 40 sft-cn steps")
     ap.add_argument("--lanes", default="TD", help="T: the target lane, D: the draft lane (both by default)")
-    ap.add_argument("--eval", action="store_true", help="greedy accuracy per level of the exported models")
     args = ap.parse_args(argv)
 
     out, work = (ROOT / args.out).resolve(), (ROOT / args.work).resolve()
@@ -285,9 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"total {(time.time() - t0) / 60:.1f} min")
     if errors:
         raise SystemExit(f"build failed: {errors}")
-    if args.eval:
-        for name in ("draft", "target"):
-            print(name, json.dumps(accuracy_by_level(out / "models" / name, out / "data" / "test.jsonl")))
+    log("accuracy per level, ratings and ablations: python benchmarks/reproduce_demo.py --work " + args.work)
 
 
 def _presample(args, jrl_data: Path, target: Path, cache: Path, work: Path) -> None:
@@ -301,35 +298,6 @@ def _presample(args, jrl_data: Path, target: Path, cache: Path, work: Path) -> N
         rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if rc != 0:
         raise RuntimeError(f"presample failed (rc {rc})")
-
-
-def accuracy_by_level(model_dir, data, *, mode: str = "target", limit: int = 0, batch_size: int = 50) -> dict:
-    """Greedy exact-match accuracy per level k of a plain (target-prompt) model on a JSONL split."""
-    import torch
-
-    from prp import generation as gen
-    from prp.data import load_jsonl
-    from prp.modeling import load_model, prepare_inputs
-    from prp.prompts import build_messages
-    from prp.rewards import accuracy_reward
-    from prp.router import extract_answer
-
-    model, proc = load_model(str(model_dir), device="cpu")
-    recs = load_jsonl(data, check_images=False).records
-    recs = recs[:limit] if limit else recs
-    hits: dict[int, list[float]] = {}
-    with torch.no_grad():
-        for i in range(0, len(recs), batch_size):
-            chunk = recs[i:i + batch_size]
-            msgs = [build_messages(r.question, mode=mode) for r in chunk]
-            inputs = prepare_inputs(proc, msgs, [r.load_image() for r in chunk], device=model.device)
-            toks = gen.generate(model, proc.tokenizer, inputs, max_new_tokens=48)
-            for r, ids in zip(chunk, toks):
-                ok = accuracy_reward(extract_answer(proc.tokenizer.decode(ids, skip_special_tokens=True)), r.answer)
-                hits.setdefault(int(r.meta.get("level", 0)), []).append(float(ok or 0.0))
-    out = {f"k={k}": round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}
-    out["mean"] = round(sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values()), 3)
-    return out
 
 
 if __name__ == "__main__":
