@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from prp.route_run import add_router_arguments
+from prp.route.run import add_router_arguments
 
 REPO = Path(__file__).resolve().parent
 # The official testmini answers and published outputs ship with the tests (see its SOURCE.md).
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def score_mathvista(args) -> None:
-    from prp.bench.mathvista import score_output_file
+    from prp.eval.bench.mathvista import score_output_file
 
     candidates = [Path(args.data_dir)] if args.data_dir else [Path(args.score).parent, SHIPPED_MATHVISTA]
     for base in candidates:
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         score_mathvista(args)
         return None
 
-    from prp.report import build_report
-    from prp.route_run import read_rows
+    from prp.eval.report import build_report
+    from prp.route.run import read_rows
 
     out_dir = Path(args.out_dir or f"runs/eval-{args.bench}")
     table = args.table or run_models(args, out_dir)
@@ -89,10 +89,10 @@ def run_models(args, out_dir: Path) -> Path:
     """Run the draft, the target and the baselines over the benchmark; returns the instance table."""
     import torch
 
-    from prp.bench.registry import get_benchmark
-    from prp.evaluate import Baselines, run_benchmark
-    from prp.modeling import load_model
-    from prp.route_run import DEFAULT_DEMO, build_router, ensure_default_demo
+    from prp.eval.bench.registry import get_benchmark
+    from prp.eval.run import Baselines, run_benchmark
+    from prp.core.modeling import load_model
+    from prp.route.run import DEFAULT_DEMO, build_router, ensure_default_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)

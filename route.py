@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from prp.route_run import add_router_arguments
+from prp.route.run import add_router_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                         format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from prp import route_run
-    from prp.thresholds import BatchFraction, Calibration, FixedThreshold
+    from prp.route import run as route_run
+    from prp.route.decide import BatchFraction, Calibration, FixedThreshold
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit("give --threshold, --pt, --calibrate or --threshold-file")
 
     if args.serve:
-        from prp.serve import RouterApp, serve_forever
+        from prp.route.serve import RouterApp, serve_forever
 
         app = RouterApp(router, policy, batch_size=args.batch_size, window_s=args.batch_window_ms / 1000)
         serve_forever(app, args.host, args.port)

@@ -1,5 +1,5 @@
 """Install PRP.  `pip install -e .[dev]` for tests; see the Makefile for the pinned torch."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="prp",
@@ -9,7 +9,7 @@ setup(
     # The top-level kernels/ folder ships inside the package as prp.kernels: a top-level
     # package named `kernels` would shadow Hugging Face's own `kernels` package, which
     # transformers probes for.
-    packages=["prp", "prp.kernels"],
+    packages=find_packages(include=["prp", "prp.*"]) + ["prp.kernels"],
     package_dir={"prp": "prp", "prp.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from prp.train_config import MODES, load_config, parse_set
+from prp.train.config import MODES, load_config, parse_set
 
 
 def main(argv: list[str] | None = None):
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None):
     cfg = load_config(args.config, mode=args.mode, overrides=overrides)
     use_ds = args.deepspeed or "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
-    from prp.trainer import train
+    from prp.train.trainer import train
 
     return train(cfg, resume=args.resume, use_deepspeed=use_ds)
 

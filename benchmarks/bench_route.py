@@ -2,7 +2,7 @@
 
     python benchmarks/bench_route.py [--runs 5] [--batch 1 8] [--new-tokens 256] [--threads 1]
 
-Two claims of Sec. 4.4 / Fig. 6, measured with the router's own decode loop (prp.generation):
+Two claims of Sec. 4.4 / Fig. 6, measured with the router's own decode loop (prp.route.decode):
 1. decision time: the rating prefix (pre-generate + evaluate) as a fraction of a full draft
    generation (prefix + `--new-tokens` more), i.e. how early the routing decision comes;
 2. no second prefill: a query kept by the draft (prefix, then continuation from the prefix's
@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prp import generation as gen
-from prp.modeling import load_model, prepare_inputs
-from prp.prompts import build_messages
-from prp.router import LocalTarget, Query, Router, RouterConfig
-from prp.synthetic import QUESTION, render
-from prp.tiny import save_tiny_pair
+from prp.route import decode as gen
+from prp.core.modeling import load_model, prepare_inputs
+from prp.core.prompts import build_messages
+from prp.route.router import LocalTarget, Query, Router, RouterConfig
+from prp.toy.synthetic import QUESTION, render
+from prp.toy.tiny import save_tiny_pair
 
 
 def machine() -> str:
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--new-tokens", type=int, default=256, help="draft tokens after the prefix")
-    ap.add_argument("--size", default="draft", help="tiny size of the draft (prp.tiny.SPECS)")
+    ap.add_argument("--size", default="draft", help="tiny size of the draft (prp.toy.tiny.SPECS)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

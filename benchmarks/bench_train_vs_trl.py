@@ -46,8 +46,8 @@ def machine() -> str:
 
 
 def bench_prp(model_dir: Path, data: Path, out: Path, args) -> list[float]:
-    from prp.train_config import load_config
-    from prp.trainer import train
+    from prp.train.config import load_config
+    from prp.train.trainer import train
 
     cfg = load_config(overrides={
         "mode": "grpo", "model": str(model_dir), "train_data": str(data), "output_dir": str(out),
@@ -67,12 +67,12 @@ def bench_trl(model_dir: Path, data: Path, out: Path, args) -> list[float]:
     from transformers import AutoModelForImageTextToText, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from prp.data import load_jsonl
-    from prp.parsing import parse_completion
-    from prp.prompts import P_TARGET
-    from prp.rewards import accuracy_reward, format_reward
-    from prp.rollout import vision_token_ids
-    from prp.tiny import load_processor
+    from prp.core.data import load_jsonl
+    from prp.core.parsing import parse_completion
+    from prp.core.prompts import P_TARGET
+    from prp.train.rewards import accuracy_reward, format_reward
+    from prp.train.rollout import vision_token_ids
+    from prp.toy.tiny import load_processor
 
     torch.set_num_threads(1)
     records = load_jsonl(data).records
@@ -131,8 +131,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from prp.synthetic import build_benchmark
-    from prp.tiny import save_tiny_model
+    from prp.toy.synthetic import build_benchmark
+    from prp.toy.tiny import save_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

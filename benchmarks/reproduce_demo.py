@@ -5,15 +5,15 @@
 Reads the shipped checkpoints (demo/models/{draft,target,drl,jrl}), the P2 baseline and the
 ablation runs trained by scripts/build_demo.py (<work>/sft-cn, <work>/drl-alpha<a>, optional) and
 the training logs (DSS ablation).
-Writes <out>/results.json, <out>/instances_<mode>.jsonl and a prp.report report per rating draft.
+Writes <out>/results.json, <out>/instances_<mode>.jsonl and a prp.eval.report report per rating draft.
 
 What is measured (every model greedy, one torch thread unless --threads):
 - accuracy per level k of every model (target prompt for plain models; the rating drafts answer
   after their own prefix, Alg. 3-4 l.12);
-- Tab. 1: Spearman of rank & correctness (prp.metrics.rating_rank_correlation: negative = good)
+- Tab. 1: Spearman of rank & correctness (prp.eval.metrics.rating_rank_correlation: negative = good)
   of d (DRL), d / t / s (JRL) vs P1 (mean token probability of the same draft's answer) and
   P2 ([CN]/[UN] probability of the sft-cn model, on its own answers); routing AUC of
-  PRP-DRL, PRP-JRL, random, P1, P2, oracle (prp.metrics.routing_curve / auc);
+  PRP-DRL, PRP-JRL, random, P1, P2, oracle (prp.eval.metrics.routing_curve / auc);
 - Tab. 2 / Sec. 4.4: the smallest p_t at which the JRL router's accuracy reaches the target's,
   and the speedup there (latencies: amortised per-query wall time of batched CPU generation);
 - Fig. 5 / DSS: rating std and DSS trigger rate during DRL training, with and without DSS
@@ -32,24 +32,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prp import metrics as M
+from prp.eval import metrics as M
 
 GRID = M.DEFAULT_GRID
 
 
 def _queries(records):
-    from prp.router import Query
+    from prp.route.router import Query
 
     return [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in records]
 
 
 def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, max_new: int) -> list[dict]:
     """Alg. 3-4 on every record: prefix (d, t, s with IPR), then the continuation from the cache; P1."""
-    from prp.evaluate import mean_token_prob
-    from prp.modeling import load_model
-    from prp.rewards import accuracy_reward
-    from prp.router import Router, RouterConfig, extract_answer
-    from prp.scoring import route_score
+    from prp.eval.run import mean_token_prob
+    from prp.core.modeling import load_model
+    from prp.train.rewards import accuracy_reward
+    from prp.route.router import Router, RouterConfig, extract_answer
+    from prp.route.scoring import route_score
 
     model, proc = load_model(str(model_dir), device="cpu")
     router = Router(model, proc, None, RouterConfig(mode=mode, rating="free", tau=2.0, ipr="add", max_new_tokens=max_new))
@@ -83,9 +83,9 @@ def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, ma
 
 def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
     """A plain model (target prompt P), greedy: correctness and amortised latency per query."""
-    from prp.modeling import load_model
-    from prp.rewards import accuracy_reward
-    from prp.router import LocalTarget, extract_answer
+    from prp.core.modeling import load_model
+    from prp.train.rewards import accuracy_reward
+    from prp.route.router import LocalTarget, extract_answer
 
     model, proc = load_model(str(model_dir), device="cpu")
     target = LocalTarget(model, proc, max_new_tokens=max_new)
@@ -103,10 +103,10 @@ def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> lis
 
 def run_p2(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
     """P2 (Paradigm 2, Sec. 2.1): the sft-cn model answers, then P([CN]) / (P([CN]) + P([UN])) after its answer."""
-    from prp.evaluate import special_token_answers
-    from prp.modeling import load_model
-    from prp.rewards import accuracy_reward
-    from prp.router import extract_answer
+    from prp.eval.run import special_token_answers
+    from prp.core.modeling import load_model
+    from prp.train.rewards import accuracy_reward
+    from prp.route.router import extract_answer
 
     model, proc = load_model(str(model_dir), device="cpu")
     rows = []
@@ -164,7 +164,7 @@ def speedup_at_target_acc(rows, target_rows, signal: str) -> dict:
 
 def alpha_ablation(work: Path, demo: Path, records, kw) -> dict:
     """Fig. 15 analogue: accuracy of the DRL draft after training with each alpha, vs its starting point."""
-    from prp.checkpoint import latest_checkpoint
+    from prp.train.checkpoint import latest_checkpoint
 
     runs = sorted(work.glob("drl-alpha*"), key=lambda p: float(p.name[len("drl-alpha"):]))
     if not runs:
@@ -220,9 +220,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from prp.checkpoint import latest_checkpoint
-    from prp.data import load_jsonl
-    from prp.report import build_report
+    from prp.train.checkpoint import latest_checkpoint
+    from prp.core.data import load_jsonl
+    from prp.eval.report import build_report
 
     demo, work, out = Path(args.demo), Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
 
-from prp.ipr import digit_stats_reference
+from prp.route.ipr import digit_stats_reference
 
 VOCAB = 151936
 CPU_NOTE = "CPU (no GPU): timings are not representative of the kernel"

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from prp.ipr import NUM_DIGITS, SIGN_THRESHOLD_DIGIT, DigitStats
+from prp.route.ipr import NUM_DIGITS, SIGN_THRESHOLD_DIGIT, DigitStats
 
 _DIGITS_PAD = 16  # tl.arange needs a power of two; lanes 10..15 are masked off
 
@@ -165,7 +165,7 @@ def digit_stats_triton(
 ) -> DigitStats:
     """Eq. 9 digit statistics of [B, V] logits (bf16 / fp16 / fp32; rows may be strided).
 
-    Same contract as `prp.ipr.digit_stats_reference`; all outputs are fp32.
+    Same contract as `prp.route.ipr.digit_stats_reference`; all outputs are fp32.
     `num_splits` (S) > 1 takes the split-vocabulary path; None picks by `pick_num_splits`.
     `block_size` overrides the BLOCK heuristic (a power of two).
     """

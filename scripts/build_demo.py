@@ -77,7 +77,7 @@ def demo_template() -> str:
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-# The draft's text RoPE base.  prp.tiny uses 10 so that the M-RoPE row / column angles of the image
+# The draft's text RoPE base.  prp.toy.tiny uses 10 so that the M-RoPE row / column angles of the image
 # tokens differ enough (notes/tiny-vlm-training.md), and the plain-format target reads with it.  But
 # at 10 every rotary frequency is >= 0.12 rad per position, so matching an image token by content
 # depends on its distance to the answer token, and the draft's three formats (rating prefixes of 0,
@@ -90,8 +90,8 @@ DRAFT_ROPE_THETA = 1000.0
 
 
 def build_tiny(size: str, seed: int, dest: Path, *, rope_theta: float | None = None) -> Path:
-    """A random-init tiny model dir (prp.tiny) with demo_template(), optionally another text RoPE base."""
-    from prp.tiny import build_processor, build_tokenizer, save_tiny_model
+    """A random-init tiny model dir (prp.toy.tiny) with demo_template(), optionally another text RoPE base."""
+    from prp.toy.tiny import build_processor, build_tokenizer, save_tiny_model
 
     if (dest / "config.json").exists():
         return dest
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out, work = (ROOT / args.out).resolve(), (ROOT / args.work).resolve()
     data = work / "data"
-    from prp.synthetic import build_benchmark
+    from prp.toy.synthetic import build_benchmark
 
     if not (data / "train.jsonl").exists():
         build_benchmark(data, seed=args.seed, sizes={"train": args.n_train})

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from prp.tiny import build_tokenizer
+from prp.toy.tiny import build_tokenizer
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from prp.synthetic import build_benchmark
-from prp.tiny import save_tiny_pair
+from prp.toy.synthetic import build_benchmark
+from prp.toy.tiny import save_tiny_pair
 
 # Random-init tiny models at the default init scale emit one token forever (greedy), which
 # would make "continuation == uninterrupted generation" trivially true.  Perturbing the

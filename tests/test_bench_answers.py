@@ -1,7 +1,7 @@
-"""prp.answers.extract_answer: the <answer> tag first, then the documented fallbacks."""
+"""prp.core.answers.extract_answer: the <answer> tag first, then the documented fallbacks."""
 import pytest
 
-from prp.answers import extract_answer
+from prp.core.answers import extract_answer
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from prp.bench.chartqa import load_chartqa, relaxed_correctness, score_chartqa
+from prp.eval.bench.chartqa import load_chartqa, relaxed_correctness, score_chartqa
 
 
 @pytest.mark.parametrize(

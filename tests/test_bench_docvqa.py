@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from prp.bench.docvqa import anls, load_docvqa, score_docvqa
+from prp.eval.bench.docvqa import anls, load_docvqa, score_docvqa
 
 
 @pytest.mark.parametrize(

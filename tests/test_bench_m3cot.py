@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from prp.bench.m3cot import judge_answer, load_m3cot, score_m3cot
+from prp.eval.bench.m3cot import judge_answer, load_m3cot, score_m3cot
 
 CHOICES = ["cat", "dog", "bird"]
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from prp.bench.mathverse import choice_letter, is_correct, load_mathverse, score_mathverse
+from prp.eval.bench.mathverse import choice_letter, is_correct, load_mathverse, score_mathverse
 
 
 @pytest.mark.parametrize(

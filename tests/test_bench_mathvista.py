@@ -4,14 +4,14 @@ import os
 
 import pytest
 
-from prp.bench.mathvista import (
+from prp.eval.bench.mathvista import (
     build_query,
     get_most_similar,
     load_mathvista,
     normalize_extracted_answer,
     score_output_file,
 )
-from prp.bench.records import group_counts
+from prp.eval.bench.records import group_counts
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "mathvista")
 TESTMINI = os.path.join(DATA, "testmini.json")

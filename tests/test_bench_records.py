@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from prp.bench.records import LoadResult, attach_image, format_accuracy, read_rows
+from prp.eval.bench.records import LoadResult, attach_image, format_accuracy, read_rows
 
 
 def test_read_rows_formats(tmp_path):

@@ -1,8 +1,8 @@
-"""prp.data: every bad line is counted and reported with its own line number, none is fatal."""
+"""prp.core.data: every bad line is counted and reported with its own line number, none is fatal."""
 import json
 
-from prp.data import ImageError, load_jsonl, load_rows
-from prp.synthetic import render
+from prp.core.data import ImageError, load_jsonl, load_rows
+from prp.toy.synthetic import render
 
 
 def test_load_jsonl_counts_each_kind_of_bad_line(tmp_path):
@@ -40,7 +40,7 @@ def test_load_rows_requires_answers_by_default_and_renames_fields(tmp_path):
 
 
 def test_open_image_error_names_the_reason(tmp_path):
-    from prp.data import open_image
+    from prp.core.data import open_image
 
     try:
         open_image(tmp_path / "nope.png")

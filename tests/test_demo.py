@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from prp.metrics import rating_rank_correlation
-from prp.route_run import DEFAULT_DEMO, ensure_default_demo
+from prp.eval.metrics import rating_rank_correlation
+from prp.route.run import DEFAULT_DEMO, ensure_default_demo
 
 DEMO = Path(__file__).resolve().parent.parent / "demo"
 N_ITEMS = 200
@@ -40,22 +40,22 @@ def test_shipped_checkpoints_are_small():
 
 
 def _records(n: int = N_ITEMS):
-    from prp.data import load_jsonl
+    from prp.core.data import load_jsonl
 
     return load_jsonl(DEMO / "data" / "test.jsonl", check_images=False).records[:n]
 
 
 def _queries(records):
-    from prp.router import Query
+    from prp.route.router import Query
 
     return [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in records]
 
 
 @torch.no_grad()
 def test_target_reads_single_numbers():
-    from prp.modeling import load_model
-    from prp.rewards import accuracy_reward
-    from prp.router import LocalTarget, extract_answer
+    from prp.core.modeling import load_model
+    from prp.train.rewards import accuracy_reward
+    from prp.route.router import LocalTarget, extract_answer
 
     torch.set_num_threads(1)
     model, proc = load_model(str(DEMO / "models" / "target"), device="cpu")
@@ -68,9 +68,9 @@ def test_target_reads_single_numbers():
 
 @torch.no_grad()
 def test_drl_draft_rates_its_own_accuracy():
-    from prp.modeling import load_model
-    from prp.rewards import accuracy_reward
-    from prp.router import Router, RouterConfig, extract_answer
+    from prp.core.modeling import load_model
+    from prp.train.rewards import accuracy_reward
+    from prp.route.router import Router, RouterConfig, extract_answer
 
     torch.set_num_threads(1)
     model, proc = load_model(str(DEMO / "models" / "drl"), device="cpu")

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 import eval as eval_cli
-from prp.synthetic import make_items, render
+from prp.toy.synthetic import make_items, render
 
 DATA = Path(__file__).parent / "data" / "mathvista"
 
@@ -78,11 +78,11 @@ def test_special_token_signal_matches_a_direct_forward(tmp_path):
     """P2 = P[CN] / (P[CN] + P[UN]) at the token after the sft-cn model's answer."""
     from transformers import AutoModelForImageTextToText
 
-    from prp.evaluate import special_token_signal
-    from prp.modeling import load_model, prepare_inputs
-    from prp.prompts import build_messages
-    from prp.router import Query
-    from prp.tiny import save_tiny_model
+    from prp.eval.run import special_token_signal
+    from prp.core.modeling import load_model, prepare_inputs
+    from prp.core.prompts import build_messages
+    from prp.route.router import Query
+    from prp.toy.tiny import save_tiny_model
 
     path = save_tiny_model(tmp_path / "cn", size="test", seed=3)
     model = AutoModelForImageTextToText.from_pretrained(path)
@@ -112,10 +112,10 @@ def test_special_token_signal_matches_a_direct_forward(tmp_path):
 
 def test_mean_token_prob_is_s1_over_the_answer_tokens(pair):
     """s_1 = (1/L) sum p_i over the generated tokens after the rating prefix, checked by a plain forward."""
-    from prp.evaluate import mean_token_prob
-    from prp.modeling import load_model, prepare_inputs
-    from prp.prompts import build_messages
-    from prp.router import Query
+    from prp.eval.run import mean_token_prob
+    from prp.core.modeling import load_model, prepare_inputs
+    from prp.core.prompts import build_messages
+    from prp.route.router import Query
 
     model, processor = load_model(pair["draft"])
     image = render([5, 6])

@@ -73,7 +73,7 @@ def _rel_err(a, b):
 def run_case(name):
     from prp.kernels.ipr_kernel import digit_stats_triton
 
-    from prp.ipr import digit_stats_reference
+    from prp.route.ipr import digit_stats_reference
 
     B, V, dtype, splits, block, layout = CASES[name]
     gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
@@ -91,7 +91,7 @@ def run_extras():
     """Dispatcher, scalar tenths digit / sign, and argument checks."""
     from prp.kernels.ipr_kernel import digit_stats_triton
 
-    from prp.ipr import digit_stats_from_logits, digit_stats_reference
+    from prp.route.ipr import digit_stats_from_logits, digit_stats_reference
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     x = torch.randn(6, 500, generator=torch.Generator().manual_seed(0)).to(dev)

@@ -1,11 +1,11 @@
-"""prp.metrics against tables small enough to work out by hand (Tab. 1-2, Fig. 4, 7, 12, A.7)."""
+"""prp.eval.metrics against tables small enough to work out by hand (Tab. 1-2, Fig. 4, 7, 12, A.7)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from prp.metrics import (
+from prp.eval.metrics import (
     Instance,
     apgr,
     as_instances,

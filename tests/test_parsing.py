@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prp.parsing import parse_completion
-from prp.rewards import rating_reward
+from prp.core.parsing import parse_completion
+from prp.train.rewards import rating_reward
 
 DRL_OK = "<confidence>0.87</confidence><think>2+3=5</think><answer>$5$</answer>"
 JRL_OK = "<target>0.42</target><confidence>0.87</confidence><think>t</think><answer>$5$</answer>"

@@ -1,4 +1,4 @@
-"""prp.report: files written, numbers match hand values, and the degenerate tables still work."""
+"""prp.eval.report: files written, numbers match hand values, and the degenerate tables still work."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from prp.report import build_report
+from prp.eval.report import build_report
 
 GRID = np.linspace(0, 1, 6)
 PNG = b"\x89PNG\r\n\x1a\n"

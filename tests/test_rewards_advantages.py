@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from prp.advantages import (
+from prp.train.advantages import (
     advantage_vanishing,
     dynamic_score_substitution,
     group_advantages,
@@ -12,7 +12,7 @@ from prp.advantages import (
     substitute_scores,
     substitution_interval,
 )
-from prp.rewards import accuracy_reward, format_reward, group_accuracy, overlong_reward, rating_reward
+from prp.train.rewards import accuracy_reward, format_reward, group_accuracy, overlong_reward, rating_reward
 
 
 # ---- Eq. 4 -------------------------------------------------------------------------------

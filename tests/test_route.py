@@ -7,16 +7,16 @@ import pytest
 import torch
 from route_fixtures import build_queries, read_jsonl
 
-from prp import generation as gen
-from prp import route_run
-from prp.ipr import digit_stats_reference
-from prp.modeling import load_model, prepare_inputs
-from prp.prompts import build_messages
-from prp.router import LocalTarget, Query, Router, RouterConfig
-from prp.scoring import apply_ipr, route_score
-from prp.synthetic import render
-from prp.thresholds import BatchFraction, Calibration, FixedThreshold, calibrate, n_to_target
-from prp.tiny import digit_token_ids
+from prp.route import decode as gen
+from prp.route import run as route_run
+from prp.route.ipr import digit_stats_reference
+from prp.core.modeling import load_model, prepare_inputs
+from prp.core.prompts import build_messages
+from prp.route.router import LocalTarget, Query, Router, RouterConfig
+from prp.route.scoring import apply_ipr, route_score
+from prp.toy.synthetic import render
+from prp.route.decide import BatchFraction, Calibration, FixedThreshold, calibrate, n_to_target
+from prp.toy.tiny import digit_token_ids
 
 
 @pytest.fixture(scope="module")

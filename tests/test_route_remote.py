@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from route_fixtures import build_queries
 
-from prp import route_run
-from prp.modeling import load_model
-from prp.remote import OpenAIClient, RemoteError, RetryPolicy, chat_messages
-from prp.router import RemoteTarget, Router, RouterConfig
-from prp.synthetic import render
-from prp.thresholds import BatchFraction
+from prp.route import run as route_run
+from prp.core.modeling import load_model
+from prp.route.remote import OpenAIClient, RemoteError, RetryPolicy, chat_messages
+from prp.route.router import RemoteTarget, Router, RouterConfig
+from prp.toy.synthetic import render
+from prp.route.decide import BatchFraction
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,8 +49,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def faulty_server(pair):
-    """The tiny target behind prp.serve, failing 30% of requests (503 / dropped / too slow)."""
-    proc, url = _start(["-m", "prp.serve", "--model", str(pair["target"]), "--port", "0", "--max-new-tokens", "4",
+    """The tiny target behind prp.route.serve, failing 30% of requests (503 / dropped / too slow)."""
+    proc, url = _start(["-m", "prp.route.serve", "--model", str(pair["target"]), "--port", "0", "--max-new-tokens", "4",
                         "--name", "tiny-target"],
                        {"PRP_SERVE_FAULTS": "rate=0.3,kinds=503+close+timeout,delay=0.6,seed=1"})
     yield url
@@ -155,8 +155,8 @@ def test_router_serve_endpoint(pair):
 
 
 def test_url_and_fault_spec_parsing():
-    from prp.remote import completions_url
-    from prp.serve import parse_faults
+    from prp.route.remote import completions_url
+    from prp.route.serve import parse_faults
 
     assert completions_url("http://h:1") == "http://h:1/v1/chat/completions"
     assert completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"

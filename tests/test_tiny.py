@@ -6,9 +6,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from transformers import AutoModelForImageTextToText
 
-from prp.modeling import load_model, pick_attn_implementation, prepare_inputs
-from prp.prompts import build_messages
-from prp.tiny import (
+from prp.core.modeling import load_model, pick_attn_implementation, prepare_inputs
+from prp.core.prompts import build_messages
+from prp.toy.tiny import (
     CHAT_TEMPLATE,
     SPECS,
     TinyQwen2_5_VLProcessor,
@@ -87,7 +87,7 @@ def test_special_tokens_and_prompts_are_compact(tok):
         assert len(tok.encode(t)) == 1, t
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert len(tok.encode(QUESTION)) <= 12
-    from prp.prompts import P_DRAFT
+    from prp.core.prompts import P_DRAFT
 
     assert len(tok.encode(P_DRAFT)) < len(P_DRAFT) / 3
 

@@ -1,6 +1,6 @@
 """Score spans -> completion token indices, on the real tiny tokenizer (both prompt formats)."""
 
-from prp.parsing import parse_completion, span_token_indices
+from prp.core.parsing import parse_completion, span_token_indices
 
 
 def _pieces(tok, ids, idx):

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from prp.parsing import parse_completion
+from prp.core.parsing import parse_completion
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -55,11 +55,11 @@ def test_drl_end_to_end(tmp_path):
 def test_rl_micro_step_with_dss_rewrites_score_tokens(tmp_path, monkeypatch):
     """Steps 3-7 on a forced rollout: collapsed, wrong ratings -> DSS fires -> the substituted
     d' are written into the token sequences the loss sees, and those tokens carry alpha * A_d."""
-    from prp import trainer as tr
-    from prp.loss import Segment
-    from prp.parsing import parse_completion
-    from prp.rollout import Rollout
-    from prp.train_config import load_config
+    from prp.train import trainer as tr
+    from prp.train.loss import Segment
+    from prp.core.parsing import parse_completion
+    from prp.train.rollout import Rollout
+    from prp.train.config import load_config
 
     cache = tmp_path / "acc.jsonl"
     cache.write_text("".join(json.dumps({"id": f"train-{i:05d}", "acc": 0.25, "n": 4}) + "\n" for i in range(16)))
@@ -94,9 +94,9 @@ def test_sft_mixed_writes_each_record_in_its_own_format(tmp_path):
     that asks for it: P -> plain trace, P_draft -> <confidence> prefix, P_joint -> <target><confidence>."""
     import zlib
 
-    from prp import trainer as tr
-    from prp.prompts import prompt_for
-    from prp.train_config import load_config
+    from prp.train import trainer as tr
+    from prp.core.prompts import prompt_for
+    from prp.train.config import load_config
 
     cfg = load_config(TINY, mode="sft", overrides={"output_dir": str(tmp_path), "sft_rating": "mixed",
                                                     "sft_rating_value": 0.3, "per_device_batch_size": 16,
@@ -124,8 +124,8 @@ def test_sft_mixed_writes_each_record_in_its_own_format(tmp_path):
 def test_sft_random_ratings_vary_and_replay(tmp_path):
     """sft_rating_value < 0: each record and step gets a uniform 0.00-0.99 rating, the same on a replay
     of that step (resume) and different on the next step."""
-    from prp import trainer as tr
-    from prp.train_config import load_config
+    from prp.train import trainer as tr
+    from prp.train.config import load_config
 
     cfg = load_config(TINY, mode="sft", overrides={"output_dir": str(tmp_path), "sft_rating": "jrl",
                                                     "sft_rating_value": -1, "per_device_batch_size": 16,

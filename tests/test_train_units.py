@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from prp import checkpoint as ckpt_io
-from prp.data import drop_unparsable_gold, load_chartqa_train, load_jsonl, load_mmk12
-from prp.loss import Segment, token_advantage_map
-from prp.parsing import parse_completion
-from prp.presample import openai_sampler, presample, read_cache
-from prp.rollout import PromptBatch, build_batch, format_score, rewrite_score, trim_at_eos
-from prp.train_config import TrainConfig, load_config, parse_set
-from prp.trainer import apply_substitution, completion_segments, compute_advantages, epoch_order
+from prp.train import checkpoint as ckpt_io
+from prp.core.data import drop_unparsable_gold, load_chartqa_train, load_jsonl, load_mmk12
+from prp.train.loss import Segment, token_advantage_map
+from prp.core.parsing import parse_completion
+from prp.train.presample import openai_sampler, presample, read_cache
+from prp.train.rollout import PromptBatch, build_batch, format_score, rewrite_score, trim_at_eos
+from prp.train.config import TrainConfig, load_config, parse_set
+from prp.train.trainer import apply_substitution, completion_segments, compute_advantages, epoch_order
 
 JRL = "<target>0.42</target><confidence>0.9</confidence><think>3+5=8</think><answer>$8$</answer>"
 

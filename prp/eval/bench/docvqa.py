@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from prp.bench.levenshtein import levenshtein
-from prp.bench.records import AnlsResult, BenchRecord, LoadResult, attach_image, read_rows
+from prp.eval.bench.levenshtein import levenshtein
+from prp.eval.bench.records import AnlsResult, BenchRecord, LoadResult, attach_image, read_rows
 
 ANLS_THRESHOLD = 0.5
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prp.rewards import rating_reward
+from prp.train.rewards import rating_reward
 
 # Below this a group's reward spread is treated as zero (rewards are sums of a few
 # small rationals, so a real spread is never this small).

@@ -10,9 +10,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prp.bench import chartqa, docvqa, m3cot, mathverse, mathvista
-from prp.bench.records import BenchRecord, LoadResult, attach_image, read_rows
-from prp.rewards import accuracy_reward
+from prp.eval.bench import chartqa, docvqa, m3cot, mathverse, mathvista
+from prp.eval.bench.records import BenchRecord, LoadResult, attach_image, read_rows
+from prp.train.rewards import accuracy_reward
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def _judge_demo(record: BenchRecord, prediction: str | None) -> bool:
 
 
 def load_demo(path: str, *, require_images: bool = True) -> LoadResult:
-    """The procedural benchmark of prp.synthetic (generic JSONL); split = difficulty level."""
+    """The procedural benchmark of prp.toy.synthetic (generic JSONL); split = difficulty level."""
     root = os.path.dirname(os.path.abspath(path))
     result = LoadResult(records=[])
     for n, row in enumerate(read_rows(path)):

@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from prp.bench.records import BenchRecord
-from prp.bench.registry import Benchmark
-from prp.data import ImageError, open_image
-from prp.prompts import CN_TOKEN, UN_TOKEN, build_messages
-from prp.rollout import build_batch, build_prompts, completion_logprobs
-from prp.route_run import JsonlSink, read_rows
-from prp.router import Query, Router
-from prp.scoring import route_score
+from prp.eval.bench.records import BenchRecord
+from prp.eval.bench.registry import Benchmark
+from prp.core.data import ImageError, open_image
+from prp.core.prompts import CN_TOKEN, UN_TOKEN, build_messages
+from prp.train.rollout import build_batch, build_prompts, completion_logprobs
+from prp.route.run import JsonlSink, read_rows
+from prp.route.router import Query, Router
+from prp.route.scoring import route_score
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def special_token_signal(model, processor, queries: list[Query], *, max_new_toke
 def special_token_answers(model, processor, queries: list[Query], *,
                           max_new_tokens: int) -> tuple[list[list[int]], list[float]]:
     """(the sft-cn model's answer token ids, stopped before [CN] / [UN] / EOS; s_2 of each answer)."""
-    from prp import generation as gen
+    from prp.route import decode as gen
 
     tok = processor.tokenizer
     cn, un = tok.convert_tokens_to_ids(CN_TOKEN), tok.convert_tokens_to_ids(UN_TOKEN)
@@ -127,7 +127,7 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
     p2 = (None if baselines.sft_cn_model is None else  # step 4
           special_token_signal(baselines.sft_cn_model, baselines.sft_cn_processor, queries,
                                max_new_tokens=baselines.max_new_tokens))
-    from prp.answers import extract_answer
+    from prp.core.answers import extract_answer
 
     rows = []
     for i, (record, rating, target) in enumerate(zip(records, ratings, targets)):

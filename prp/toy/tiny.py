@@ -4,7 +4,7 @@ No hub access exists here (tests, CI, the CPU demo), so the tokenizer, processor
 all built locally and deterministically.  The architecture is the real `Qwen2_5_VLForConditionalGeneration`
 so every code path (M-RoPE, chat template, processor, `generate`) is the one real checkpoints take.
 
-    python -m prp.tiny --out runs/tiny --seed 0 --sizes draft,target
+    python -m prp.toy.tiny --out runs/tiny --seed 0 --sizes draft,target
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from prp.prompts import PROMPTS
+from prp.core.prompts import PROMPTS
 
 # --------------------------------------------------------------------------------------------
 # Tokenizer

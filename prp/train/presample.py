@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from prp.data import Record
-from prp.modeling import set_pixel_bounds
-from prp.parsing import parse_completion
-from prp.prompts import P_TARGET, build_messages
-from prp.remote import chat_messages, completions_url
-from prp.rewards import accuracy_reward, group_accuracy
+from prp.core.data import Record
+from prp.core.modeling import set_pixel_bounds
+from prp.core.parsing import parse_completion
+from prp.core.prompts import P_TARGET, build_messages
+from prp.route.remote import chat_messages, completions_url
+from prp.train.rewards import accuracy_reward, group_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,8 @@ def local_sampler(
     seed: int = 0, device: str | None = None, max_pixels: int | None = None,
 ) -> Sampler:
     """Sample M completions per record from a local HF model (Alg. 2 l.4)."""
-    from prp.modeling import load_model
-    from prp.rollout import build_prompts, generate_rollout, step_seed
+    from prp.core.modeling import load_model
+    from prp.train.rollout import build_prompts, generate_rollout, step_seed
 
     model, processor = load_model(model_dir, device=device)
     if max_pixels:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from prp.generation import eos_ids_of
-from prp.modeling import prepare_inputs
+from prp.route.decode import eos_ids_of
+from prp.core.modeling import prepare_inputs
 
 
 def step_seed(*parts: int | str) -> int:
@@ -190,7 +190,7 @@ def rewrite_score(ids: list[int], tokenizer, span: tuple[int, int], new_score: s
 
     >>> # ids of "<confidence>", "0", ".", "9", "</confidence>"  ->  "<confidence>", "0", ".", "3", "7", ...
     """
-    from prp.parsing import token_char_offsets
+    from prp.core.parsing import token_char_offsets
 
     offsets = token_char_offsets(ids, tokenizer, upto_char=span[1])
     touched = [i for i, (a, b) in enumerate(offsets) if a < span[1] and b > span[0]]

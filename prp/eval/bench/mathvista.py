@@ -21,9 +21,9 @@ import os
 import re
 from typing import Any
 
-from prp.answers import extract_answer
-from prp.bench.levenshtein import levenshtein
-from prp.bench.records import (
+from prp.core.answers import extract_answer
+from prp.eval.bench.levenshtein import levenshtein
+from prp.eval.bench.records import (
     BenchRecord,
     LoadResult,
     ScoreResult,
@@ -217,7 +217,7 @@ def prediction_text(output: dict) -> str | None:
     """The text to normalise: a non-empty ``extraction``, else the answer found in ``response``.
 
     ``response`` is our models' raw completion, so it goes through
-    :func:`prp.answers.extract_answer` (last ``<answer>`` tag, then its fallbacks) first.
+    :func:`prp.core.answers.extract_answer` (last ``<answer>`` tag, then its fallbacks) first.
     """
     extraction = output.get("extraction")
     if extraction is not None and str(extraction).strip():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from prp.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.eval.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
 
 SPLITS = ("human", "augmented")
 

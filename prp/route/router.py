@@ -4,7 +4,7 @@
                            after its own `</confidence>` (Alg. 3-4 l.1-9)
     step 2  evaluate       parse d (and t), IPR from the tenths-digit logits (Sec. 4.3, Eq. 9),
                            d' = d + p_d, t' = t + p_t, then s = d' | d' + (d'-t')/tau | t' + (t'-d')/tau
-    step 3  decide         s > T keeps the draft (Alg. 3 l.11, Alg. 4 l.12); T from prp.thresholds
+    step 3  decide         s > T keeps the draft (Alg. 3 l.11, Alg. 4 l.12); T from prp.route.decide
     step 4  continue       kept rows continue from the prefix KV cache (l.12); routed rows go to
                            the target with its own prompt P (l.14-15); a target that fails after
                            its retries falls back to the draft's cache (`fallback: true`)
@@ -21,14 +21,14 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from prp import generation as gen
-from prp.answers import extract_answer
-from prp.ipr import digit_stats_from_logits
-from prp.modeling import prepare_inputs
-from prp.parsing import parse_completion
-from prp.prompts import P_TARGET, build_messages
-from prp.scoring import apply_ipr, route_score
-from prp.tiny import digit_token_ids
+from prp.route import decode as gen
+from prp.core.answers import extract_answer
+from prp.route.ipr import digit_stats_from_logits
+from prp.core.modeling import prepare_inputs
+from prp.core.parsing import parse_completion
+from prp.core.prompts import P_TARGET, build_messages
+from prp.route.scoring import apply_ipr, route_score
+from prp.toy.tiny import digit_token_ids
 
 
 @dataclass
@@ -36,8 +36,8 @@ class RouterConfig:
     mode: str = "jrl"  # "drl": prefix <confidence>d</confidence>; "jrl": <target>t</target><confidence>d</confidence>
     rule: str = "draft_first"  # JRL scoring rule (Sec. 4.2); ignored in DRL
     tau: float = 2.0
-    ipr: str = "add"  # prp.scoring.apply_ipr mode: add | band | off
-    ipr_backend: str = "auto"  # prp.ipr dispatcher: Triton on CUDA, torch elsewhere
+    ipr: str = "add"  # prp.route.scoring.apply_ipr mode: add | band | off
+    ipr_backend: str = "auto"  # prp.route.ipr dispatcher: Triton on CUDA, torch elsewhere
     rating: str = "free"  # "forced": grammar-forced prefix, the draft picks only the digits
     max_prefix_tokens: int = 24
     max_new_tokens: int = 1024  # draft continuation (after the prefix) and local target
@@ -95,13 +95,13 @@ class LocalTarget:
 
 
 class RemoteTarget:
-    """An OpenAI-compatible endpoint (prp.remote), queried concurrently."""
+    """An OpenAI-compatible endpoint (prp.route.remote), queried concurrently."""
 
     def __init__(self, client, *, concurrency: int = 8):
         self.client, self.concurrency, self.name, self.remote = client, concurrency, client.model, True
 
     def answer_one(self, query: Query) -> TargetAnswer:
-        from prp.remote import RemoteError, chat_messages
+        from prp.route.remote import RemoteError, chat_messages
 
         start = time.perf_counter()
         try:
@@ -124,14 +124,14 @@ def load_target(spec: str, *, device=None, dtype=None, max_new_tokens: int = 102
                 remote_model: str | None = None, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8):
     """A target from the command line's spelling: an http(s) base URL (OpenAI-compatible) or a local dir."""
     if spec.startswith(("http://", "https://")):
-        from prp.remote import OpenAIClient, RetryPolicy
+        from prp.route.remote import OpenAIClient, RetryPolicy
 
         client = OpenAIClient(spec, remote_model or "target", api_key_env=api_key_env,
                               retry=retry or RetryPolicy(), max_tokens=max_new_tokens)
         return RemoteTarget(client, concurrency=concurrency)
     from pathlib import Path
 
-    from prp.modeling import load_model
+    from prp.core.modeling import load_model
 
     model, processor = load_model(spec, device=device, dtype=dtype)
     return LocalTarget(model, processor, name=Path(spec).name, max_new_tokens=max_new_tokens)

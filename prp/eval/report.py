@@ -4,7 +4,7 @@ A.7's high-rating-but-wrong list, written as report.json, report.md and PNG plot
 
 Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch), so this works
 headless and leaves any caller's backend alone.  Conventions (rounding, ties, NaN = lowest) are
-those of :mod:`prp.metrics`.
+those of :mod:`prp.eval.metrics`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from prp import metrics as M
+from prp.eval import metrics as M
 
 DEFAULT_P_T_LIST = (0.2, 0.3, 0.4, 0.5, 0.6)
 PORTION_LABELS = {

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from prp.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.eval.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
 
 LETTERS = [chr(ord("A") + i) for i in range(26)]
 _LETTER_IN_PARENS = re.compile(r"\(([A-Za-z])\)")

@@ -4,7 +4,7 @@
   unreadable images (an `error` field, no crash).  Lines are written with flush + fsync, so an
   interrupted run loses at most the batch in flight; `--resume` reads the ids already written
   (dropping a torn last line) and skips them.  Ids are assumed unique (a line without an id
-  is `line-N`, as prp.data names it).
+  is `line-N`, as prp.core.data names it).
 - The embedded default (no model/data flags): DEFAULT_DEMO, the trained tiny JRL draft + target
   shipped under demo/ (scripts/build_demo.py rebuilds them) with the synthetic sum benchmark's
   test/validation splits.  UNTRAINED_DEMO is the old untrained pair, built once under runs/default.
@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prp.data import ImageError, load_jsonl
-from prp.router import Query, Router
+from prp.core.data import ImageError, load_jsonl
+from prp.route.router import Query, Router
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class DemoSpec:
 
 # The trained demo (scripts/build_demo.py): JRL draft + SFT/GRPO target on the synthetic
 # sum-of-numbers benchmark; the drafts close their rating tags, so the prefix is generated freely.
-SHIPPED_DEMO = DemoSpec(root=Path(__file__).resolve().parent.parent / "demo", n_test=400, n_validation=200,
+SHIPPED_DEMO = DemoSpec(root=Path(__file__).resolve().parents[2] / "demo", n_test=400, n_validation=200,
                         max_new_tokens=48, rating="free", shipped=True, draft="jrl")
 UNTRAINED_DEMO = DemoSpec()
 DEFAULT_DEMO = SHIPPED_DEMO
@@ -54,8 +54,8 @@ DEFAULT_DEMO = SHIPPED_DEMO
 
 def ensure_default_demo(spec: DemoSpec = DEFAULT_DEMO) -> dict[str, Path]:
     """The demo's model and data paths; an untrained spec is built (once) first."""
-    from prp.synthetic import build_benchmark
-    from prp.tiny import save_tiny_pair
+    from prp.toy.synthetic import build_benchmark
+    from prp.toy.tiny import save_tiny_pair
 
     root = spec.root
     paths = {
@@ -73,7 +73,7 @@ def ensure_default_demo(spec: DemoSpec = DEFAULT_DEMO) -> dict[str, Path]:
         log.info("building the embedded default under %s (once)", root)
         save_tiny_pair(root / "models", seed=spec.seed)
         build_benchmark(root / "data", seed=spec.seed, sizes={"validation": spec.n_validation, "test": spec.n_test})
-        ready.write_text("built by prp.route_run.ensure_default_demo\n")
+        ready.write_text("built by prp.route.run.ensure_default_demo\n")
     return paths
 
 
@@ -115,9 +115,9 @@ def build_router(args) -> Router:
     """Load the draft and the target named by `add_router_arguments`'s flags and wrap them in a Router."""
     import torch
 
-    from prp.modeling import load_model
-    from prp.remote import RetryPolicy
-    from prp.router import RouterConfig, load_target
+    from prp.core.modeling import load_model
+    from prp.route.remote import RetryPolicy
+    from prp.route.router import RouterConfig, load_target
 
     max_new = args.max_new_tokens or 1024
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -171,10 +171,10 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def score_row(row: dict, gold: str | None) -> None:
-    """Add gold / correct (prp.rewards.accuracy_reward: 1, 0, or None for an unparsable gold)."""
+    """Add gold / correct (prp.train.rewards.accuracy_reward: 1, 0, or None for an unparsable gold)."""
     if gold is None:
         return
-    from prp.rewards import accuracy_reward
+    from prp.train.rewards import accuracy_reward
 
     row["gold"] = gold
     row["correct"] = accuracy_reward(row.get("answer"), gold)
@@ -277,10 +277,10 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
 
     Correctness comes from the file when every line carries `draft_correct` and `target_correct`
     (a per-instance table, e.g. from an earlier evaluation); otherwise both models answer every
-    validation query (the draft from its prefix cache) and prp.rewards scores them.
+    validation query (the draft from its prefix cache) and prp.train.rewards scores them.
     """
-    from prp.rewards import accuracy_reward
-    from prp.thresholds import FixedThreshold, calibrate
+    from prp.train.rewards import accuracy_reward
+    from prp.route.decide import FixedThreshold, calibrate
 
     loaded = load_jsonl(val_path, check_images=True, require_answer=True)
     recs = loaded.records

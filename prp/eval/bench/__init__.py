@@ -1,9 +1,9 @@
 """Benchmark loaders and official scorers (MathVista, MathVerse, ChartQA, M3CoT, DocVQA).
 
-Every loader returns a :class:`~prp.bench.records.LoadResult` of :class:`BenchRecord` s and a
+Every loader returns a :class:`~prp.eval.bench.records.LoadResult` of :class:`BenchRecord` s and a
 count of what it skipped; every scorer follows its benchmark's own evaluation code (cited in
 each module's docstring) and returns a :class:`ScoreResult` (DocVQA: :class:`AnlsResult`).
 """
-from prp.bench.records import AnlsResult, BenchRecord, LoadResult, ScoreResult, format_accuracy
+from prp.eval.bench.records import AnlsResult, BenchRecord, LoadResult, ScoreResult, format_accuracy
 
 __all__ = ["AnlsResult", "BenchRecord", "LoadResult", "ScoreResult", "format_accuracy"]

@@ -20,8 +20,8 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from prp.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
-from prp.rewards import math_equivalent
+from prp.eval.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.train.rewards import math_equivalent
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prp.metrics import n_routed
+from prp.eval.metrics import n_routed
 
 NO_SCORE = float("-inf")
 
@@ -32,7 +32,7 @@ def _score(s: float | None) -> float:
 
 def n_to_target(p_t: float, n: int) -> int:
     """How many of n queries go to the target for a share p_t: round half up, within [0, n]
-    (the same count the evaluation's routing curves use, prp.metrics.n_routed).
+    (the same count the evaluation's routing curves use, prp.eval.metrics.n_routed).
 
     >>> n_to_target(0.6, 5), n_to_target(0.5, 3), n_to_target(0.0, 4)
     (3, 2, 0)

@@ -42,9 +42,9 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from prp import checkpoint as ckpt_io
-from prp.advantages import advantage_vanishing, group_advantages, rating_advantages, substitute_scores
-from prp.data import (
+from prp.train import checkpoint as ckpt_io
+from prp.train.advantages import advantage_vanishing, group_advantages, rating_advantages, substitute_scores
+from prp.core.data import (
     ImageError,
     LoadResult,
     Record,
@@ -53,11 +53,11 @@ from prp.data import (
     load_jsonl,
     load_mmk12,
 )
-from prp.loss import Segment, prp_loss, token_advantage_map
-from prp.parsing import parse_completion, span_token_indices
-from prp.prompts import CN_TOKEN, UN_TOKEN, build_messages
-from prp.rewards import accuracy_reward, overlong_reward, rating_reward
-from prp.rollout import (
+from prp.train.loss import Segment, prp_loss, token_advantage_map
+from prp.core.parsing import parse_completion, span_token_indices
+from prp.core.prompts import CN_TOKEN, UN_TOKEN, build_messages
+from prp.train.rewards import accuracy_reward, overlong_reward, rating_reward
+from prp.train.rollout import (
     PromptBatch,
     build_batch,
     build_prompts,
@@ -67,7 +67,7 @@ from prp.rollout import (
     rewrite_score,
     step_seed,
 )
-from prp.train_config import TrainConfig, dump_config
+from prp.train.config import TrainConfig, dump_config
 
 log = logging.getLogger("prp.train")
 
@@ -116,7 +116,7 @@ def setup_dist(use_deepspeed: bool) -> Dist:
 
 def ds_config_for(cfg: TrainConfig, world: int) -> dict:
     """The DeepSpeed JSON with the batch/accumulation/precision fields filled from the TrainConfig."""
-    path = cfg.deepspeed_config or str(Path(__file__).resolve().parent.parent / "configs" / "ds_zero3.json")
+    path = cfg.deepspeed_config or str(Path(__file__).resolve().parents[2] / "configs" / "ds_zero3.json")
     ds = json.loads(Path(path).read_text())
     ds["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
     ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
@@ -139,7 +139,7 @@ def resolve_data(cfg: TrainConfig, d: Dist) -> Path:
     out = Path(cfg.output_dir) / "data"
     path = out / "train.jsonl"
     if d.main and not path.exists():
-        from prp.synthetic import build_benchmark
+        from prp.toy.synthetic import build_benchmark
 
         build_benchmark(out, seed=cfg.seed, sizes={"train": n})
     d.barrier()
@@ -196,7 +196,7 @@ def materialise_model(spec: str, out_dir: Path, *, seed: int, d: Dist) -> str:
     size = spec.split(":", 1)[1]
     path = out_dir / f"tiny-{size}-seed{seed}"
     if d.main and not (path / "config.json").exists():
-        from prp.tiny import save_tiny_model
+        from prp.toy.tiny import save_tiny_model
 
         tmp = path.with_name(path.name + ".tmp")
         save_tiny_model(tmp, size=size, seed=seed)
@@ -206,7 +206,7 @@ def materialise_model(spec: str, out_dir: Path, *, seed: int, d: Dist) -> str:
 
 
 def set_max_pixels(processor, cfg: TrainConfig) -> None:
-    from prp.modeling import set_pixel_bounds
+    from prp.core.modeling import set_pixel_bounds
 
     set_pixel_bounds(processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
 
@@ -371,7 +371,7 @@ class Trainer:
 
     def ensure_acc_tgt(self) -> dict[str, float]:
         """Alg. 2 l.1-7: the given cache, else presample with `target_model` into output_dir (resumable)."""
-        from prp.presample import make_sampler, presample, read_cache
+        from prp.train.presample import make_sampler, presample, read_cache
 
         cfg = self.cfg
         if cfg.acc_tgt_cache and cfg.mode != "presample" and Path(cfg.acc_tgt_cache).exists():
@@ -391,8 +391,8 @@ class Trainer:
 
     def setup_model(self) -> None:
         cfg, d = self.cfg, self.d
-        from prp.modeling import load_model
-        from prp.tiny import freeze_vision_biases
+        from prp.core.modeling import load_model
+        from prp.toy.tiny import freeze_vision_biases
 
         self.resume_from = ckpt_io.latest_checkpoint(self.out) if self.resume else None
         if d.main:
@@ -527,7 +527,7 @@ class Trainer:
         texts = tok.batch_decode(ro.completions, skip_special_tokens=True)
         # step 4: parse and reward every completion (Alg. 1 l.6-7)
         parsed = [parse_completion(t, mode) for t in texts]
-        fmt = [1.0 if p.format_ok else 0.0 for p in parsed]  # R_fmt (prp.rewards.format_reward)
+        fmt = [1.0 if p.format_ok else 0.0 for p in parsed]  # R_fmt (prp.train.rewards.format_reward)
         acc = []
         for i, p in enumerate(parsed):
             a = accuracy_reward(p.answer, records[i // n].answer or "")

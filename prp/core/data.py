@@ -135,7 +135,7 @@ def load_jsonl(
 def _read_table(path: Path) -> list:
     """Rows of a .jsonl / .json (list or {"data": [...]}) / .parquet file (pyarrow only if needed)."""
     if path.suffix == ".parquet":
-        from prp.bench.records import read_parquet
+        from prp.eval.bench.records import read_parquet
 
         return read_parquet(str(path))
     if path.suffix == ".jsonl":
@@ -254,7 +254,7 @@ def load_chartqa_train(
 
 def drop_unparsable_gold(result: LoadResult) -> LoadResult:
     """Skip records whose gold the accuracy reward cannot read (it would call every answer wrong)."""
-    from prp.rewards import accuracy_reward
+    from prp.train.rewards import accuracy_reward
 
     kept = []
     for record in result.records:

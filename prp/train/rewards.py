@@ -10,7 +10,7 @@ import math
 import re
 import threading
 
-from prp.parsing import parse_completion
+from prp.core.parsing import parse_completion
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prp.prompts import RATING_CLOSE_TAG
+from prp.core.prompts import RATING_CLOSE_TAG
 
 # Text before a rating's tenths digit: "<confidence>0." or "<target> ." (Eq. 9's position).
 _BEFORE_TENTHS = re.compile(r"<(confidence|target)>\s*\d*\.$")

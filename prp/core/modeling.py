@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, BatchFeature, PreTrainedModel, ProcessorMixin
 
-from prp.tiny import load_processor
+from prp.toy.tiny import load_processor
 
 
 def _flash_attn_available() -> bool:
