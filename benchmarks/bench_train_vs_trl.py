@@ -72,7 +72,7 @@ def bench_trl(model_dir: Path, data: Path, out: Path, args) -> list[float]:
     from prp.core.prompts import P_TARGET
     from prp.train.rewards import accuracy_reward, format_reward
     from prp.train.rollout import vision_token_ids
-    from prp.toy.tiny import load_processor
+    from prp.core.modeling import load_processor
 
     torch.set_num_threads(1)
     records = load_jsonl(data).records

@@ -16,7 +16,7 @@ from prp.route.router import LocalTarget, Query, Router, RouterConfig
 from prp.route.scoring import apply_ipr, route_score
 from prp.toy.synthetic import render
 from prp.route.decide import BatchFraction, Calibration, FixedThreshold, calibrate, n_to_target
-from prp.toy.tiny import digit_token_ids
+from prp.core.modeling import digit_token_ids
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,17 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from transformers import AutoModelForImageTextToText
 
-from prp.core.modeling import load_model, pick_attn_implementation, prepare_inputs
+from prp.core.modeling import (
+    ImageOnlyQwen2_5_VLProcessor,
+    load_model,
+    load_processor,
+    pick_attn_implementation,
+    prepare_inputs,
+)
 from prp.core.prompts import build_messages
 from prp.toy.tiny import (
     CHAT_TEMPLATE,
     SPECS,
-    TinyQwen2_5_VLProcessor,
     background_rgb,
     build_processor,
     build_tiny_model,
@@ -19,7 +24,6 @@ from prp.toy.tiny import (
     count_parameters,
     digit_token_ids,
     freeze_vision_biases,
-    load_processor,
     main,
     mrope_section,
     save_tiny_model,
@@ -109,8 +113,8 @@ def test_chat_template_renders(tok):
 def test_processor_saves_and_reloads(processor, tmp_path):
     processor.save_pretrained(tmp_path)
     again = load_processor(tmp_path)
-    assert isinstance(again, TinyQwen2_5_VLProcessor)
-    assert TinyQwen2_5_VLProcessor.from_pretrained(tmp_path).chat_template == CHAT_TEMPLATE
+    assert isinstance(again, ImageOnlyQwen2_5_VLProcessor)
+    assert ImageOnlyQwen2_5_VLProcessor.from_pretrained(tmp_path).chat_template == CHAT_TEMPLATE
     assert again.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
     assert again.image_processor.merge_size == 2 and again.image_processor.patch_size == 14
 
@@ -200,4 +204,4 @@ def test_cli_writes_loadable_dirs(tmp_path):
     files = {p.name for p in (tmp_path / "test").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= files
     _model, proc = load_model(tmp_path / "test")
-    assert isinstance(proc, TinyQwen2_5_VLProcessor)
+    assert isinstance(proc, ImageOnlyQwen2_5_VLProcessor)

@@ -7,9 +7,56 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, BatchFeature, PreTrainedModel, ProcessorMixin
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BatchFeature,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+    Qwen2_5_VLProcessor,
+)
 
-from prp.toy.tiny import load_processor
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """`Qwen2_5_VLProcessor` without a video processor.
+
+    Without torchvision the stock class fails in `__init__` (it type-checks a video processor via
+    `VIDEO_PROCESSOR_MAPPING`); images are all PRP needs, so the video processor is dropped.
+    `ProcessorMixin` reads its sub-processors off this signature, so `video_processor` must not
+    appear in it (else save/load and the class checks come back for it).
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        kwargs.pop("video_processor", None)
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+def load_processor(path: str | Path, *, trust_remote_code: bool = False) -> ProcessorMixin:
+    """Processor for a tiny local dir or a real Qwen2.5-VL dir.
+
+    `AutoProcessor` on our dirs silently returns just the tokenizer (the saved processor class is
+    not registered), and on a real dir without torchvision it may raise on the video processor:
+    in both cases fall back to the image-only subclass.
+    """
+    try:
+        proc = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - any failure here means "use the fallback"
+        proc = None
+    if isinstance(proc, ProcessorMixin) and getattr(proc, "image_processor", None) is not None:
+        return proc
+    return ImageOnlyQwen2_5_VLProcessor.from_pretrained(str(path))
+
+
+def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of "0".."9" in order (IPR reads these ten logits); raises if a digit is not one token."""
+    ids = []
+    for d in "0123456789":
+        enc = tokenizer.encode(d, add_special_tokens=False)
+        if len(enc) != 1:
+            raise ValueError(f"digit {d!r} is not a single token: {enc}")
+        ids.append(enc[0])
+    return ids
 
 
 def _flash_attn_available() -> bool:

@@ -28,7 +28,7 @@ from prp.core.modeling import prepare_inputs
 from prp.core.parsing import parse_completion
 from prp.core.prompts import P_TARGET, build_messages
 from prp.route.scoring import apply_ipr, route_score
-from prp.toy.tiny import digit_token_ids
+from prp.core.modeling import digit_token_ids
 
 
 @dataclass

@@ -18,16 +18,15 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    AutoProcessor,
     PreTrainedTokenizerBase,
     ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
     Qwen2Tokenizer,
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from prp.core.modeling import ImageOnlyQwen2_5_VLProcessor, digit_token_ids
 from prp.core.prompts import PROMPTS
 
 # --------------------------------------------------------------------------------------------
@@ -176,17 +175,6 @@ def build_tokenizer(*, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Qwen2Tokenizer:
     return tokenizer
 
 
-def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Ids of "0".."9" in order (IPR reads these ten logits); raises if a digit is not one token."""
-    ids = []
-    for d in DIGITS:
-        enc = tokenizer.encode(d, add_special_tokens=False)
-        if len(enc) != 1:
-            raise ValueError(f"digit {d!r} is not a single token: {enc}")
-        ids.append(enc[0])
-    return ids
-
-
 # --------------------------------------------------------------------------------------------
 # Processor
 # --------------------------------------------------------------------------------------------
@@ -197,20 +185,6 @@ MERGE_SIZE = 2
 # sizes in 4..64 tokens; 28-aligned images are not resized at all.
 MIN_PIXELS = 56 * 56
 MAX_PIXELS = 224 * 224
-
-
-class TinyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """`Qwen2_5_VLProcessor` without a video processor.
-
-    Without torchvision the stock class fails in `__init__` (it type-checks a video processor via
-    `VIDEO_PROCESSOR_MAPPING`); images are all PRP needs, so the video processor is dropped.
-    `ProcessorMixin` reads its sub-processors off this signature, so `video_processor` must not
-    appear in it (else save/load and the class checks come back for it).
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        kwargs.pop("video_processor", None)
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
 def build_image_processor(*, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
@@ -224,29 +198,13 @@ def build_image_processor(*, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX
 
 def build_processor(
     *, tokenizer: PreTrainedTokenizerBase | None = None, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
-) -> TinyQwen2_5_VLProcessor:
+) -> ImageOnlyQwen2_5_VLProcessor:
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
-    return TinyQwen2_5_VLProcessor(
+    return ImageOnlyQwen2_5_VLProcessor(
         image_processor=build_image_processor(min_pixels=min_pixels, max_pixels=max_pixels),
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )
-
-
-def load_processor(path: str | Path, *, trust_remote_code: bool = False) -> ProcessorMixin:
-    """Processor for a tiny local dir or a real Qwen2.5-VL dir.
-
-    `AutoProcessor` on our dirs silently returns just the tokenizer (the saved processor class is
-    not registered), and on a real dir without torchvision it may raise on the video processor:
-    in both cases fall back to the image-only subclass.
-    """
-    try:
-        proc = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except Exception:  # noqa: BLE001 - any failure here means "use the fallback"
-        proc = None
-    if isinstance(proc, ProcessorMixin) and getattr(proc, "image_processor", None) is not None:
-        return proc
-    return TinyQwen2_5_VLProcessor.from_pretrained(str(path))
 
 
 def background_rgb(processor: ProcessorMixin) -> tuple[int, int, int]:
