@@ -4,13 +4,19 @@
                            after its own `</confidence>` (Alg. 3-4 l.1-9)
     step 2  evaluate       parse d (and t), IPR from the tenths-digit logits (Sec. 4.3, Eq. 9),
                            d' = d + p_d, t' = t + p_t, then s = d' | d' + (d'-t')/tau | t' + (t'-d')/tau
-    step 3  decide         s > T keeps the draft (Alg. 3 l.11, Alg. 4 l.12); T from prp.route.decide
+                           (`Router.rate` = steps 1-2: one `RatingRow` per query, the one rating pipeline)
+    step 3  decide         in the rule's direction (prp.route.scoring.Rule): draft-first keeps s > T
+                           (Alg. 3 l.11, Alg. 4 l.12), target-first keeps s < T; T from prp.route.decide
     step 4  continue       kept rows continue from the prefix KV cache (l.12); routed rows go to
                            the target with its own prompt P (l.14-15); a target that fails after
                            its retries falls back to the draft's cache (`fallback: true`)
 
 A missing d (no closed rating within `max_prefix_tokens`) gives score None, treated as -inf:
-the query goes to the target.  In JRL a missing t leaves s = d'.
+the query goes to the target.  In JRL draft-first a missing t leaves s = d'; target-first needs t
+(its s points the other way), so a missing t gives score None there too.
+
+Latencies are per query (docs/routing.md): each batched stage's wall time is divided evenly among
+the rows that took part; a remote target's time is its own request's.
 """
 from __future__ import annotations
 
@@ -27,14 +33,15 @@ from prp.route.ipr import digit_stats_from_logits
 from prp.core.modeling import prepare_inputs
 from prp.core.parsing import parse_completion
 from prp.core.prompts import P_TARGET, build_messages
-from prp.route.scoring import apply_ipr, route_score
+from prp.route.rows import RatingRow, RouteRow
+from prp.route.scoring import apply_ipr, get_rule
 from prp.core.modeling import digit_token_ids
 
 
 @dataclass
 class RouterConfig:
     mode: str = "jrl"  # "drl": prefix <confidence>d</confidence>; "jrl": <target>t</target><confidence>d</confidence>
-    rule: str = "draft_first"  # JRL scoring rule (Sec. 4.2); ignored in DRL
+    rule: str = "draft_first"  # JRL scoring rule and its direction (Sec. 4.2); DRL is always draft-first
     tau: float = 2.0
     ipr: str = "add"  # prp.route.scoring.apply_ipr mode: add | band | off
     ipr_backend: str = "auto"  # prp.route.ipr dispatcher: Triton on CUDA, torch elsewhere
@@ -50,17 +57,10 @@ class Query:
     question: str
     image: Image.Image | None
     gold: str | None = None
+    max_new_tokens: int | None = None  # this query's cap on its answer (after the prefix); None: the config's
 
 
-@dataclass
-class Rating:
-    """Step 2 output for one query."""
-
-    d: float | None
-    t: float | None
-    ipr_d: float | None
-    ipr_t: float | None
-    score: float | None  # None when d is missing (routed as -inf)
+Rating = RatingRow  # the old name of step 2's output
 
 
 @dataclass
@@ -86,9 +86,11 @@ class LocalTarget:
         start = time.perf_counter()
         msgs = [build_messages(q.question, mode="target", with_image=q.image is not None) for q in queries]
         inputs = gen_inputs(self.processor, msgs, [q.image for q in queries], self.model)
-        tokens = gen.generate(self.model, self.processor.tokenizer, inputs, max_new_tokens=self.max_new_tokens)
-        # Per-query latency of a batched call = the batch's wall time (what each query waited).
-        latency = time.perf_counter() - start
+        caps = [min(q.max_new_tokens or self.max_new_tokens, self.max_new_tokens) for q in queries]
+        tokens = gen.generate(self.model, self.processor.tokenizer, inputs, max_new_tokens=max(caps))
+        tokens = [list(ids)[:cap] for ids, cap in zip(tokens, caps)]  # each query's own max_tokens
+        # per-query latency: the batch's wall time divided evenly (docs/routing.md)
+        latency = (time.perf_counter() - start) / len(queries)
         texts = self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         return [TargetAnswer(text=t, model=self.name, completion_tokens=len(ids), latency_s=latency)
                 for t, ids in zip(texts, tokens)]
@@ -105,7 +107,8 @@ class RemoteTarget:
 
         start = time.perf_counter()
         try:
-            out = self.client.chat(chat_messages(f"{P_TARGET}\n{query.question}", query.image))
+            out = self.client.chat(chat_messages(f"{P_TARGET}\n{query.question}", query.image),
+                                   max_tokens=query.max_new_tokens)
         except RemoteError as exc:
             return TargetAnswer(text=None, model=self.name, completion_tokens=None,
                                 latency_s=time.perf_counter() - start, error=str(exc),
@@ -150,6 +153,7 @@ class Router:
         self.tokenizer = draft_processor.tokenizer
         self.digit_ids = digit_token_ids(self.tokenizer)
         self.forced = gen.rating_template(self.tokenizer, cfg.mode) if cfg.rating == "forced" else None
+        self.rule = get_rule(cfg.rule, mode=cfg.mode)
 
     # ---------------------------------------------------------------- step 1
     def pregenerate(self, queries: list[Query]) -> gen.PrefixResult:
@@ -175,49 +179,76 @@ class Router:
                 out[r] = p
         return out
 
-    def evaluate(self, prefix: gen.PrefixResult) -> list[Rating]:
-        """Alg. 3-4 l.10-12 with Sec. 4.3: d' = d + p_d, t' = t + p_t, s by the mode's rule."""
+    def evaluate(self, prefix: gen.PrefixResult, ids: list[str] | None = None,
+                 prefix_s: float = 0.0) -> list[RatingRow]:
+        """Alg. 3-4 l.10-12 with Sec. 4.3: d' = d + p_d, t' = t + p_t, s by the rule; also s without IPR.
+
+        `prefix_s` is the prefix batch's wall time; each row gets its per-query share.
+        """
         n = len(prefix.texts)
+        ids = ids or [str(i) for i in range(n)]
         ipr_d, ipr_t = self._ipr(prefix, "confidence", n), self._ipr(prefix, "target", n)
-        ratings = []
+        jrl, tau = self.cfg.mode == "jrl", self.cfg.tau
+        rows = []
         for i, text in enumerate(prefix.texts):
             parsed = parse_completion(text, self.cfg.mode)
-            d, t = parsed.confidence, parsed.target
-            if d is None:
-                ratings.append(Rating(d=None, t=t, ipr_d=ipr_d[i], ipr_t=ipr_t[i], score=None))
-                continue
-            d2 = apply_ipr(d, ipr_d[i], mode=self.cfg.ipr)
+            d, t = parsed.confidence, (parsed.target if jrl else None)
+            d2 = None if d is None else apply_ipr(d, ipr_d[i], mode=self.cfg.ipr)
             t2 = None if t is None else apply_ipr(t, ipr_t[i], mode=self.cfg.ipr)
-            score = route_score(d2, t2 if self.cfg.mode == "jrl" else None, tau=self.cfg.tau, rule=self.cfg.rule)
-            ratings.append(Rating(d=d, t=t, ipr_d=ipr_d[i], ipr_t=ipr_t[i], score=float(score)))
-        return ratings
+            score, raw = self.rule.score(d2, t2, tau=tau), self.rule.score(d, t, tau=tau)
+            rows.append(RatingRow(
+                id=ids[i], d=d, t=parsed.target, ipr_d=ipr_d[i], ipr_t=ipr_t[i],
+                score=None if score is None else float(score), score_no_ipr=None if raw is None else float(raw),
+                prefix=text, prefix_stop=prefix.stop[i], prefix_tokens=len(prefix.tokens[i]),
+                prefix_latency_s=prefix_s / max(n, 1)))
+        return rows
+
+    def rate(self, queries: list[Query]) -> tuple[gen.PrefixResult, list[RatingRow]]:
+        """Steps 1-2, the one rating pipeline: (prefix state for step 4, one RatingRow per query)."""
+        start = time.perf_counter()
+        prefix = self.pregenerate(queries)
+        prefix_s = time.perf_counter() - start
+        return prefix, self.evaluate(prefix, [q.id for q in queries], prefix_s)
 
     # ---------------------------------------------------------------- step 4 (draft side)
-    def continue_draft(self, prefix: gen.PrefixResult, rows: list[int]) -> tuple[dict[int, list[int]], float]:
-        """Alg. 3-4 l.12 for `rows`, batched, from the prefix cache.  Returns (new tokens per row, wall s)."""
+    def continue_draft(self, prefix: gen.PrefixResult, rows: list[int],
+                       caps: list[int] | None = None) -> tuple[dict[int, list[int]], float]:
+        """Alg. 3-4 l.12 for `rows`, batched, from the prefix cache.  Returns (new tokens per row, wall s).
+        `caps`: each row's own token cap (a request's max_tokens), at most the config's."""
         if not rows:
             return {}, 0.0
+        caps = [min(c, self.cfg.max_new_tokens) for c in caps] if caps else [self.cfg.max_new_tokens] * len(rows)
         start = time.perf_counter()
         sub = gen.select_rows(prefix.state, rows)
         done = [prefix.stop[r] == "eos" for r in rows]
-        new = gen.continue_rows(self.model, self.tokenizer, sub, max_new_tokens=self.cfg.max_new_tokens, done=done,
+        new = gen.continue_rows(self.model, self.tokenizer, sub, max_new_tokens=max(caps), done=done,
                                 temperature=self.cfg.temperature)
-        return dict(zip(rows, new)), time.perf_counter() - start
+        return {r: list(ids)[:cap] for r, ids, cap in zip(rows, new, caps)}, time.perf_counter() - start
 
     # ---------------------------------------------------------------- all steps
+    def check_policy(self, policy) -> None:
+        """A policy that knows its rule must use the router's (the direction belongs to the rule)."""
+        rule = getattr(policy, "rule", None)
+        if rule is not None and get_rule(rule, mode=self.cfg.mode).name != self.rule.name:
+            raise ValueError(f"the decision policy ranks by the {rule!r} rule but the router scores with "
+                             f"{self.rule.name!r}: thresholds and scores must come from the same rule")
+
     def route_batch(self, queries: list[Query], policy, *, target_all: bool = False,
                     draft_all: bool = False) -> list[dict]:
-        """Route one batch; one output dict per query, in order.
+        """Route one batch; one RouteRow per query, in order, as JSON dicts (the routes JSONL lines)."""
+        return [row.to_json() for row in self.route_rows(queries, policy, target_all=target_all, draft_all=draft_all)]
+
+    def route_rows(self, queries: list[Query], policy, *, target_all: bool = False,
+                   draft_all: bool = False) -> list[RouteRow]:
+        """Route one batch; one RouteRow per query, in order.
 
         `target_all` also asks the target for kept queries (measured target-only latency and
         target correctness, for calibration or `--measure-target-only`); `draft_all` also
         continues the draft for routed ones (draft correctness, for calibration).
         """
+        self.check_policy(policy)
         n = len(queries)
-        t0 = time.perf_counter()
-        prefix = self.pregenerate(queries)  # step 1
-        prefix_s = time.perf_counter() - t0
-        ratings = self.evaluate(prefix)  # step 2
+        prefix, ratings = self.rate(queries)  # steps 1-2
         keep = policy.keep([r.score for r in ratings])  # step 3
         to_target = [i for i in range(n) if target_all or not keep[i]]
         to_draft = [i for i in range(n) if draft_all or keep[i]]
@@ -234,6 +265,9 @@ class Router:
         failed = [i for i in range(n) if not keep[i] and target_by_row[i].text is None and i not in draft_new]
         fb_new, fb_s = self.continue_draft(prefix, failed)
         draft_new.update(fb_new)
+        # per-query shares of each batched call (docs/routing.md)
+        draft_each = draft_s / len(to_draft) if to_draft else 0.0
+        fb_each = fb_s / len(failed) if failed else 0.0
 
         rows = []
         for i, q in enumerate(queries):
@@ -245,33 +279,26 @@ class Router:
             draft_answer = extract_answer(self.tokenizer.decode(draft_new[i], skip_special_tokens=True)) \
                 if i in draft_new else None
             by_draft = keep[i] or fallback
-            d_lat = (fb_s if i in fb_new else draft_s) if i in draft_new else None
+            d_lat = (fb_each if i in fb_new else draft_each) if by_draft else None
+            t_lat = tgt.latency_s if (tgt is not None and not keep[i]) else None
             text = draft_text if by_draft else tgt.text
-            row = {
-                "id": q.id, "d": r.d, "t": r.t, "ipr_d": r.ipr_d, "ipr_t": r.ipr_t, "score": r.score,
-                "route": "draft" if keep[i] else "target",
-                "answered_by": "draft" if by_draft else tgt.model,
-                "answer": draft_answer if by_draft else extract_answer(text), "text": text, "fallback": fallback,
-                "error": tgt.error if fallback else None,
-                "prefix": prefix.texts[i], "prefix_stop": prefix.stop[i],
-                "prefix_latency_s": prefix_s,
-                "draft_latency_s": d_lat if by_draft else None,
-                "target_latency_s": tgt.latency_s if (tgt is not None and not keep[i]) else None,
-                "target_attempts": tgt.attempts if (tgt is not None and not keep[i]) else None,
-                "prefix_tokens": len(prefix.tokens[i]),
-                "completion_tokens": len(draft_ids) if by_draft else tgt.completion_tokens,
-            }
-            # a fallback waited for the failed target attempts and then for the draft; a query routed
-            # to a local target also waited for the draft's continuation, which ran first on the device
-            queued = draft_s if (not self.target.remote and not keep[i] and not fallback) else 0.0
-            row["latency_s"] = (prefix_s + (row["draft_latency_s"] or 0.0) + (row["target_latency_s"] or 0.0)
-                                + queued)
+            row = RouteRow.from_rating(
+                r, mode=self.cfg.mode, rule=self.rule.name,
+                route="draft" if keep[i] else "target",
+                answered_by="draft" if by_draft else tgt.model,
+                answer=draft_answer if by_draft else extract_answer(text), text=text, fallback=fallback,
+                error=tgt.error if fallback else None,
+                draft_latency_s=d_lat, target_latency_s=t_lat,
+                target_attempts=tgt.attempts if (tgt is not None and not keep[i]) else None,
+                latency_s=r.prefix_latency_s + (d_lat or 0.0) + (t_lat or 0.0),
+                completion_tokens=len(draft_ids) if by_draft else tgt.completion_tokens,
+            )
             if target_all and tgt is not None:
-                row["target_only_latency_s"] = tgt.latency_s if tgt.text is not None else None
-                row["target_text"] = tgt.text
-                row["target_answer"] = extract_answer(tgt.text)
+                row.target_only_latency_s = tgt.latency_s if tgt.text is not None else None
+                row.target_text = tgt.text
+                row.target_answer = extract_answer(tgt.text)
             if draft_all and draft_text is not None:
-                row["draft_text"] = draft_text
-                row["draft_answer"] = draft_answer
+                row.draft_text = draft_text
+                row.draft_answer = draft_answer
             rows.append(row)
         return rows
