@@ -1,0 +1,50 @@
+"""transformers version differences, in one place.
+
+The supported range is declared in setup.py (lowest tested: 5.17, what current GPU images ship;
+CI also runs the decode and router tests on it, `make test-lowest`).  Across that range the KV
+cache argument of `model.forward` was renamed: 5.17 takes `past_key_values=` and returns
+`out.past_key_values`; 5.24 takes `cache=` and returns `out.cache` (the old name is still
+accepted there, with a deprecation warning, until 5.40).  Call sites use these helpers instead
+of either name.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(forward_owner: type) -> str:
+    params = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model, cache) -> dict:
+    """`{"cache": cache}` or `{"past_key_values": cache}`: whichever name `model.forward` declares.
+
+    >>> class New:
+    ...     def forward(self, input_ids=None, cache=None): ...
+    >>> class Old:
+    ...     def forward(self, input_ids=None, past_key_values=None): ...
+    >>> cache_kwargs(New(), 1), cache_kwargs(Old(), 1)
+    ({'cache': 1}, {'past_key_values': 1})
+    """
+    return {_cache_name(type(model)): cache}
+
+
+def output_cache(out):
+    """The cache a forward returned (`out.cache` on new releases, `out.past_key_values` on old).
+
+    >>> from types import SimpleNamespace
+    >>> output_cache(SimpleNamespace(cache=1)), output_cache(SimpleNamespace(past_key_values=2))
+    (1, 2)
+    """
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def cache_layer_tensors(cache, layer: int):
+    """(keys, values) of one layer of a filled DynamicCache: [B, kv_heads, T, head_dim] each."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]  # releases before the per-layer classes
