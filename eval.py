@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from prp.route.run import add_router_arguments
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def score_mathvista(args) -> None:
     from prp.eval.bench.mathvista import score_output_file
+    from prp.eval.bench.outputs import ScoreFileError
 
     candidates = [Path(args.data_dir)] if args.data_dir else [Path(args.score).parent, SHIPPED_MATHVISTA]
     for base in candidates:
@@ -52,7 +54,12 @@ def score_mathvista(args) -> None:
             break
     else:
         raise SystemExit("no testmini.json found: pass --data-dir with the MathVista testmini annotations")
-    print(score_output_file(args.score, str(gold)).format())
+    try:
+        result = score_output_file(args.score, str(gold))
+    except ScoreFileError as err:  # one line naming the file, no traceback
+        print(f"eval.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(result.format())
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -23,7 +23,14 @@ from prp.eval.bench.chartqa import load_chartqa, relaxed_correctness, score_char
         ("0", "0.01", False),
         ("0%", "0%", True),
         ("Yes", "YES", True),
-        ("Yes", " yes ", True),
+        ("Yes", " yes ", False),  # pix2struct strips nothing: " yes " != "yes"
+        ("Yes ", "yes", False),
+        ("12", " 12 ", True),  # ... but float(" 12 ") is 12.0, so a plain number still reads
+        ("12%", " 12% ", False),  # " 12% " does not end with "%": not a number, and not equal text
+        ("50%", "50%%", True),  # rstrip("%") takes every trailing "%"
+        ("0.45", "45%", True),  # 0.45 == 45/100
+        ("45%", "47.25%", True),  # 0.4725 vs 0.45: exactly 5% of the gold off
+        ("45%", "47.3%", False),  # 0.473 vs 0.45: 5.1% off
         ("Mexico", "mexico city", False),
         ("12", "twelve", False),
         ("12", None, False),

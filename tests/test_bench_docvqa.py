@@ -17,10 +17,40 @@ from prp.eval.bench.docvqa import anls, load_docvqa, score_docvqa
         ("lobo", ["Dr. Lobo", "lobo."], 1 - 1 / 5),  # best over the gold answers
         ("  ax  ", ["ab"], 1 - 1 / 6),  # distance on normalised text, length of the raw strings
         (None, ["ab"], 0.0),
+        # The length is max(len(gold.upper()), len(pred.upper())): upper() can lengthen a string.
+        ("s", ["ß"], 0.5),  # distance 1; "ß".upper() = "SS" -> 1 - 1/2 (with len(): 1 - 1/1 = 0)
+        ("f", ["ﬁ"], 0.5),  # ligature: "ﬁ".upper() = "FI" -> 1 - 1/2
+        ("x", ["ﬃ"], 1 - 1 / 3),  # "ﬃ".upper() = "FFI"
+        ("n", ["ŉ"], 0.5),  # "ŉ".upper() = "ʼN"
+        ("strasse", ["Straße"], 1 - 2 / 7),  # straße -> strasse: 2 edits; max(7, 7)
+        ("ß", ["ß"], 1.0),
     ],
 )
 def test_anls(prediction, answers, expected):
     assert anls(prediction, answers) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "prediction, answers, score, ok",
+    [
+        ("abxy", ["abcd"], 0.5, True),  # 2 of 4 off: exactly the 0.5 threshold, kept, counts as right
+        ("abcxyz", ["abcdef"], 0.5, True),
+        ("axyz", ["abcd"], 0.0, False),
+        ("s", ["ß"], 0.5, True),
+        ("abcdefghxyz", ["abcdefgh123"], 1 - 3 / 11, True),
+        ("", ["abc"], 0.0, False),
+        (None, ["abc"], 0.0, False),
+    ],
+)
+def test_per_item_verdict_agrees_with_the_official_score(prediction, answers, score, ok):
+    from prp.eval.bench.docvqa import anls_correct
+    from prp.eval.bench.records import BenchRecord
+    from prp.eval.bench.registry import get_benchmark
+
+    assert anls(prediction, answers) == pytest.approx(score)
+    assert anls_correct(prediction, answers) is ok
+    record = BenchRecord(id="1", question="q", image=None, answer=answers)
+    assert get_benchmark("docvqa").judge(record, prediction) is ok
 
 
 def test_loader_and_mean(tmp_path):

@@ -107,10 +107,21 @@ def test_only_the_listed_pids_score_the_rest_count_wrong(tmp_path):
         ("5", {"extraction": "(A) 97"}, True),  # multi-choice, gold "97"
         ("5", {"extraction": "102"}, False),
         ("5", {"extraction": "(A) or (C)"}, True),  # the first "(x)" letter counts
-        ("5", {"extraction": ""}, False),  # no extraction and no response: wrong
-        ("5", {"extraction": "", "response": "<think>..</think><answer>A</answer>"}, True),
+        # pid 5: choices ["97", "102", "107", "122"], gold "97" (option A).
+        # An empty extraction is normalised, never re-extracted from response: edit distances
+        # from "" are the lengths 2, 3, 3, 3 -> "97", the shortest (official get_most_similar).
+        ("5", {"extraction": ""}, True),
+        ("5", {"extraction": "", "response": "<answer>C</answer>"}, True),  # response ignored
+        ("5", {"extraction": "   "}, True),  # stripped to "" first
+        # null: str(None) = "None", distances 4, 4, 4, 4 -> the first choice on the tie, "97"
+        ("5", {"extraction": None}, True),
+        ("5", {"response": "<think>..</think><answer>A</answer>"}, True),  # no key: from response
         ("5", {"response": "Hence the answer is (C)."}, False),
-        ("5", {}, False),
+        ("5", {"response": "no idea"}, True),  # nothing found -> "" -> the shortest choice
+        ("16", {"extraction": ""}, False),  # integer: float("") fails
+        ("16", {"extraction": None}, False),
+        ("16", {"extraction": 2}, True),  # a JSON number: int(float(2))
+        ("16", {"response": "so 2 apples"}, True),
         ("506", {"extraction": "[2014, 2016]"}, True),  # list compared as its string
         ("506", {"extraction": "[2014,2016]"}, False),
     ],
@@ -121,9 +132,28 @@ def test_normalisation_edge_cases(tmp_path, pid, output, ok):
 
 def test_normalize_direct():
     assert normalize_extracted_answer("3.14159", None, "free_form", "float", 2.0) == "3.14"  # HF float precision
+    assert normalize_extracted_answer("3.14159", None, "free_form", "float", "2") == "3.14"  # int("2")
     assert normalize_extracted_answer(None, None, "free_form", "integer", None) is None
     assert normalize_extracted_answer("c", ["a", "b"], "multi_choice", "text", None) == "a"  # a tie: the first
     assert get_most_similar("tokio", ["hong kong", "osaka", "tokyo"]) == "tokyo"
+    assert normalize_extracted_answer("1e3", None, "free_form", "integer", None) == "1000"
+    assert normalize_extracted_answer("nan", None, "free_form", "integer", None) is None  # int(nan) fails
+    assert normalize_extracted_answer("inf", None, "free_form", "float", 1) == "inf"  # round(inf, 1) is inf
+
+
+@pytest.mark.parametrize("precision", [None, float("nan"), "1.0"])
+def test_float_without_a_usable_precision_is_wrong(precision):
+    # int(None), int(nan) and int("1.0") all raise inside the official try: prediction None.
+    # (This module used to round to an integer here: "2.4" would have become "2".)
+    assert normalize_extracted_answer("2.4", None, "free_form", "float", precision) is None
+
+
+def test_empty_multi_choice_extraction_maps_to_the_closest_choice():
+    choices = ["triangle", "sq", "circle"]  # lengths 8, 2, 6: "" is closest to "sq"
+    assert normalize_extracted_answer("", choices, "multi_choice", "text", None) == "sq"
+    assert normalize_extracted_answer("", choices, "multi_choice", "text", None, ignore_empty_extractions=True) is None
+    # "None" vs "Nine" (1 substitution) beats "sq" (4) and the rest
+    assert normalize_extracted_answer(None, ["sq", "Nine"], "multi_choice", "text", None) == "Nine"
 
 
 def test_list_output_file_with_pid_field(tmp_path):
@@ -199,3 +229,54 @@ def test_parquet_hf_layout(tmp_path, testmini):
     out.write_text(json.dumps({"1": {"extraction": "1.21"}, "168": {"extraction": "E"}}))
     scored = score_output_file(str(out), str(path))  # gold from the parquet, float precision
     assert (scored.correct, scored.total) == (2, 2)
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("out.json", "{not json", "not JSON"),
+        ("out.json", "[1, 2]", "item 0 is not a record with a pid"),
+        ("out.json", '"just a string"', "expected an object of pid -> record"),
+        ("out.json", '{"5": "A"}', "pid '5' is str, not a record object"),
+        ("out.json", '{"5": {"answer": "97"}}', "pid '5' has neither 'extraction' nor 'response'"),
+        ("out.json", "{}", "no records"),
+        ("out.jsonl", '{"pid": "5", "extraction": "A"}\n{oops', "line 2 is not JSON"),
+        ("missing.json", None, "cannot read"),
+    ],
+)
+def test_malformed_output_files_raise_one_clear_error(tmp_path, name, text, message):
+    from prp.eval.bench.outputs import ScoreFileError
+
+    path = _write(tmp_path, name, text) if text is not None else str(tmp_path / name)
+    with pytest.raises(ScoreFileError, match=message) as err:
+        score_output_file(path, TESTMINI)
+    assert path in str(err.value) and "\n" not in str(err.value)
+
+
+def test_repeated_pids_are_warned_and_the_last_counts(tmp_path, caplog):
+    path = _write(tmp_path, "out.json", '{"5": {"extraction": "B"}, "5": {"extraction": "A"}}')
+    result = score_output_file(path, TESTMINI)
+    assert result.per_pid["5"] and "occur more than once" in caplog.text
+    caplog.clear()
+    path = _write(tmp_path, "out.jsonl", '{"pid": 5, "extraction": "A"}\n{"pid": "5", "extraction": "B"}\n')
+    assert not score_output_file(path, TESTMINI).per_pid["5"] and "'5': 2" in caplog.text
+
+
+def test_eval_score_cli_exits_2_with_one_line(tmp_path, capsys):
+    import eval as eval_script
+
+    path = _write(tmp_path, "out.json", "[1, 2]")
+    with pytest.raises(SystemExit) as stop:
+        eval_script.main(["--bench", "mathvista", "--score", path, "--data-dir", TESTMINI])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.strip().splitlines() == [f"eval.py: error: {path}: item 0 is not a record with a pid"]
+    good = _write(tmp_path, "good.json", '{"168": {"extraction": "E"}}')
+    eval_script.main(["--bench", "mathvista", "--score", good, "--data-dir", TESTMINI])
+    assert capsys.readouterr().out.strip() == "accuracy: 0.1 (1/1000)"

@@ -3,12 +3,18 @@
 Layout (ChartQA's released dataset): ``test/test_human.json`` and ``test/test_augmented.json``,
 lists of ``{"imgname", "query", "label"}``, images in ``test/png/``.
 
-Scoring follows google-research/pix2struct ``pix2struct/metrics.py`` ``relaxed_correctness``
-(the rule of the ChartQA paper, Sec. 5.1): if both strings read as numbers (a trailing "%"
-is stripped and the number divided by 100, on either side) and the gold is non-zero, the
-prediction is correct within 5% relative change; otherwise (text, or a gold of 0, which would
-divide by zero) it must equal the gold case-insensitively.  Reported per split (human /
-augmented) and overall.
+Scoring is google-research/pix2struct ``pix2struct/metrics.py`` ``relaxed_correctness`` (the
+rule of the ChartQA paper, end of Sec. 5.1), unchanged: if both strings read as numbers
+(``float()``; a string ending in "%" loses its "%" signs and is divided by 100, on either side)
+and the gold is non-zero, the prediction is correct within 5% *relative* change; otherwise
+(text, or a gold of 0, which would divide by zero) it must equal the gold case-insensitively.
+Consequences kept on purpose: nothing is stripped ("Yes " != "yes", though ``float`` itself
+ignores spaces around a plain number: " 12 " reads as 12, " 12% " does not read as a number);
+"45%" is 0.45, so it never matches "45"; the 5% tolerance is relative to the gold, so it is 5%
+of 0.45 for a percentage gold.  Reported per split (human / augmented) and overall.
+
+The only difference from the official function: a missing prediction (None) is wrong instead
+of an AttributeError, and a non-string gold is read through ``str()``.
 """
 from __future__ import annotations
 
@@ -52,19 +58,19 @@ def _to_float(text: str) -> float | None:
         if text.endswith("%"):
             return float(text.rstrip("%")) / 100.0  # both sides get the same treatment
         return float(text)
-    except ValueError:
+    except ValueError:  # only ValueError, as pix2struct: float() of a str raises nothing else
         return None
 
 
 def relaxed_correctness(target: str, prediction: str | None, max_relative_change: float = 0.05) -> bool:
-    """pix2struct's relaxed correctness (whitespace around either string is ignored).
+    """pix2struct's relaxed correctness; no whitespace is stripped (as the official code).
 
     >>> relaxed_correctness("100", "104.9"), relaxed_correctness("100", "106"), relaxed_correctness("Yes", "yes")
     (True, False, True)
     """
     if prediction is None:
         return False
-    target, prediction = str(target).strip(), prediction.strip()
+    target = str(target)
     prediction_float, target_float = _to_float(prediction), _to_float(target)
     if prediction_float is not None and target_float:  # a gold of 0 falls through to strings
         return abs(prediction_float - target_float) / abs(target_float) <= max_relative_change

@@ -5,10 +5,17 @@
 are relative to the JSON's folder.
 
 ANLS follows the RRC evaluation script of DocVQA / InfographicVQA (``evaluate_method``):
-both strings lower-cased, stripped and whitespace-collapsed for the edit distance, which is
-divided by the longer of the *raw* gold and prediction lengths; the question's score is
-``1 - min`` over its gold answers, set to 0 when below the 0.5 threshold (so a normalised
-distance of exactly 0.5 still scores 0.5, as in the script).
+both strings stripped, lower-cased and whitespace-collapsed (``' '.join(x.strip().lower().split())``)
+for the edit distance, which is divided by ``max(len(gold.upper()), len(pred.upper()))`` -- the
+*raw* strings, upper-cased, so "ß" counts 2 ("SS"), the ligature "ﬁ" 2 ("FI"), "ŉ" 2 ("ʼN");
+the question's score is ``1 - min`` over its gold answers, set to 0 when below the 0.5
+threshold (a normalised distance of exactly 0.5 still scores 0.5, as in the script).
+:func:`anls_correct`, the per-item verdict used for routing, is "the official score is not
+zeroed", i.e. ANLS >= 0.5.
+
+Differences from the script, only where it has no value: a missing prediction (None) scores 0
+(the script rejects the submission), and a question without gold answers raises ValueError
+(``min`` of nothing; the loader skips such rows).
 """
 from __future__ import annotations
 
@@ -61,13 +68,25 @@ def anls(prediction: str | None, answers: list[str], threshold: float = ANLS_THR
     """
     if prediction is None:
         return 0.0
+    if not answers:
+        raise ValueError("ANLS needs at least one gold answer")
     distances = []
     for answer in answers:
-        length = max(len(answer), len(prediction))  # raw lengths, as the script (len(answer.upper()))
+        # the script's length: raw strings after upper(), which can lengthen them ("ß" -> "SS")
+        length = max(len(answer.upper()), len(prediction.upper()))
         dist = levenshtein(_normalize(answer), _normalize(prediction))
-        distances.append(0.0 if length == 0 else dist / length)
-    score = 1.0 - min(distances)
+        distances.append(0.0 if length == 0 else float(dist) / float(length))
+    score = 1 - min(distances)
     return 0.0 if score < threshold else score
+
+
+def anls_correct(prediction: str | None, answers: list[str], threshold: float = ANLS_THRESHOLD) -> bool:
+    """One item's verdict: the official score was not zeroed (ANLS >= threshold, 0.5 included).
+
+    >>> anls_correct("abxy", ["abcd"]), anls_correct("axyz", ["abcd"])
+    (True, False)
+    """
+    return anls(prediction, answers, threshold) >= threshold
 
 
 def score_docvqa(records: Iterable[BenchRecord], predictions: Mapping[str, str | None]) -> AnlsResult:

@@ -7,11 +7,22 @@ Follows lupantech/MathVista:
 - ``evaluation/calculate_score.py``: ``get_most_similar``, ``normalize_extracted_answer`` and
   ``safe_equal``; ``score_output_file`` is its ``main`` loop without pandas.
 
-Deviations, both only where the official script has no answer to score: an item whose output
-has neither a non-empty ``extraction`` nor an answer extractable from ``response`` counts as
-wrong (the official code would map an empty multi-choice extraction to the closest choice), and
-a testmini pid absent from the output file counts as wrong (the official total is the output
-file's length; identical for complete outputs).
+Every value the official functions return is reproduced, edge cases included: an extraction
+is read exactly as stored when the ``extraction`` key exists (an empty or null extraction of a
+multi-choice item is mapped to the closest choice by ``get_most_similar``, None as the text
+"None"; it is never re-extracted from ``response``); a float problem without a precision is
+wrong (``int(None)`` fails in the official ``try``); integers truncate (``int(float(x))``).
+
+Deviations, only where the official script has no value to give:
+- a record without an ``extraction`` key (a KeyError officially) is scored from ``response``:
+  our completions go through :func:`prp.core.answers.extract_answer` (the GPT-4 extractor's
+  stand-in), and "" when it finds nothing;
+- a testmini pid absent from the output file counts as wrong (the official total is the
+  output file's length; identical for complete outputs); output pids not in testmini are
+  ignored with a warning;
+- a free-form item whose answer type is not integer / float / list (none in testmini; an
+  UnboundLocalError officially) compares the extraction as it is;
+- a malformed output file is one :class:`~prp.eval.bench.outputs.ScoreFileError` naming it.
 """
 from __future__ import annotations
 
@@ -23,6 +34,7 @@ from typing import Any
 
 from prp.core.answers import extract_answer
 from prp.eval.bench.levenshtein import levenshtein
+from prp.eval.bench.outputs import ScoreFileError, read_output_file
 from prp.eval.bench.records import (
     BenchRecord,
     LoadResult,
@@ -137,30 +149,48 @@ def load_mathvista(
 
 
 def get_most_similar(prediction: str, choices: list[str]) -> str:
-    """The choice with the smallest edit distance to the prediction (the first one on a tie)."""
+    """The choice with the smallest edit distance to the prediction (the first one on a tie).
+
+    >>> get_most_similar("", ["abc", "de", "fg"])  # an empty extraction: the shortest choice
+    'de'
+    """
     distances = [levenshtein(prediction, choice) for choice in choices]
     return choices[distances.index(min(distances))]
 
 
 def normalize_extracted_answer(
-    extraction: Any, choices: list[str] | None, question_type: str, answer_type: str, precision: Any
+    extraction: Any, choices: list[str] | None, question_type: str, answer_type: str, precision: Any,
+    ignore_empty_extractions: bool = False,
 ) -> str | None:
     """calculate_score.py's normalisation of an extracted answer to the gold's form.
 
-    - multi_choice: the first "(x)" letter in the text, upper-cased, selects its choice; a bare
-      option letter too; anything else maps to the closest choice by edit distance.  So for
-      pid 168 (choices "(c)", "(a)", "(e)", "(d)", "(b)") the extraction "(b)" means option B,
-      i.e. the text "(a)", exactly as the official script scores it.
-    - integer: ``str(int(float(x)))`` ("2.0" -> "2"); float: ``str(round(float(x), precision))``;
-      list: ``str(x)``; unparsable numbers -> None (wrong).  Other answer types pass through.
+    - multi_choice: the text (``str()`` of a non-string, so None is "None") is stripped; the
+      first "(x)" letter, upper-cased, selects its choice; a bare option letter too; anything
+      else -- the empty string included -- maps to the closest choice by edit distance
+      (``ignore_empty_extractions``, off by default as in the script, makes "" None instead).
+      So for pid 168 (choices "(c)", "(a)", "(e)", "(d)", "(b)") the extraction "(b)" means
+      option B, i.e. the text "(a)", exactly as the official script scores it.
+    - integer: ``str(int(float(x)))`` ("2.7" -> "2"); float: ``str(round(float(x), int(precision)))``
+      (a missing precision fails: None); list: ``str(x)``; any exception -> None (wrong).
+      Other answer types pass through (the script has no value for them).
 
     >>> normalize_extracted_answer("2.0", None, "free_form", "integer", None)
     '2'
     >>> normalize_extracted_answer("(C) 107", ["97", "102", "107", "122"], "multi_choice", "text", None)
     '107'
+    >>> normalize_extracted_answer("1.25", None, "free_form", "float", None) is None
+    True
     """
     if question_type == "multi_choice":
-        extraction = extraction.strip() if isinstance(extraction, str) else str(extraction)
+        if isinstance(extraction, str):
+            extraction = extraction.strip()
+        else:
+            try:
+                extraction = str(extraction)
+            except Exception:  # noqa: BLE001 - the official code maps an unprintable value to ""
+                extraction = ""
+        if ignore_empty_extractions and not extraction:
+            return None
         letters = _LETTER_IN_PARENS.findall(extraction)
         if letters:
             extraction = letters[0].upper()
@@ -172,11 +202,11 @@ def normalize_extracted_answer(
         if answer_type == "integer":
             return str(int(float(extraction)))
         if answer_type == "float":
-            # HF stores precision as a float; round() needs an int (None keeps the official round(x)).
-            return str(round(float(extraction), as_int_or_none(precision)))
+            # int(): HF stores precision as a float (2.0); None or NaN fails, as officially
+            return str(round(float(extraction), int(precision)))
         if answer_type == "list":
             return str(extraction)
-    except (TypeError, ValueError, OverflowError):
+    except Exception:  # noqa: BLE001 - the official try/except catches everything
         return None
     return extraction
 
@@ -199,53 +229,52 @@ def _read_gold(testmini_path: str) -> dict[str, dict]:
     return gold
 
 
-def _read_outputs(output_path: str) -> dict[str, dict]:
-    outputs = {}
-    for n, row in enumerate(read_rows(output_path)):
-        if not isinstance(row, dict):
-            log.warning("%s: row %d is not an object; ignored", output_path, n)
-            continue
-        pid = row.get("pid", row.get("_key"))
-        if pid is None:
-            log.warning("%s: row %d has no pid; ignored", output_path, n)
-            continue
-        outputs[str(pid)] = row
-    return outputs
+def extraction_of(output: dict) -> Any:
+    """The extraction to normalise.
 
-
-def prediction_text(output: dict) -> str | None:
-    """The text to normalise: a non-empty ``extraction``, else the answer found in ``response``.
-
-    ``response`` is our models' raw completion, so it goes through
-    :func:`prp.core.answers.extract_answer` (last ``<answer>`` tag, then its fallbacks) first.
+    The ``extraction`` field exactly as stored whenever the key exists ("" and None included:
+    the official script normalises those too, never looking at ``response``); only when the
+    key is absent, the answer :func:`prp.core.answers.extract_answer` finds in ``response``
+    (our models' raw completion: last ``<answer>`` tag, then its fallbacks), "" if none.
     """
-    extraction = output.get("extraction")
-    if extraction is not None and str(extraction).strip():
-        return extraction if isinstance(extraction, str) else str(extraction)
+    if "extraction" in output:
+        return output["extraction"]
     response = output.get("response")
-    return extract_answer(response) if isinstance(response, str) else None
+    found = extract_answer(response) if isinstance(response, str) else None
+    return "" if found is None else found
 
 
 def score_problem(output: dict | None, problem: dict) -> bool:
-    """One testmini item: normalise the prediction and compare it to the gold answer."""
-    text = prediction_text(output) if output is not None else None
-    if text is None:
+    """One testmini item: normalise the extraction and compare it to the gold answer.
+
+    No output at all (a pid missing from the output file) is wrong.
+    """
+    if output is None:
         return False
     prediction = normalize_extracted_answer(
-        text, problem.get("choices"), problem["question_type"], problem["answer_type"], problem.get("precision")
+        extraction_of(output), problem.get("choices"), problem["question_type"], problem["answer_type"],
+        problem.get("precision"),
     )
     return safe_equal(prediction, problem["answer"])
 
 
 def score_output_file(output_path: str, testmini_path: str) -> ScoreResult:
-    """Score an output file ({pid: {"extraction"/"response": ...}} or a list with "pid").
+    """Score an output file ({pid: {"extraction"/"response": ...}}, or a list / JSONL with "pid").
+
+    Raises :class:`~prp.eval.bench.outputs.ScoreFileError` (one line naming the file) when
+    either file is missing or malformed; repeated pids are warned about.
 
     The gold answer, choices, types and precision come from ``testmini_path`` (JSON or parquet),
     not from the output file, so our own outputs need only pid and response.
     ``per_group`` holds (correct, total) per ``question_type`` and ``answer_type`` value.
     """
-    gold = _read_gold(testmini_path)
-    outputs = _read_outputs(output_path)
+    outputs = read_output_file(output_path)
+    try:
+        gold = _read_gold(testmini_path)
+    except (OSError, ValueError, ImportError) as err:
+        raise ScoreFileError(f"{testmini_path}: cannot read the testmini answers ({err})") from None
+    if not gold:
+        raise ScoreFileError(f"{testmini_path}: no testmini problems with a pid")
     unknown = sorted(set(outputs) - set(gold))
     if unknown:
         log.warning("%d output pids are not in %s; ignored: %s", len(unknown), testmini_path, unknown[:10])

@@ -40,8 +40,8 @@ def _judge_mathvista(record: BenchRecord, prediction: str | None) -> bool:
 
 
 def _judge_docvqa(record: BenchRecord, prediction: str | None) -> bool:
-    # routing needs a verdict per item: an ANLS above the benchmark's 0.5 threshold counts as right
-    return docvqa.anls(prediction, record.answer) > docvqa.ANLS_THRESHOLD
+    # routing needs a verdict per item: right when the official score is not zeroed (ANLS >= 0.5)
+    return docvqa.anls_correct(prediction, record.answer)
 
 
 def _judge_demo(record: BenchRecord, prediction: str | None) -> bool:

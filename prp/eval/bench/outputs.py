@@ -1,0 +1,96 @@
+"""Strict reading of a model-output file for ``eval.py --score``.
+
+An output file is a JSON object ``{pid: record}`` (MathVista's official layout), a JSON list of
+records with a ``pid`` field, or JSONL of such records.  Every record must be an object holding
+``extraction`` or ``response``.  Anything else is a :class:`ScoreFileError` whose one-line
+message names the file (and the pid or line), so the command line can print it without a
+traceback.  A pid that occurs more than once is warned about; the last record counts (what
+``json.load`` does with a repeated key).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ANSWER_FIELDS = ("extraction", "response")
+
+
+class ScoreFileError(ValueError):
+    """A file given to a scorer is missing or malformed; the message names the file."""
+
+
+def _load_json(path: str, text: str) -> tuple[Any, Counter]:
+    """The parsed JSON and how often each key of the *top-level* object occurs."""
+    top_keys: list[Counter] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict:
+        # Inner objects close first, so the last call is the top-level object.
+        top_keys.append(Counter(k for k, _ in pairs))
+        return dict(pairs)
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs_hook)
+    except json.JSONDecodeError as err:
+        raise ScoreFileError(f"{path}: not JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    return data, (top_keys[-1] if isinstance(data, dict) and top_keys else Counter())
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise ScoreFileError(f"{path}: not UTF-8 text") from None
+    except OSError as err:
+        raise ScoreFileError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def _records_of(path: str, text: str) -> tuple[list[tuple[str, Any, str]], Counter]:
+    """(pid, record, where) triples and the pid counts, before the records are checked."""
+    if path.endswith(".jsonl"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((json.loads(line), f"line {n}"))
+                except json.JSONDecodeError as err:
+                    raise ScoreFileError(f"{path}: line {n} is not JSON ({err.msg})") from None
+        data, counts = [r for r, _ in rows], Counter()
+        where = [w for _, w in rows]
+    else:
+        data, counts = _load_json(path, text)
+        where = [f"item {i}" for i in range(len(data))] if isinstance(data, list) else []
+    if isinstance(data, dict):
+        return [(str(k), v, f"pid {k!r}") for k, v in data.items()], counts
+    if not isinstance(data, list):
+        raise ScoreFileError(
+            f"{path}: expected an object of pid -> record or a list of records, got {type(data).__name__}")
+    triples = []
+    for record, at in zip(data, where):
+        if not isinstance(record, dict) or record.get("pid") is None:
+            raise ScoreFileError(f"{path}: {at} is not a record with a pid")
+        triples.append((str(record["pid"]), record, f"{at} (pid {record['pid']!r})"))
+    return triples, Counter(pid for pid, _, _ in triples)
+
+
+def read_output_file(path: str) -> dict[str, dict]:
+    """pid -> record of an output file; raises :class:`ScoreFileError` on any malformed part."""
+    triples, counts = _records_of(path, _read_text(path))
+    if not triples:
+        raise ScoreFileError(f"{path}: no records")
+    outputs = {}
+    for pid, record, at in triples:
+        if not isinstance(record, dict):
+            raise ScoreFileError(f"{path}: {at} is {type(record).__name__}, not a record object")
+        if not any(k in record for k in ANSWER_FIELDS):
+            raise ScoreFileError(f"{path}: {at} has neither 'extraction' nor 'response'")
+        outputs[pid] = record
+    repeated = {pid: n for pid, n in counts.items() if n > 1}
+    if repeated:
+        log.warning("%s: %d pids occur more than once (the last record counts): %s",
+                    path, len(repeated), dict(list(repeated.items())[:10]))
+    return outputs
