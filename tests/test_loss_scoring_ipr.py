@@ -107,18 +107,30 @@ def test_apply_ipr_modes():
 # ---- Eq. 9 -------------------------------------------------------------------------------
 def test_ipr_from_digit_probs_by_hand():
     one_hot = torch.tensor([[0.0] * 9 + [1.0]])
-    # mean 0.1; var = (0.81 + 9 * 0.01) / 10 = 0.09; p_max 1 -> 0.09; sign + for tenths digit 9
-    assert ipr_from_digit_probs(one_hot, 9).tolist() == pytest.approx([0.09])
-    assert ipr_from_digit_probs(one_hot, 5).tolist() == pytest.approx([-0.09])  # 5 is not > 5
+    # mean 0.1; var = (0.81 + 9 * 0.01) / 10 = 0.09; p_max 1 -> 0.09; sign + for a rating 0.9x
+    assert ipr_from_digit_probs(one_hot, 0.98).tolist() == pytest.approx([0.09])
+    assert ipr_from_digit_probs(one_hot, 0.42).tolist() == pytest.approx([-0.09])  # low rating
     two = torch.tensor([[0.5, 0.5] + [0.0] * 8])
     # var = (2 * 0.16 + 8 * 0.01) / 10 = 0.04; p_max 0.5 -> 0.02
-    assert ipr_from_digit_probs(two, torch.tensor([6])).tolist() == pytest.approx([0.02])
+    assert ipr_from_digit_probs(two, torch.tensor([0.61])).tolist() == pytest.approx([0.02])
     uniform = torch.full((1, 10), 0.1)
-    assert ipr_from_digit_probs(uniform, 9).tolist() == pytest.approx([0.0], abs=1e-9)
+    assert ipr_from_digit_probs(uniform, 0.9).tolist() == pytest.approx([0.0], abs=1e-9)
     # mass outside the digits: probs 0.3, 0.1, rest 0 -> mean 0.04,
     # var = ((0.26)^2 + (0.06)^2 + 8 * 0.04^2) / 10 = (0.0676 + 0.0036 + 0.0128) / 10 = 0.0084
     partial = torch.tensor([[0.3, 0.1] + [0.0] * 8])
-    assert ipr_from_digit_probs(partial, 8).tolist() == pytest.approx([0.3 * 0.0084])
+    assert ipr_from_digit_probs(partial, 0.8).tolist() == pytest.approx([0.3 * 0.0084])
+
+
+def test_ipr_sign_is_high_from_a_rating_of_one_half():
+    """Eq. 9's two cases by the rating's value: 1.00 (tenths digit 0) is a high rating."""
+    first = torch.tensor([[1.0] + [0.0] * 9])  # all mass on digit 0: the "0" of "1.00" or "0.0x"
+    ratings = torch.tensor([1.00, 0.50, 0.55, 0.49, 0.05, 0.0])
+    got = ipr_from_digit_probs(first.expand(6, 10), ratings)
+    assert got.tolist() == pytest.approx([0.09, 0.09, 0.09, -0.09, -0.09, -0.09])
+    with pytest.raises(TypeError, match="rating value"):  # a bare tenths digit cannot tell 1.00 from 0.0x
+        ipr_from_digit_probs(first, 0)
+    with pytest.raises(TypeError, match="rating value"):
+        ipr_from_digit_probs(first, torch.tensor([9]))
 
 
 def test_ipr_from_logits_uses_the_full_vocabulary_softmax():
@@ -128,24 +140,24 @@ def test_ipr_from_logits_uses_the_full_vocabulary_softmax():
     logits[0, 2 + 7] = 0.0  # digit 7 the other half
     logits[1, 2 + 3] = 0.0  # all mass on digit 3
     digit_ids = list(range(2, 12))
-    stats = digit_stats_from_logits(logits, digit_ids, torch.tensor([7, 3]), backend="torch")
+    stats = digit_stats_from_logits(logits, digit_ids, torch.tensor([0.71, 0.35]), backend="torch")
     assert stats.digit_probs[0, 7].item() == pytest.approx(0.5)
     # row 0: probs one 0.5 -> mean 0.05, var = (0.45^2 + 9 * 0.05^2) / 10 = 0.0225; * 0.5, sign +
-    # row 1: one-hot -> 0.09, sign - (3 <= 5)
+    # row 1: one-hot -> 0.09, sign - (0.35 < 0.5)
     assert stats.ipr.tolist() == pytest.approx([0.01125, -0.09])
-    assert ipr_from_logits(logits, digit_ids, torch.tensor([7, 3]), backend="torch").tolist() == pytest.approx(
+    assert ipr_from_logits(logits, digit_ids, torch.tensor([0.71, 0.35]), backend="torch").tolist() == pytest.approx(
         [0.01125, -0.09]
     )
     with pytest.raises(ValueError):
-        ipr_from_logits(logits, digit_ids[:9], 7)
+        ipr_from_logits(logits, digit_ids[:9], 0.7)
     with pytest.raises(ValueError):
-        ipr_from_logits(logits, digit_ids, 7, backend="cuda")
+        ipr_from_logits(logits, digit_ids, 0.7, backend="cuda")
 
 
 def test_ipr_reference_bf16_matches_float64():
     torch.manual_seed(1)
     logits = (torch.randn(3, 1000) * 4).to(torch.bfloat16)
     ids = list(range(100, 110))
-    got = ipr_from_logits(logits, ids, torch.tensor([9, 2, 6]), backend="torch")
-    ref = ipr_from_logits(logits.double(), ids, torch.tensor([9, 2, 6]), backend="torch")
+    got = ipr_from_logits(logits, ids, torch.tensor([0.9, 0.2, 0.6]), backend="torch")
+    ref = ipr_from_logits(logits.double(), ids, torch.tensor([0.9, 0.2, 0.6]), backend="torch")
     assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-12)

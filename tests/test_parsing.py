@@ -82,3 +82,60 @@ def test_every_malformed_rating_gets_minus_one(junk, acc):
         assert rating_reward(p.confidence, acc) == -1.0
     else:
         assert rating_reward(p.confidence, acc) == pytest.approx(1 - abs(float(stripped) - acc))
+
+
+# ---------------------------------------------------------------- issue: exactly one structure (R_fmt)
+
+
+@pytest.mark.parametrize(
+    "text, mode",
+    [
+        ("<think>a</think><answer>1</answer><think>b</think><answer>2</answer>", "grpo"),
+        ("<confidence>0.5</confidence><think>a</think><answer>1</answer><think>b</think><answer>2</answer>", "drl"),
+        ("<confidence>0.5</confidence><think>a</think><answer>1</answer><answer>2</answer>", "drl"),
+        ("<confidence>0.5</confidence><think>a<think>b</think><answer>1</answer>", "drl"),
+        ("<confidence>0.5</confidence><think>a <confidence>0.9</confidence></think><answer>1</answer>", "drl"),
+        ("<target>0.4</target><confidence>0.5</confidence><think>a</think><answer>1</think></answer>", "jrl"),
+    ],
+)
+def test_two_structures_earn_no_format_reward(text, mode):
+    from prp.train.rewards import format_reward
+
+    assert format_reward(text, mode) == 0.0
+
+
+def test_one_structure_earns_the_format_reward():
+    from prp.train.rewards import format_reward
+
+    # free text may hold "<" and other tags that are not structural, and span lines
+    text = "<confidence>0.5</confidence>\n<think>x < y, so <b>2</b>\nok</think>\n<answer>$2$</answer>"
+    assert format_reward(text, "drl") == 1.0
+    assert format_reward(JRL_OK, "jrl") == 1.0
+
+
+# ---------------------------------------------------------------- issue: the span of a bad rating
+
+
+@pytest.mark.parametrize(
+    "text, attempted",
+    [
+        ("<confidence>high</confidence><think>x</think>", "high"),  # closed, malformed content
+        ("<confidence>1.7</confidence><think>x</think>", "1.7"),  # closed, out of range
+        ("<confidence>  </confidence><think>x</think>", "<confidence>  </confidence>"),  # empty
+        ("<confidence>0.8<think>x</think><answer>1</answer>", "0.8"),  # unclosed before a tag
+        ("<confidence> 0.8 is my guess</think>", "0.8"),  # unclosed: first word only
+        ("<confidence><think>x</think>", "<confidence>"),  # nothing written
+        ("<confidence>", "<confidence>"),  # the text ends at the tag
+        ("<confidence>0.9</target><think>x</think>", "0.9"),  # closed by the wrong tag = unclosed
+    ],
+)
+def test_bad_rating_span_is_the_attempt(text, attempted):
+    p = parse_completion(text, "drl")
+    assert p.confidence is None or p.confidence > 1  # every one of these earns Eq. 4's -1
+    assert rating_reward(p.confidence, 0.5) == -1.0
+    assert text[slice(*p.confidence_span)] == attempted
+
+
+def test_missing_rating_has_no_span():
+    p = parse_completion("<think>x</think><answer>1</answer>", "jrl")
+    assert p.confidence is None and p.confidence_span is None and p.target_span is None

@@ -1,5 +1,7 @@
 """Score spans -> completion token indices, on the real tiny tokenizer (both prompt formats)."""
 
+import pytest
+
 from prp.core.parsing import parse_completion, span_token_indices
 
 
@@ -55,3 +57,40 @@ def test_no_span_no_tokens(tok):
     ids = tok.encode("<think>a</think>")
     assert span_token_indices(ids, tok, None) == []
     assert span_token_indices(ids, tok, (3, 3)) == []
+
+
+def test_unclosed_rating_tokens_carry_its_minus_one(tok):
+    """Eq. 4-5, 7 by hand: the -1 of an unclosed rating lands on the tokens of what it wrote.
+
+    Group of N = 2, Acc = 0.5 (one right, one wrong):
+      o_1 "<confidence>0.8</confidence>..."  R_dft = 1 - |0.8 - 0.5| = 0.7
+      o_2 "<confidence>0.8<think>..."        unclosed -> R_dft = -1
+    Eq. 5: mean = -0.15 -> A_d = [0.85, -1.15 + 0.3] = [0.85, -0.85].
+    Eq. 7 with alpha = 1.5, |d_i| = 3 tokens ("0", ".", "8"): w = 1.5 * A_d / 3 = +-0.425.
+    """
+    import torch
+
+    from prp.train.advantages import rating_advantages
+    from prp.train.loss import Segment, token_advantage_map
+    from prp.train.rewards import rating_reward
+
+    texts = ["<confidence>0.8</confidence><think>a</think><answer>1</answer>",
+             "<confidence>0.8<think>a</think><answer>2</answer>"]
+    ids = [tok.encode(t) for t in texts]
+    parsed = [parse_completion(t, "drl") for t in texts]
+    r_dft = torch.tensor([rating_reward(p.confidence, 0.5) for p in parsed])
+    assert r_dft.tolist() == pytest.approx([0.7, -1.0])
+    a_d = rating_advantages(r_dft)
+    assert a_d.tolist() == pytest.approx([0.85, -0.85])
+
+    width = max(len(i) for i in ids)
+    segments = torch.full((2, width), int(Segment.PROMPT))  # padding
+    for row, (row_ids, p) in enumerate(zip(ids, parsed)):
+        segments[row, : len(row_ids)] = int(Segment.REST)
+        d_idx = span_token_indices(row_ids, tok, p.confidence_span)
+        assert _pieces(tok, row_ids, d_idx) == ["0", ".", "8"]
+        segments[row, d_idx] = int(Segment.DRAFT)
+    w = token_advantage_map(segments=segments, a_base=torch.zeros(2), a_d=a_d, alpha=1.5)
+    assert w[1][segments[1] == Segment.DRAFT].tolist() == pytest.approx([-0.425] * 3)
+    assert w[0][segments[0] == Segment.DRAFT].tolist() == pytest.approx([0.425] * 3)
+    assert w.sum().item() == pytest.approx(0.0)  # a_base = 0: only the rating tokens carry weight

@@ -5,10 +5,23 @@ Grammars (paper Table 4), whitespace allowed between the tagged parts:
     jrl:  <target>t</target><confidence>d</confidence><think>...</think><answer>...</answer>
     grpo: <think>...</think><answer>...</answer>          (the plain GRPO / target format)
 
+Exactly one structure earns the format reward: no part may repeat, and no structural tag
+(`<think>`, `</answer>`, `<confidence>`, ...) may appear inside another part's text.
+
 The ratings are read wherever their tags appear, even when the grammar is broken, so a
 rating can still be rewarded or penalised (Eq. 4 gives -1 to a malformed one).  The
-character span of each score string is kept so its tokens can get their own advantage
+character span of each *attempted* rating is kept so its tokens carry the rating advantage
 (task-specific optimisation, Eq. 7-8) and so Dynamic Score Substitution can rewrite it.
+The span of the first `<tag>` of a rating kind, by what follows it:
+
+    <confidence> 0.87 </confidence>   closed     the stripped content "0.87" (also when it is
+                                                 malformed or out of range: "high", "1.7")
+    <confidence></confidence>         empty      both tags, "<confidence></confidence>"
+    <confidence>0.8<think>...         unclosed   the first word after the tag, up to whitespace
+                                                 or "<": "0.8"
+    <confidence><think>...            nothing    the opening tag "<confidence>"
+    (no <confidence> at all)          missing    None: no token carries A_d (the format reward
+                                                 still scores the completion 0)
 """
 from __future__ import annotations
 
@@ -19,12 +32,18 @@ from dataclasses import dataclass
 
 Span = tuple[int, int]  # [start, end) character offsets into the completion text
 
-# A well-formed score: a plain decimal such as 0.87, 1, .5 or 1.00 (no sign, no exponent).
-_SCORE_RE = re.compile(r"\d+(?:\.\d+)?|\.\d+")
-_TAG_CONTENT = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.DOTALL) for tag in ("target", "confidence")}
+# A well-formed score: a plain ASCII decimal such as 0.87, 1, .5 or 1.00 (no sign, no exponent).
+_SCORE_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+# After a rating's opening tag: its content up to the closing tag (no "<" inside), or else
+# (unclosed) the first word, up to whitespace or the next tag.
+_CLOSED = {tag: re.compile(rf"([^<]*)</{tag}>") for tag in ("target", "confidence")}
+_FIRST_WORD = re.compile(r"\s*([^\s<]+)")
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
-_THINK_ANSWER = r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*"
+# Free text: any characters, but never a structural tag, so that a second think/answer block
+# (or a rating inside the reasoning) cannot hide inside the first one's `.*`.
+_FREE = r"(?:(?!</?(?:think|answer|confidence|target)>).)*"
+_THINK_ANSWER = rf"\s*<think>{_FREE}</think>\s*<answer>{_FREE}</answer>\s*"
 _RATING = r"\s*<{tag}>[^<]*</{tag}>"
 _GRAMMARS = {
     "grpo": re.compile(_THINK_ANSWER, re.DOTALL),
@@ -54,14 +73,25 @@ def _check_mode(mode: str) -> None:
 
 
 def _read_score(text: str, tag: str) -> tuple[float | None, Span | None]:
-    """First <tag>...</tag>: (value or None if malformed, span of the stripped content)."""
-    match = _TAG_CONTENT[tag].search(text)
-    if match is None:
-        return None, None
-    raw = match.group(1)
-    lead = len(raw) - len(raw.lstrip())
+    """The first <tag>: (value, or None if malformed or unclosed; span of the attempted rating).
+
+    The span rule is the module docstring's table.
+    """
+    opening = f"<{tag}>"
+    start = text.find(opening)
+    if start < 0:
+        return None, None  # missing
+    after = start + len(opening)
+    closed = _CLOSED[tag].match(text, after)
+    if closed is None:  # unclosed: Eq. 4 "otherwise" (-1), carried by what was written
+        word = _FIRST_WORD.match(text, after)
+        return None, (word.span(1) if word else (start, after))
+    raw = closed.group(1)
     stripped = raw.strip()
-    span = (match.start(1) + lead, match.start(1) + lead + len(stripped))
+    if not stripped:  # empty rating: the tags themselves are the attempt
+        return None, (start, closed.end())
+    lead = len(raw) - len(raw.lstrip())
+    span = (after + lead, after + lead + len(stripped))
     if not _SCORE_RE.fullmatch(stripped):
         return None, span
     value = float(stripped)

@@ -6,12 +6,14 @@ their concentration into a small within-band priority:
 
     p = sign * p_max * (1/|D|) * sum_i (p_i - mean_j p_j)^2          (Eq. 9)
 
-with sign = +1 when the tenths digit is > 5 and -1 otherwise (the paper's
-"if d > 5", read as the tenths digit: see DESIGN.md, known ambiguities).
+with sign = +1 for a high rating (d >= 0.5) and -1 for a low one.  The paper's "if d > 5" is
+read on the rating's value, not on its tenths digit alone: "1.00" has tenths digit 0 but is
+the highest rating there is, so it gets the high sign; 0.50-0.59 count as high (the band
+starts at the scale's midpoint).
 
-Two entry points:
-- `ipr_from_digit_probs(p, tenths_digit)`: Eq. 9 on already-computed digit probabilities.
-- `ipr_from_logits(logits, digit_token_ids, tenths_digit, backend=...)`: softmax over the
+Two entry points, both taking the rating value(s) d (or t) whose tenths digit was read:
+- `ipr_from_digit_probs(p, rating)`: Eq. 9 on already-computed digit probabilities.
+- `ipr_from_logits(logits, digit_token_ids, rating, backend=...)`: softmax over the
   whole vocabulary first. `backend="torch"` is the reference; `backend="triton"` is the
   fused kernel in `kernels/ipr_kernel.py`; `"auto"` picks Triton for CUDA tensors.
 """
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 import torch
 
 NUM_DIGITS = 10
-# Eq. 9's sign flips at d > 5, d being the rating's tenths digit.
+# Eq. 9's high sign: ratings at or above this value.
+HIGH_RATING = 0.5
+# The Triton kernel takes its sign as a digit: > this digit is the high sign.
 SIGN_THRESHOLD_DIGIT = 5
 
 
@@ -36,27 +40,39 @@ class DigitStats:
     ipr: torch.Tensor  # [B] signed Eq. 9 value
 
 
-def _sign(tenths_digit: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-    digit = torch.as_tensor(tenths_digit, device=like.device)
-    digit = digit.expand(like.shape[0]) if digit.dim() == 0 else digit
-    return torch.where(digit > SIGN_THRESHOLD_DIGIT, 1.0, -1.0).to(like.dtype)
+def _is_high(rating: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """[B] bool: rating >= HIGH_RATING.  An integer input is refused: it is most likely a tenths
+    digit (the old argument), which cannot tell 1.00 from 0.0x."""
+    value = torch.as_tensor(rating, device=like.device)
+    if not value.is_floating_point():
+        raise TypeError(f"IPR's sign needs the rating value (e.g. 0.87 or 1.0), got {rating!r}; "
+                        "a tenths digit alone cannot tell 1.00 from 0.00")
+    value = value.expand(like.shape[0]) if value.dim() == 0 else value
+    return value >= HIGH_RATING
 
 
-def ipr_from_digit_probs(p: torch.Tensor, tenths_digit: torch.Tensor | int) -> torch.Tensor:
-    """Eq. 9 on a [B, 10] tensor of digit probabilities.
+def _sign(rating: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """[B] +1 for a high rating, -1 for a low one (Eq. 9's two cases)."""
+    return torch.where(_is_high(rating, like), 1.0, -1.0).to(like.dtype)
 
-    >>> ipr_from_digit_probs(torch.tensor([[0.0] * 9 + [1.0]]), 9)   # one-hot, high score
+
+def ipr_from_digit_probs(p: torch.Tensor, rating: torch.Tensor | float) -> torch.Tensor:
+    """Eq. 9 on a [B, 10] tensor of digit probabilities; `rating` [B] or scalar is d (or t).
+
+    >>> ipr_from_digit_probs(torch.tensor([[0.0] * 9 + [1.0]]), 0.9)   # one-hot, high score
+    tensor([0.0900])
+    >>> ipr_from_digit_probs(torch.tensor([[1.0] + [0.0] * 9]), 1.0)   # "1.00": tenths digit 0, high
     tensor([0.0900])
     """
     if p.dim() != 2 or p.shape[-1] != NUM_DIGITS:
         raise ValueError(f"expected digit probabilities of shape [B, 10], got {tuple(p.shape)}")
     p_max = p.amax(dim=-1)  # [B]
     variance = p.var(dim=-1, unbiased=False)  # [B], (1/|D|) * sum (p_i - mean)^2
-    return _sign(tenths_digit, p) * p_max * variance
+    return _sign(rating, p) * p_max * variance
 
 
 def digit_stats_reference(
-    logits: torch.Tensor, digit_token_ids: torch.Tensor, tenths_digit: torch.Tensor | int
+    logits: torch.Tensor, digit_token_ids: torch.Tensor, rating: torch.Tensor | float
 ) -> DigitStats:
     """Plain-torch reference: softmax over all V logits (fp32 or fp64 math), then Eq. 9."""
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -65,18 +81,22 @@ def digit_stats_reference(
     digit_probs = (logits[:, ids].to(compute_dtype) - log_z).exp()  # [B, 10]
     p_max = digit_probs.amax(dim=-1)
     variance = digit_probs.var(dim=-1, unbiased=False)
-    ipr = _sign(tenths_digit, digit_probs) * p_max * variance
+    ipr = _sign(rating, digit_probs) * p_max * variance
     return DigitStats(digit_probs=digit_probs, p_max=p_max, variance=variance, ipr=ipr)
 
 
 def digit_stats_from_logits(
     logits: torch.Tensor,
     digit_token_ids: torch.Tensor | list[int],
-    tenths_digit: torch.Tensor | int,
+    rating: torch.Tensor | float,
     *,
     backend: str = "auto",
 ) -> DigitStats:
-    """Digit probabilities, p_max, variance and IPR for each row of [B, V] logits."""
+    """Digit probabilities, p_max, variance and IPR for each row of [B, V] logits.
+
+    `rating` [B] (or a scalar for all rows): the value of the rating whose tenths-digit
+    logits these are; it only chooses Eq. 9's sign.
+    """
     if logits.dim() != 2:
         raise ValueError(f"expected logits of shape [B, V], got {tuple(logits.shape)}")
     if len(digit_token_ids) != NUM_DIGITS:
@@ -84,23 +104,26 @@ def digit_stats_from_logits(
     if backend == "auto":
         backend = "triton" if logits.is_cuda and _triton_available() else "torch"
     if backend == "torch":
-        return digit_stats_reference(logits, torch.as_tensor(digit_token_ids), tenths_digit)
+        return digit_stats_reference(logits, torch.as_tensor(digit_token_ids), rating)
     if backend == "triton":
         from prp.kernels.ipr_kernel import digit_stats_triton
 
-        return digit_stats_triton(logits, digit_token_ids, tenths_digit)
+        # the kernel's sign input is a digit compared with SIGN_THRESHOLD_DIGIT
+        high = _is_high(rating, logits)
+        sign_digit = torch.where(high, SIGN_THRESHOLD_DIGIT + 1, SIGN_THRESHOLD_DIGIT)
+        return digit_stats_triton(logits, digit_token_ids, sign_digit)
     raise ValueError(f"unknown IPR backend {backend!r}; use 'auto', 'torch' or 'triton'")
 
 
 def ipr_from_logits(
     logits: torch.Tensor,
     digit_token_ids: torch.Tensor | list[int],
-    tenths_digit: torch.Tensor | int,
+    rating: torch.Tensor | float,
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Eq. 9 from raw logits: a [B] tensor of signed IPR values."""
-    return digit_stats_from_logits(logits, digit_token_ids, tenths_digit, backend=backend).ipr
+    return digit_stats_from_logits(logits, digit_token_ids, rating, backend=backend).ipr
 
 
 def _triton_available() -> bool:

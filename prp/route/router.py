@@ -173,8 +173,11 @@ class Router:
         if captured:
             rows = sorted(captured)
             logits = torch.stack([captured[r][0] for r in rows])  # [n_rows, V]
-            tenths = torch.tensor([captured[r][1] for r in rows], device=logits.device)  # [n_rows]
-            stats = digit_stats_from_logits(logits, self.digit_ids, tenths, backend=self.cfg.ipr_backend)
+            # Eq. 9's sign comes from the rating's value (1.00 is high although its tenths digit is 0);
+            # an unparsable rating (NaN) gets the low sign, and its IPR is never used.
+            values = [getattr(parse_completion(prefix.texts[r], self.cfg.mode), tag) for r in rows]
+            rating = torch.tensor([float("nan") if v is None else v for v in values], device=logits.device)
+            stats = digit_stats_from_logits(logits, self.digit_ids, rating, backend=self.cfg.ipr_backend)
             for r, p in zip(rows, stats.ipr.tolist()):
                 out[r] = p
         return out
