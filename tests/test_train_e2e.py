@@ -55,23 +55,26 @@ def test_drl_end_to_end(tmp_path):
 def test_rl_micro_step_with_dss_rewrites_score_tokens(tmp_path, monkeypatch):
     """Steps 3-7 on a forced rollout: collapsed, wrong ratings -> DSS fires -> the substituted
     d' are written into the token sequences the loss sees, and those tokens carry alpha * A_d."""
-    from prp.train import trainer as tr
-    from prp.train.loss import Segment
     from prp.core.parsing import parse_completion
-    from prp.train.rollout import Rollout
+    from prp.train import step as st
     from prp.train.config import load_config
+    from prp.train.groups import completion_segments
+    from prp.train.loop import Trainer
+    from prp.train.loss import Segment
+    from prp.train.policy import forward_backward
+    from prp.train.rollout import Rollout
 
     cache = tmp_path / "acc.jsonl"
     cache.write_text("".join(json.dumps({"id": f"train-{i:05d}", "acc": 0.25, "n": 4}) + "\n" for i in range(16)))
     cfg = load_config(TINY, mode="jrl", overrides={"output_dir": str(tmp_path), "acc_tgt_cache": str(cache)})
-    t = tr.Trainer(cfg)
-    t.setup_data()
-    t.setup_model()
-    tok = t.tok
+    t = Trainer(cfg)
+    tok = t.ctx.policy.tok
     texts = ["<target>0.80</target><confidence>0.9</confidence><think>1+1=2</think><answer>$-1$</answer>"] * 4
-    forced = [tok.encode(x, add_special_tokens=False) + [t.eos_id] for x in texts]
-    monkeypatch.setattr(tr, "generate_rollout", lambda model, proc, prompts, **kw: Rollout(prompts, forced, [False] * 4))
-    out = t.rl_micro(0, t.records_for(0))
+    forced = [tok.encode(x, add_special_tokens=False) + [t.ctx.policy.eos_id] for x in texts]
+    monkeypatch.setattr("prp.train.rollout.generate_rollout",
+                        lambda model, proc, prompts, **kw: Rollout(prompts, forced, [False] * 4))
+    out = st.rl_micro(t.ctx, 0, t.sampler.records_for(0))
+    assert isinstance(out, st.MicroStepResult) and out.objective is st.Objective.PG
     comp = out.batch.input_ids[:, out.batch.prompt_len:]
     mask = out.batch.completion_mask.bool()
     parsed = [parse_completion(tok.decode(comp[i][mask[i]].tolist(), skip_special_tokens=True), "jrl") for i in range(4)]
@@ -82,11 +85,13 @@ def test_rl_micro_step_with_dss_rewrites_score_tokens(tmp_path, monkeypatch):
     assert all(p.format_ok for p in parsed)
     assert out.metrics["dss_d_rate"] == [1.0] and out.metrics["dss_t_rate"] == [1.0]
     # The score tokens of each row share one weight; A'_N = -sum A'_i (Eq. 6) -> the weights sum to 0.
-    segs = [tr.completion_segments(comp[i][mask[i]].tolist(), tok, "jrl") for i in range(4)]
+    segs = [completion_segments(comp[i][mask[i]].tolist(), tok, "jrl") for i in range(4)]
     d_w = [out.weights[i][[j for j, s in enumerate(segs[i]) if s == Segment.DRAFT]] for i in range(4)]
     assert all(w.unique().numel() == 1 for w in d_w)
     assert abs(sum(w.sum().item() for w in d_w)) < 1e-5
-    assert t.forward_backward(out) == pytest.approx(0.0, abs=1e-5)  # ratio 1: the loss value is -mean(A)
+    loss = forward_backward(t.ctx.policy, out.batch, out.weights, out.objective, temperature=out.temperature,
+                            accumulation=1, bf16=False, d=t.d)
+    assert loss == pytest.approx(0.0, abs=1e-5)  # ratio 1: the loss value is -mean(A)
 
 
 def test_sft_mixed_writes_each_record_in_its_own_format(tmp_path):
@@ -94,22 +99,21 @@ def test_sft_mixed_writes_each_record_in_its_own_format(tmp_path):
     that asks for it: P -> plain trace, P_draft -> <confidence> prefix, P_joint -> <target><confidence>."""
     import zlib
 
-    from prp.train import trainer as tr
     from prp.core.prompts import prompt_for
+    from prp.train import step as st
     from prp.train.config import load_config
+    from prp.train.loop import Trainer
 
     cfg = load_config(TINY, mode="sft", overrides={"output_dir": str(tmp_path), "sft_rating": "mixed",
                                                     "sft_rating_value": 0.3, "per_device_batch_size": 16,
                                                     "max_completion_length": 64})
-    t = tr.Trainer(cfg)
-    t.setup_data()
-    t.setup_model()
-    records = t.records_for(0)
-    out = t.sft_micro(0, records)
-    ids, prompt_len, tok = out.batch.input_ids, out.batch.prompt_len, t.tok
+    t = Trainer(cfg)
+    records = t.sampler.records_for(0)
+    out = st.sft_micro(t.ctx, 0, records)
+    ids, prompt_len, tok = out.batch.input_ids, out.batch.prompt_len, t.ctx.policy.tok
     seen = set()
     for i, r in enumerate(records):
-        fmt = tr.SFT_FORMATS[zlib.crc32(r.id.encode()) % 3]
+        fmt = st.SFT_FORMATS[zlib.crc32(r.id.encode()) % 3]
         seen.add(fmt)
         prompt = tok.decode(ids[i, :prompt_len], skip_special_tokens=True)
         completion = tok.decode(ids[i, prompt_len:][out.batch.completion_mask[i].bool()], skip_special_tokens=True)
@@ -124,20 +128,19 @@ def test_sft_mixed_writes_each_record_in_its_own_format(tmp_path):
 def test_sft_random_ratings_vary_and_replay(tmp_path):
     """sft_rating_value < 0: each record and step gets a uniform 0.00-0.99 rating, the same on a replay
     of that step (resume) and different on the next step."""
-    from prp.train import trainer as tr
+    from prp.train import step as st
     from prp.train.config import load_config
+    from prp.train.loop import Trainer
 
     cfg = load_config(TINY, mode="sft", overrides={"output_dir": str(tmp_path), "sft_rating": "jrl",
                                                     "sft_rating_value": -1, "per_device_batch_size": 16,
                                                     "max_completion_length": 64})
-    t = tr.Trainer(cfg)
-    t.setup_data()
-    t.setup_model()
+    t = Trainer(cfg)
 
     def ratings(micro):
-        out = t.sft_micro(micro, t.records_for(0))
+        out = st.sft_micro(t.ctx, micro, t.sampler.records_for(0))
         comp = out.batch.input_ids[:, out.batch.prompt_len:]
-        texts = [t.tok.decode(comp[i][out.batch.completion_mask[i].bool()], skip_special_tokens=True)
+        texts = [t.ctx.policy.tok.decode(comp[i][out.batch.completion_mask[i].bool()], skip_special_tokens=True)
                  for i in range(comp.shape[0])]
         parsed = [parse_completion(x, "jrl") for x in texts]
         assert all(p.format_ok for p in parsed)

@@ -18,7 +18,8 @@ from prp.core.parsing import parse_completion
 from prp.train.presample import openai_sampler, presample, read_cache
 from prp.train.rollout import PromptBatch, build_batch, format_score, rewrite_score, trim_at_eos
 from prp.train.config import TrainConfig, load_config, parse_set
-from prp.train.trainer import apply_substitution, completion_segments, compute_advantages, epoch_order
+from prp.train.groups import apply_substitution, completion_segments, compute_advantages
+from prp.train.sampler import epoch_order
 
 JRL = "<target>0.42</target><confidence>0.9</confidence><think>3+5=8</think><answer>$8$</answer>"
 

@@ -1,27 +1,33 @@
 """Training configuration: one flat dataclass of plain values, loaded from YAML, overridable from the CLI.
 
-A YAML file holds top-level keys (any field below) and, optionally, a `modes:` table whose entries
-override the top level for one mode, so a single file (configs/tiny.yaml) can drive every mode:
+A YAML file holds top-level keys (any field below), optionally `extends: <other.yaml>` (a path
+relative to this file, read first), and a `modes:` table whose entries override the top level for
+one mode, so a single file (configs/paper.yaml, configs/tiny.yaml) can drive every mode:
 
     mode: drl
     learning_rate: 1.0e-3
     modes:
       sft: {learning_rate: 2.0e-3}
 
-Precedence: dataclass defaults < YAML top level < YAML `modes.<mode>` < CLI (`--set key=value`
-and the explicit flags of train.py).  Values are typed by the field's default/annotation.
+Precedence: dataclass defaults < extended YAML < YAML top level < `modes.<mode>` (extended, then
+own) < CLI (`--set key=value` and the explicit flags of train.py).  Values are typed by the
+field's default.  `validate` checks every value up front, before any model or data is loaded.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-MODES = ("grpo", "drl", "jrl", "sft", "sft-cn", "presample")
+from prp.train.modes import MODES
+
+DATA_FORMATS = ("jsonl", "mmk12", "chartqa")
+REPORTERS = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -91,10 +97,21 @@ class TrainConfig:
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     deepspeed_config: str = ""  # path of a DeepSpeed JSON; used when launched with `deepspeed`
     step_delay_s: float = 0.0  # test hook: sleep at each step start (lets a test kill mid-step)
+    report_to: str = ""  # comma-separated: tensorboard (events in output_dir/tensorboard), wandb; empty = none
+
+    @property
+    def reporters(self) -> list[str]:
+        return [x.strip() for x in self.report_to.split(",") if x.strip() and x.strip() != "none"]
 
     def validate(self) -> TrainConfig:
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+            raise ValueError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        _check_numbers(self)
+        if self.data_format not in DATA_FORMATS:
+            raise ValueError(f"data_format {self.data_format!r} is not one of {', '.join(DATA_FORMATS)}")
+        for name in self.reporters:
+            if name not in REPORTERS:
+                raise ValueError(f"report_to {name!r} is not one of {', '.join(REPORTERS)} (or none)")
         if self.mode in ("grpo", "drl", "jrl", "sft-cn"):
             if self.num_generations < 2 and self.mode != "sft-cn":
                 raise ValueError("GRPO needs num_generations >= 2")
@@ -108,9 +125,9 @@ class TrainConfig:
         if self.lr_scheduler not in ("constant", "linear", "cosine"):
             raise ValueError("lr_scheduler must be constant, linear or cosine")
         if not self.model and self.mode != "presample":
-            raise ValueError("config needs `model`")
+            raise ValueError("config needs `model`: pass --model DIR (a local Hugging Face model folder)")
         if not self.train_data:
-            raise ValueError("config needs `train_data`")
+            raise ValueError("config needs `train_data`: pass --train-data FILE (JSONL with id, image, question, answer)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +135,39 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+# (field, lowest allowed, whether the lowest is allowed): each must also be finite
+_LOWER_BOUNDS = (
+    ("learning_rate", 0.0, False), ("num_epochs", 0.0, False), ("max_steps", 0, True), ("save_every", 1, True),
+    ("gradient_accumulation_steps", 1, True), ("per_device_batch_size", 1, True), ("num_generations", 1, True),
+    ("max_completion_length", 1, True), ("max_prompt_length", 1, True), ("temperature", 0.0, False),
+    ("top_p", 0.0, False), ("max_grad_norm", 0.0, False), ("warmup_ratio", 0.0, True), ("weight_decay", 0.0, True),
+    ("keep_last", 0, True), ("sample_every", 0, True), ("num_samples_logged", 0, True), ("presample_m", 1, True),
+    ("presample_batch_size", 1, True), ("max_records", 0, True), ("num_threads", 0, True),
+    ("overlong_cache_length", 0, True), ("alpha", 0.0, True), ("beta", 0.0, True), ("mu", 0.0, True),
+    ("sigma", 0.0, True), ("target_timeout_s", 0.0, False), ("target_retries", 0, True), ("step_delay_s", 0.0, True),
+    ("max_pixels", 1, True), ("min_pixels", 1, True),
+)
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every number finite and in range, so e.g. `learning_rate: inf` stops here, not as a NaN checkpoint.
+
+    >>> _check_numbers(TrainConfig(learning_rate=float("inf")))
+    Traceback (most recent call last):
+    ...
+    ValueError: learning_rate must be a finite number > 0, got inf
+    """
+    for name, low, inclusive in _LOWER_BOUNDS:
+        value = getattr(cfg, name)
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise ValueError(f"{name} must be a finite number {'>=' if inclusive else '>'} {low:g}, got {value}")
+    for name, high in (("top_p", 1.0), ("warmup_ratio", 1.0), ("adam_beta1", 1.0), ("adam_beta2", 1.0)):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and 0.0 <= value and (value <= high if name == "top_p" else value < high)):
+            raise ValueError(f"{name} must be in [0, {high}{']' if name == 'top_p' else ')'}, got {value}")
+    if cfg.min_pixels > cfg.max_pixels:
+        raise ValueError(f"min_pixels ({cfg.min_pixels}) > max_pixels ({cfg.max_pixels})")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -127,6 +177,8 @@ def _coerce(name: str, value: Any) -> Any:
     default = _FIELDS[name].default
     if isinstance(value, str) and not isinstance(default, str):
         value = yaml.safe_load(value)
+    if isinstance(value, (list, tuple)) and isinstance(default, str):  # report_to: [tensorboard, wandb]
+        value = ",".join(str(v) for v in value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true/false, got {value!r}")  # noqa: TRY004 - a config value error
@@ -149,25 +201,45 @@ def _coerce(name: str, value: Any) -> Any:
     return "" if value is None else str(value)
 
 
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, dict]]:
+    """(top-level values, modes table) of a YAML config, with its `extends:` chain applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} does not exist; pass --config FILE (see configs/*.yaml)")
+    if path.resolve() in _seen:
+        raise ValueError(f"{path}: `extends` loops back to itself")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    per_mode = raw.pop("modes", None) or {}
+    if not isinstance(per_mode, dict) or not all(isinstance(v, dict) or v is None for v in per_mode.values()):
+        raise ValueError(f"{path}: `modes:` must map a mode name to a table of values")
+    unknown = sorted(set(per_mode) - set(MODES))
+    if unknown:
+        raise ValueError(f"{path}: unknown mode {unknown[0]!r} in the `modes:` table; expected one of {', '.join(MODES)}")
+    values: dict[str, Any] = {}
+    modes: dict[str, dict] = {}
+    base = raw.pop("extends", None)
+    if base:
+        values, modes = read_yaml(path.parent / base, (*_seen, path.resolve()))
+    values.update(raw)
+    for name, table in per_mode.items():
+        modes[name] = {**modes.get(name, {}), **(table or {})}
+    return values, modes
+
+
 def load_config(
     path: str | Path | None = None, *, mode: str | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """defaults < YAML < YAML modes.<mode> < overrides.  `mode` (if given) wins over the YAML's.
+    """defaults < YAML (extends first) < YAML modes.<mode> < overrides.  `mode` (if given) wins over the YAML's.
 
     >>> load_config(overrides={"mode": "jrl", "alpha": "2", "model": "m", "train_data": "d"}).alpha
     2.0
     """
-    values: dict[str, Any] = {}
-    per_mode: dict[str, dict] = {}
-    if path:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        per_mode = raw.pop("modes", None) or {}
-        values.update(raw)
+    values, per_mode = read_yaml(path) if path else ({}, {})
     overrides = dict(overrides or {})
     chosen = mode or overrides.get("mode") or values.get("mode") or TrainConfig.mode
-    values.update(per_mode.get(chosen, {}) or {})
+    values.update(per_mode.get(chosen, {}))
     values.update(overrides)
     values["mode"] = chosen
     cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
@@ -189,4 +261,4 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["MODES", "TrainConfig", "dump_config", "load_config", "parse_set"]
+__all__ = ["MODES", "TrainConfig", "dump_config", "load_config", "parse_set", "read_yaml"]

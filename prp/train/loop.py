@@ -1,0 +1,214 @@
+"""The PRP training loop: GRPO, DRL (Alg. 1), JRL (Alg. 2), SFT warm start, the [CN]/[UN] baseline, presampling.
+
+One loop for CPU and GPU, one process or many (launched with `deepspeed`: ZeRO-3, see prp.train.dist).
+Every optimizer step runs `gradient_accumulation_steps` micro-steps; a micro-step is one rollout
+used for exactly one update (the paper's single-update loss: ratio 1, old log-probs = detached
+current ones).  Read `Trainer.run` top to bottom; the step numbers match prp.train.step's and the
+Alg. 1 / Alg. 2 lines they implement:
+
+    step 1  Acc_tgt dictionary, loaded or presampled before training     (Alg. 2 l.1-7)      Trainer.__init__
+    step 2-6  prompts, rollout, rewards, gathered advantages + DSS       (Alg. 1 l.2-17)     prp.train.step
+    step 7  loss (Eq. 2/7/8) and backward                                (Alg. 1 l.18)       policy.forward_backward
+    step 8  optimizer step after the accumulation, log, checkpoint       (Alg. 1 l.19)       policy.optimizer_step
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prp.train import checkpoint as ckpt_io
+from prp.train.config import TrainConfig, dump_config
+from prp.train.dist import local_device, setup_dist
+from prp.train.logs import RunLog, step_row
+from prp.train.modes import get_mode
+from prp.train.policy import (
+    NonFiniteError,
+    build_policy,
+    forward_backward,
+    load_training_state,
+    optimizer_step,
+    resolve_model,
+    save_checkpoint,
+)
+from prp.train.sampler import Sampler, epoch_order, load_records, resolve_data
+from prp.train.step import MICRO_STEPS, MicroStepResult, StepContext
+
+log = logging.getLogger("prp.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Data, Acc_tgt and (unless presampling) the policy, built in __init__; `run` trains."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, use_deepspeed: bool = False):
+        self.cfg, self.mode = cfg, get_mode(cfg.mode)
+        self.d = setup_dist(use_deepspeed)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(level=logging.INFO if self.d.main else logging.WARNING,
+                            format=f"[rank{self.d.rank}] %(levelname)s %(name)s: %(message)s")
+        # data: bad rows / images / gold answers are dropped and counted, never a crash
+        path = resolve_data(cfg, self.d)
+        loaded = load_records(cfg, path)
+        self.records = loaded.records
+        self.skipped: Counter = Counter(loaded.skipped)
+        if self.d.main:
+            log.info("data %s: %s", path, loaded.summary())
+        # step 1: Acc_tgt (Alg. 2 l.1-7)
+        self.acc_tgt: dict[str, float] = self.ensure_acc_tgt() if self.mode.needs_acc_tgt else {}
+        if self.mode.name == "jrl":
+            kept = [r for r in self.records if r.id in self.acc_tgt]
+            self.skipped["no_acc_tgt"] += len(self.records) - len(kept)
+            self.records = kept
+        self.ctx: StepContext | None = None
+        self.resume_from: Path | None = None
+        self.start_step = 0
+        if not self.mode.trains:
+            return
+        prompts_per_rank = cfg.per_device_batch_size // (cfg.num_generations if self.mode.sampled else 1)
+        self.sampler = Sampler(self.records, prompts_per_rank=prompts_per_rank, d=self.d, seed=cfg.seed)
+        per_epoch = self.sampler.micro_per_epoch
+        self.total_steps = cfg.max_steps or max(1, int(cfg.num_epochs * per_epoch) // cfg.gradient_accumulation_steps)
+        if resume:
+            self.resume_from = ckpt_io.latest_checkpoint(self.out)
+        if self.d.main:
+            ckpt_io.remove_stale_tmp(self.out)
+        model_path = str(self.resume_from) if self.resume_from else resolve_model(cfg.model, self.out, seed=cfg.seed,
+                                                                                     d=self.d)
+        policy = build_policy(cfg, model_path, d=self.d, device=local_device(), total_steps=self.total_steps)
+        self.ctx = StepContext(cfg=cfg, mode=self.mode, d=self.d, policy=policy, acc_tgt=self.acc_tgt,
+                               skipped=self.skipped)
+        if self.resume_from:
+            self.start_step = load_training_state(policy, self.resume_from)["step"]
+            if self.d.main:
+                log.info("resumed from %s at step %d", self.resume_from, self.start_step)
+
+    def ensure_acc_tgt(self) -> dict[str, float]:
+        """Alg. 2 l.1-7: the given cache, else presample with `target_model` into output_dir (resumable)."""
+        from prp.train.presample import make_sampler, presample, read_cache
+
+        cfg = self.cfg
+        if cfg.acc_tgt_cache and self.mode.trains and Path(cfg.acc_tgt_cache).exists():
+            return read_cache(cfg.acc_tgt_cache)
+        cache = Path(cfg.acc_tgt_cache or self.out / "acc_tgt.jsonl")
+        if not cfg.target_model:
+            raise ValueError(f"{cfg.mode} needs Acc_tgt: pass --acc-tgt-cache FILE (from --mode presample) "
+                             "or --target-model DIR to presample with")
+        target = cfg.target_model
+        if not target.startswith("openai:"):
+            target = resolve_model(target, self.out, seed=cfg.seed + 1, d=self.d, what="target_model")
+        if self.d.main:
+            counts = presample(self.records, make_sampler(cfg, target), cache, m=cfg.presample_m,
+                               batch_size=cfg.presample_batch_size, progress=True)
+            log.info("presample %s: %s", cache, dict(counts))
+        self.d.barrier()
+        return read_cache(cache)
+
+    # ------------------------------------------------------------------ the loop
+    def micro_step(self, micro: int) -> MicroStepResult:
+        """Steps 2-6 for global micro-step `micro` on this rank's records."""
+        return MICRO_STEPS[self.mode.step](self.ctx, micro, self.sampler.records_for(micro))
+
+    def run(self) -> Path | None:
+        cfg, d = self.cfg, self.d
+        if not self.mode.trains:
+            return Path(cfg.acc_tgt_cache or self.out / "acc_tgt.jsonl")
+        policy = self.ctx.policy
+        runlog = None
+        if d.main:
+            dump_config(cfg, self.out / "config.json")
+            runlog = RunLog(self.out, report_to=cfg.reporters, sample_every=cfg.sample_every,
+                            config=cfg.to_dict(), resume_step=self.start_step)
+        bar = None
+        if d.main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.start_step, desc=cfg.mode, dynamic_ncols=True,
+                       file=sys.stderr)
+        last_saved = self.start_step if self.resume_from else -1
+        try:
+            for step in range(self.start_step, self.total_steps):
+                if d.main:
+                    print(f"prp-step-start {step + 1}", flush=True)
+                if cfg.step_delay_s:
+                    time.sleep(cfg.step_delay_s)
+                t0 = time.perf_counter()
+                metrics: dict = defaultdict(list)
+                samples: list = []
+                for k in range(cfg.gradient_accumulation_steps):
+                    micro = step * cfg.gradient_accumulation_steps + k
+                    out = self.micro_step(micro)  # steps 2-6
+                    try:
+                        loss = forward_backward(policy, out.batch, out.weights, out.objective,  # step 7
+                                                temperature=out.temperature, d=d, bf16=cfg.bf16,
+                                                accumulation=cfg.gradient_accumulation_steps)
+                    except NonFiniteError as exc:
+                        raise NonFiniteError(self._diverged(f"{exc} at step {step + 1}")) from None
+                    metrics["loss"].append(loss)
+                    for key, values in out.metrics.items():
+                        metrics[key].extend(values)
+                    samples.extend(out.samples)
+                lr = policy.scheduler.get_last_lr()[0]
+                grad_norm = optimizer_step(policy, cfg.max_grad_norm)  # step 8
+                dt = time.perf_counter() - t0
+                if d.main:
+                    epoch = (step + 1) * cfg.gradient_accumulation_steps / self.sampler.micro_per_epoch
+                    runlog.write(step_row(step + 1, metrics, epoch=epoch, lr=lr, dt=dt, grad_norm=grad_norm,
+                                          skipped=self.skipped), samples)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{np.mean(metrics['loss']):.4f}", s=f"{dt:.2f}")
+                if (step + 1) % cfg.save_every == 0 or step + 1 == self.total_steps:
+                    self.save(step + 1)
+                    last_saved = step + 1
+        finally:
+            if bar is not None:
+                bar.close()
+            if runlog is not None:
+                runlog.close()
+        if last_saved != self.total_steps and self.total_steps > self.start_step:
+            self.save(self.total_steps)
+        final = ckpt_io.latest_checkpoint(self.out)
+        if d.main:
+            log.info("done: %s; skipped %s", final, dict(self.skipped))
+        return final
+
+    def save(self, step: int) -> None:
+        cfg = self.cfg
+        epoch = (step * cfg.gradient_accumulation_steps) // self.sampler.micro_per_epoch
+        trainer_state = {
+            "step": step, "micro_step": step * cfg.gradient_accumulation_steps, "epoch": epoch,
+            "seed": cfg.seed, "world": self.d.world,
+            "sampler_order": epoch_order(len(self.records), seed=cfg.seed, epoch=epoch),
+        }
+        try:
+            save_checkpoint(self.ctx.policy, self.out, step, d=self.d, trainer_state=trainer_state,
+                            keep_last=cfg.keep_last)
+        except NonFiniteError as exc:
+            raise NonFiniteError(self._diverged(str(exc))) from None
+
+    def _diverged(self, what: str) -> str:
+        return (f"training diverged: {what} (learning_rate {self.cfg.learning_rate:g}); nothing was saved for "
+                f"this step, the last good checkpoint is {ckpt_io.latest_checkpoint(self.out) or 'none'}; "
+                "lower learning_rate (or max_grad_norm) and rerun")
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, use_deepspeed: bool = False) -> Path | None:
+    seed_everything(cfg.seed)
+    return Trainer(cfg, resume=resume, use_deepspeed=use_deepspeed).run()
+
+
+__all__ = ["Trainer", "seed_everything", "train"]

@@ -1,0 +1,233 @@
+"""The policy being trained: model + processor + optimizer + scheduler (+ the DeepSpeed engine),
+its forward/backward and update (steps 7-8 of Alg. 1 / 2), and its checkpoints.
+
+fp32 weights always: AdamW steps of ~1e-7 vanish in bf16 (most bf16 weights never change); bf16 is
+the compute dtype (autocast, or DeepSpeed's bf16 with its fp32 master copy).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prp.core.prompts import CN_TOKEN, UN_TOKEN
+from prp.train import checkpoint as ckpt_io
+from prp.train.config import TrainConfig
+from prp.train.dist import Dist, ds_config_for
+from prp.train.loss import prp_loss
+from prp.train.modes import Objective, StepKind, get_mode
+from prp.train.rollout import TrainBatch, completion_logprobs
+
+log = logging.getLogger("prp.train")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the weights became NaN/inf: training stops before anything is saved."""
+
+
+def resolve_model(spec: str, out_dir: Path, *, seed: int, d: Dist, what: str = "model") -> str:
+    """A model folder from `spec`:
+    - `tiny:<size>` -> a random-init tiny model saved under out_dir (rank 0 builds it once);
+    - a training run's output dir (holds ckpt-N folders, e.g. `runs/grpo`) -> its latest checkpoint;
+    - a Hugging Face model folder -> itself.
+    """
+    if spec.startswith("tiny:"):
+        size = spec.split(":", 1)[1]
+        path = out_dir / f"tiny-{size}-seed{seed}"
+        if d.main and not (path / "config.json").exists():
+            from prp.toy.tiny import save_tiny_model  # tiny test models live in prp.toy
+
+            tmp = path.with_name(path.name + ".tmp")
+            save_tiny_model(tmp, size=size, seed=seed)
+            os.replace(tmp, path)
+        d.barrier()
+        return str(path)
+    path = Path(spec)
+    if (path / "config.json").is_file():
+        return spec
+    latest = ckpt_io.latest_checkpoint(path)
+    if latest is not None:
+        return str(latest)
+    raise FileNotFoundError(f"{what} {spec}: not a model folder (no config.json) nor a run folder with ckpt-N "
+                            f"checkpoints; pass --{what.replace('_', '-')} DIR (a local Hugging Face model folder, "
+                            "or a finished run's output dir such as runs/grpo)")
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """Linear warm-up over warmup_ratio * total_steps, then constant / linear / cosine decay."""
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, 1.0 - progress) if cfg.lr_scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module  # the HF module (engine.module under DeepSpeed)
+    engine: Any | None  # deepspeed.DeepSpeedEngine, or None for plain torch
+    processor: Any
+    tok: Any
+    eos_id: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    ds_hook: Any = None  # HfDeepSpeedConfig: must stay alive while ZeRO-3 builds / saves the model
+
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.engine if self.engine is not None else self.model
+
+
+def build_policy(cfg: TrainConfig, path: str, *, d: Dist, device: torch.device, total_steps: int) -> Policy:
+    from prp.core.modeling import load_model, set_pixel_bounds
+
+    ds_config = ds_config_for(cfg, d.world) if d.deepspeed else None
+    ds_hook = None
+    if d.deepspeed:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        ds_hook = HfDeepSpeedConfig(ds_config)  # alive while from_pretrained runs: builds the model partitioned
+    model, processor = load_model(path, device=None if d.deepspeed else device, dtype=torch.float32,
+                                  trust_remote_code=cfg.trust_remote_code)
+    set_pixel_bounds(processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    tok = processor.tokenizer
+    if get_mode(cfg.mode).step is StepKind.SFT_CN:
+        tok.add_tokens([CN_TOKEN, UN_TOKEN], special_tokens=True)
+        if len(tok) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
+    if cfg.freeze_vision_biases:
+        from prp.toy.tiny import freeze_vision_biases  # the tiny-model recipe (notes: tiny-vlm-training)
+
+        freeze_vision_biases(model)  # requires_grad is not saved: re-applied on every load
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    # Built on the torch optimizer: DeepSpeed's ZeRO wrapper keeps using its param_groups, and the
+    # engine steps the scheduler at accumulation boundaries; plain torch steps it in optimizer_step.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    engine = None
+    if d.deepspeed:
+        import deepspeed
+
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                       config=ds_config)
+        model = engine.module
+    return Policy(model=model, engine=engine, processor=processor, tok=tok,
+                  eos_id=tok.convert_tokens_to_ids(tok.eos_token), optimizer=optimizer, scheduler=scheduler,
+                  device=device, ds_hook=ds_hook)
+
+
+def forward_backward(policy: Policy, batch: TrainBatch, weights: torch.Tensor, objective: Objective, *,
+                     temperature: float, accumulation: int, bf16: bool, d: Dist) -> float:
+    """Step 7: log-probs of the completion tokens, the loss, backward (scaled for accumulation)."""
+    autocast = (torch.autocast(policy.device.type, dtype=torch.bfloat16)
+                if bf16 and policy.engine is None else nullcontext())
+    with autocast:
+        logp = completion_logprobs(policy.net, batch, temperature=temperature)  # [B, L]
+    if objective is Objective.PG:
+        # Eq. 2/7/8 with ratio = pi/pi_old = 1 numerically (pi_old = detached pi): single update.
+        loss = prp_loss(logprobs=logp, token_weights=weights).loss
+    else:
+        loss = -(logp * weights).sum() / weights.sum().clamp(min=1.0)
+    if d.any(not bool(torch.isfinite(loss.detach()))):  # every rank stops (no rank left waiting in a collective)
+        raise NonFiniteError(f"the loss is {loss.item()}")
+    if policy.engine is not None:
+        # DeepSpeed divides by the accumulation steps itself and counts micro-steps in step():
+        # it must be called after every backward, and only updates at the boundary.
+        policy.engine.backward(loss)
+        policy.engine.step()
+    else:
+        (loss / accumulation).backward()
+    return loss.item()
+
+
+def optimizer_step(policy: Policy, max_grad_norm: float) -> float:
+    """Step 8: one update per `gradient_accumulation_steps` rollouts; returns the gradient norm."""
+    if policy.engine is not None:  # the engine already stepped at the boundary (forward_backward)
+        norm = policy.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    policy.optimizer.step()
+    policy.optimizer.zero_grad(set_to_none=True)
+    policy.scheduler.step()
+    return grad_norm
+
+
+def first_nonfinite(tensors) -> str | None:
+    """The name of the first tensor with a NaN/inf in (name, tensor) pairs, else None."""
+    for name, t in tensors:
+        if t is not None and t.is_floating_point() and not torch.isfinite(t).all():
+            return name
+    return None
+
+
+def load_training_state(policy: Policy, ckpt: Path) -> dict:
+    """Optimizer / scheduler / RNG state of a checkpoint into the policy; returns its trainer_state."""
+    state, training, rng = ckpt_io.read_state(ckpt)
+    if policy.engine is not None:
+        policy.engine.load_checkpoint(str(ckpt / "ds"), tag="ds", load_optimizer_states=True,
+                                      load_lr_scheduler_states=False)
+    if training is not None:
+        if policy.engine is None:
+            policy.optimizer.load_state_dict(training["optimizer"])
+        if training.get("scheduler") is not None:
+            policy.scheduler.load_state_dict(training["scheduler"])
+    ckpt_io.set_rng_state(rng)
+    return state
+
+
+def save_checkpoint(policy: Policy, out: Path, step: int, *, d: Dist, trainer_state: dict, keep_last: int) -> Path:
+    """An atomic ckpt-<step> (prp.train.checkpoint); refuses to write weights with a NaN/inf in them."""
+    tmp = out / f"ckpt-{step}.tmp"
+    if d.main:
+        tmp = ckpt_io.tmp_dir(out, step)
+    d.barrier()
+    state_dict = None
+    if policy.engine is not None:
+        policy.engine.save_checkpoint(str(tmp / "ds"), tag="ds")  # partitioned optimizer state, all ranks
+        state_dict = policy.engine._zero3_consolidated_16bit_state_dict()  # full weights on rank 0
+    bad = None
+    if d.main:
+        named = state_dict.items() if state_dict is not None else policy.model.named_parameters()
+        bad = first_nonfinite((n, t.detach()) for n, t in named)
+    if d.any(bad is not None):
+        if d.main:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise NonFiniteError(f"weight {bad or '(on rank 0)'} is not finite at step {step}")
+    if d.main:
+        policy.model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        policy.processor.save_pretrained(tmp)
+        ckpt_io.write_state(tmp, trainer_state=trainer_state,
+                            optimizer=policy.optimizer if policy.engine is None else None,
+                            scheduler=policy.scheduler)
+    d.barrier()
+    final = out / f"ckpt-{step}"
+    if d.main:
+        final = ckpt_io.commit(tmp, keep_last=keep_last)
+        log.info("saved %s", final)
+        print(f"prp-checkpoint {step}", flush=True)
+    d.barrier()
+    return final
+
+
+__all__ = ["NonFiniteError", "Policy", "build_policy", "forward_backward", "load_training_state", "lr_lambda",
+           "optimizer_step", "resolve_model", "save_checkpoint"]
