@@ -31,3 +31,51 @@ from prp.core.answers import extract_answer
 )
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The date is 12/15/89", "The date is 12/15/89"),  # no tag/box/"answer is": the whole text, not "89"
+        ("  Mexico \n", "Mexico"),
+        ("**Mexico**.", "Mexico"),  # bold and the sentence's period go
+        ("U.S.", "U.S."),  # the period belongs to the abbreviation
+        ("<answer>U.S.</answer>", "U.S."),
+        ("<answer>a.m.</answer>", "a.m."),
+        ("<answer>R.J. Reynolds Tobacco Co.</answer>", "R.J. Reynolds Tobacco Co."),
+        ("<answer>Mexico.</answer>", "Mexico"),
+        ("<answer>No.</answer>", "No"),  # a yes/no answer, not the abbreviation of "number"
+        ("<answer>12.</answer>", "12"),
+        ("So the answer is U.S. Steel. Then more.", "U.S. Steel"),  # the sentence ends after "Steel"
+        ("The answer is 12.5. Next, 99", "12.5"),
+        ("Answer: 42\nbye 7", "42"),
+        ("work \\boxed{Acme Inc.} done", "Acme Inc."),
+        ("<answer>A</answer> the answer is B", "A"),  # the tag still comes first
+        ("<answer>  </answer> the answer is 3", None),  # an empty tag is no answer
+        ("I think (B) rose, because roses are red.", "I think (B) rose, because roses are red"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_extract_short_answer(text, expected):
+    from prp.core.answers import extract_short_answer
+
+    assert extract_short_answer(text) == expected
+
+
+def test_benchmarks_pick_their_extraction():
+    from prp.core.answers import extract_short_answer
+    from prp.eval.bench.records import BenchRecord
+    from prp.eval.bench.registry import BENCHMARKS
+
+    for name in ("chartqa", "docvqa", "m3cot"):
+        assert BENCHMARKS[name].extract is extract_short_answer
+    for name in ("mathvista", "mathverse", "demo"):  # math rules unchanged, last number included
+        assert BENCHMARKS[name].extract is extract_answer
+    completion = "The date is 12/15/89"
+    docvqa = BENCHMARKS["docvqa"]
+    record = BenchRecord(id="1", question="Date?", image=None, answer=["The date is 12/15/89"])
+    assert docvqa.judge(record, docvqa.extract(completion))
+    chart = BenchRecord(id="2", question="Which country?", image=None, answer="U.S.")
+    assert BENCHMARKS["chartqa"].judge(chart, BENCHMARKS["chartqa"].extract("<answer>U.S.</answer>"))
+    assert not BENCHMARKS["chartqa"].judge(chart, extract_answer("<answer>U.S.</answer>"))  # "U.S" != "U.S."

@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import threading
 
+from prp.core.judge import accuracy_reward, math_equivalent  # noqa: F401 - R_acc lives in core (eval uses it too)
 from prp.core.parsing import parse_completion
 
 log = logging.getLogger(__name__)
 
 INVALID_RATING_REWARD = -1.0  # Eq. 4, "otherwise"
-
-# A multiple-choice gold: "B", "(b)", "B." -> the letter.
-_CHOICE_GOLD = re.compile(r"^\s*\(?\s*([A-Za-z])\s*\)?\s*\.?\s*$")
-# The first standalone letter of a predicted choice: "(B)", "B", "B. 12", "$B$".
-_CHOICE_PRED = re.compile(r"(?<![A-Za-z])([A-Za-z])(?![A-Za-z])")
 
 
 def rating_reward(score: float | None, acc: float) -> float:
@@ -45,51 +39,6 @@ def group_accuracy(correct: list[bool | float | None]) -> float:
 def format_reward(text: str, mode: str) -> float:
     """1 when the completion follows the mode's Table 4 grammar, else 0 (R_fmt of Sec. 3.1)."""
     return 1.0 if parse_completion(text, mode).format_ok else 0.0
-
-
-def _as_latex(text: str) -> str:
-    text = text.strip()
-    return text if "$" in text or "\\boxed" in text else f"${text}$"
-
-
-def accuracy_reward(answer: str | None, gold: str) -> float | None:
-    """R_acc: 1 if the predicted answer matches the gold, else 0; None when the gold is unparsable.
-
-    - A single-letter gold ("B", "(b)") is a choice: the first standalone letter of the answer
-      must match, case-insensitively.
-    - Otherwise both sides are parsed with math-verify (gold and prediction as LaTeX in $...$)
-      and compared symbolically.  A gold that math-verify cannot parse gives None (the trainer
-      skips the record's accuracy instead of teaching that every answer is wrong).
-    """
-    choice = _CHOICE_GOLD.match(gold)
-    if choice:
-        if answer is None:
-            return 0.0
-        predicted = _CHOICE_PRED.search(answer.replace("$", " "))
-        return 1.0 if predicted and predicted.group(1).upper() == choice.group(1).upper() else 0.0
-
-    same = math_equivalent(answer, gold)
-    return None if same is None else float(same)
-
-
-def math_equivalent(answer: str | None, gold: str) -> bool | None:
-    """math-verify's symbolic equivalence of two answers (each read as LaTeX in $...$).
-
-    None when the gold itself cannot be parsed; False for a missing or unparsable answer.
-    """
-    from math_verify import parse, verify
-
-    # math-verify's timeouts use SIGALRM, which only works on the main thread (a server
-    # answering from worker threads would crash on it): no timeout elsewhere.
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    gold_parsed = parse(_as_latex(gold), parsing_timeout=timeout)
-    if not gold_parsed:
-        log.debug("unparsable gold answer %r", gold)
-        return None
-    if answer is None or not answer.strip():
-        return False
-    predicted = parse(_as_latex(answer), parsing_timeout=timeout)
-    return bool(predicted) and bool(verify(gold_parsed, predicted, timeout_seconds=timeout))
 
 
 def overlong_reward(length: int, *, max_length: int, cache_length: int) -> float:

@@ -1,8 +1,9 @@
 """One table of benchmarks: how to load each from its download folder and judge one answer.
 
-`judge(record, prediction)` returns True/False for a single extracted answer with the
-benchmark's official rule, so the evaluator can build per-instance tables for routing
-analysis (the aggregate `score_*` functions in each module report the official numbers).
+`extract(completion)` takes a model's completion to the answer the benchmark judges (see
+prp.core.answers), and `judge(record, prediction)` returns True/False for that answer with the
+benchmark's official rule, so the evaluator can build per-instance tables for routing analysis
+(the aggregate `score_*` functions in each module report the official numbers).
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prp.core.answers import extract_answer, extract_short_answer
+from prp.core.judge import accuracy_reward
 from prp.eval.bench import chartqa, docvqa, m3cot, mathverse, mathvista
 from prp.eval.bench.records import BenchRecord, LoadResult, attach_image, read_rows
-from prp.train.rewards import accuracy_reward
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,10 @@ class Benchmark:
     load: Callable[..., LoadResult]  # (data_path, require_images=...) -> LoadResult
     judge: Callable[[BenchRecord, str | None], bool]
     default_file: str  # inside --data-dir
+    # completion text -> the answer judge() takes: the math rule (its last-number fallback) for
+    # math benchmarks and the demo; the whole stripped text for short-answer ones (ChartQA,
+    # DocVQA, M3CoT), where a last number is a different answer ("12/15/89" -> "89")
+    extract: Callable[[str | None], str | None] = extract_answer
 
 
 def _find(data_dir: str, *names: str) -> str:
@@ -79,13 +85,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         lambda r, p: mathverse.is_correct(p, r.answer, r.meta["question_type"]), "testmini.json"),
     "chartqa": Benchmark(
         "chartqa", lambda path, **kw: chartqa.load_chartqa(path, **kw),
-        lambda r, p: chartqa.relaxed_correctness(r.answer, p), "test/"),
+        lambda r, p: chartqa.relaxed_correctness(r.answer, p), "test/", extract_short_answer),
     "m3cot": Benchmark(
         "m3cot", lambda path, **kw: m3cot.load_m3cot(_find(path, "test.jsonl", "test.json"), **kw),
-        lambda r, p: m3cot.judge_answer(p, r.choices, r.answer), "test.jsonl"),
+        lambda r, p: m3cot.judge_answer(p, r.choices, r.answer), "test.jsonl", extract_short_answer),
     "docvqa": Benchmark(
         "docvqa", lambda path, **kw: docvqa.load_docvqa(_find(path, "val_v1.0.json", "val.json"), **kw),
-        _judge_docvqa, "val_v1.0.json"),
+        _judge_docvqa, "val_v1.0.json", extract_short_answer),
     "demo": Benchmark("demo", lambda path, **kw: load_demo(_find(path, "test.jsonl"), **kw), _judge_demo, "test.jsonl"),
 }
 
