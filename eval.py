@@ -18,9 +18,6 @@ from pathlib import Path
 
 from prp.route.run import add_router_arguments
 
-REPO = Path(__file__).resolve().parent
-# The official testmini answers and published outputs ship with the tests (see its SOURCE.md).
-SHIPPED_MATHVISTA = REPO / "tests" / "data" / "mathvista"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", help="the benchmark's download folder (or its annotation file)")
     ap.add_argument("--score", metavar="OUTPUT.json", help="MathVista: score an official-format output file")
     ap.add_argument("--table", help="skip the models: build the report from this per-instance JSONL")
-    ap.add_argument("--sft-cn", help="Paradigm-2 baseline model (train.py --mode sft-cn) for the s_2 signal")
+    ap.add_argument("--sft-cn", help="Paradigm-2 baseline model (train.py --mode sft-cn): s_2 on its own answers")
+    ap.add_argument("--p1-model", metavar="DIR",
+                    help="Paradigm-1 baseline model (the paper: the GRPO-trained model): s_1 on its own answers, "
+                         "judged and timed as that model's; default: s_1 on the routing draft's answers")
     ap.add_argument("--batch-size", type=int, default=8, help="1 gives per-query latencies (Tab. 2)")
     ap.add_argument("--limit", type=int, help="first N records only")
     ap.add_argument("--p-t", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6], help="Tab. 2 rows")
@@ -47,13 +47,14 @@ def score_mathvista(args) -> None:
     from prp.eval.bench.mathvista import score_output_file
     from prp.eval.bench.outputs import ScoreFileError
 
-    candidates = [Path(args.data_dir)] if args.data_dir else [Path(args.score).parent, SHIPPED_MATHVISTA]
+    candidates = [Path(args.data_dir)] if args.data_dir else [Path(args.score).parent]
     for base in candidates:
         gold = base if base.is_file() else base / "testmini.json"
         if gold.exists():
             break
     else:
-        raise SystemExit("no testmini.json found: pass --data-dir with the MathVista testmini annotations")
+        raise SystemExit("no testmini.json next to the output file: pass --data-dir with the MathVista "
+                         "testmini annotations")
     try:
         result = score_output_file(args.score, str(gold))
     except ScoreFileError as err:  # one line naming the file, no traceback
@@ -82,11 +83,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not rows:
         raise SystemExit(f"no evaluated instances in {table}")
     paths = build_report(rows, p_t_list=args.p_t, out_dir=out_dir, title=f"PRP on {args.bench}")
+    from prp.eval.html import write_eval_html  # the per-query browser (docs/report.md)
+
+    paths["html"] = write_eval_html(out_dir, rows, report=paths["json"], records=getattr(args, "records", None),
+                                    models=vars(args), p_t=max(args.p_t))
     draft_acc = sum(r["draft_correct"] for r in rows) / len(rows)
     target_acc = sum(r["target_correct"] for r in rows) / len(rows)
     print(f"{args.bench}: {len(rows)} instances ({skipped} skipped with errors); "
           f"draft accuracy {draft_acc:.1%}, target accuracy {target_acc:.1%}")
     print(f"report: {paths['markdown']} and {paths['json']}")
+    print(f"browse: {paths['html']}")
     for name, path in paths["plots"].items():
         print(f"plot {name}: {path}")
     return paths
@@ -113,14 +119,20 @@ def run_models(args, out_dir: Path) -> Path:
         raise SystemExit("give --data-dir, --draft and --target (or --table, or --score)")
     loaded = bench.load(args.data_dir, require_images=not args.allow_missing_images)
     records = loaded.records[: args.limit] if args.limit else loaded.records
+    args.records = records  # report.html shows each query's question and image
     if loaded.skipped:
         print(f"skipped while loading: {dict(loaded.skipped)}")
     router = build_router(args)
     baselines = Baselines()
+    baselines.max_new_tokens = router.cfg.max_new_tokens
     if args.sft_cn:
         baselines.sft_cn_model, baselines.sft_cn_processor = load_model(
             args.sft_cn, device=router.model.device, dtype=args.dtype)
-        baselines.max_new_tokens = router.cfg.max_new_tokens
+        baselines.sft_cn_name = Path(args.sft_cn).name
+    if args.p1_model:
+        baselines.p1_model, baselines.p1_processor = load_model(
+            args.p1_model, device=router.model.device, dtype=args.dtype)
+        baselines.p1_name = Path(args.p1_model).name
     table = out_dir / "instances.jsonl"
     run_benchmark(router, bench, records, table, batch_size=args.batch_size,
                   resume=not args.no_resume, baselines=baselines)

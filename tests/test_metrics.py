@@ -344,3 +344,69 @@ def test_instances_from_dicts_and_signals():
     assert Instance(id="x", draft_correct=True, target_correct=True, t=0.3).signal("t") == 0.3
     assert signal_values([a], "prp").tolist() == [0.4]
     assert math.isnan(signal_values([a], "p2")[0]) and math.isnan(a.signal("d"))
+
+
+# ---- the rule's direction (issue: target-first sends high s to the target) -----------------
+from prp.route.decide import BatchFraction, calibrate  # noqa: E402
+from prp.route.scoring import get_rule  # noqa: E402
+
+# 4 queries built for target-first (tau = 2): s = t + (t - d) / 2
+#   q   d    t    s     draft  target
+#   0   .9   .9   .90   1      1
+#   1   .2   .8   1.10  0      1       <- the one the target should take
+#   2   .8   .3   .05   1      0
+#   3   .1   .1   .10   0      0
+TF_D, TF_T, TF_DC, TF_TC = [0.9, 0.2, 0.8, 0.1], [0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0], [1, 1, 0, 0]
+GRID5 = np.linspace(0, 1, 5)
+
+
+def test_target_first_direction_by_hand():
+    rule = get_rule("target_first")
+    s = [rule.score(d, t, tau=2.0) for d, t in zip(TF_D, TF_T)]
+    assert s == pytest.approx([0.9, 1.1, 0.05, 0.1])
+    keep = [rule.keep_score(x) for x in s]
+    # target order (highest s first): q1, q0, q3, q2 -> accuracies .5 .75 .75 .75 .5 -> AUC 68.75
+    assert target_order(keep).tolist() == [1, 0, 3, 2]
+    assert auc(GRID5, routing_curve(keep, TF_DC, TF_TC, p_t_grid=GRID5)) == pytest.approx(68.75)
+    assert auc(GRID5, random_curve_expected(TF_DC, TF_TC, p_t_grid=GRID5)) == pytest.approx(50.0)
+    # the old direction (high s kept on the draft) routes q2 first: .5 .25 .25 .25 .5 -> 31.25
+    assert auc(GRID5, routing_curve(s, TF_DC, TF_TC, p_t_grid=GRID5)) == pytest.approx(31.25)
+    # the decision and the calibration agree with the metrics: one query to the target = q1
+    assert BatchFraction(0.25, "target_first").keep(s) == [True, False, True, True]
+    cal = calibrate(s, TF_DC, TF_TC, p_t=0.25, rule="target_first")
+    # q1 to the target; q0, q2 right on the draft, q3 wrong on both: 3/4
+    assert cal.threshold == pytest.approx(1.1) and cal.accuracy == 0.75 and cal.rule == "target_first"
+
+
+def test_target_first_beats_random_in_a_seeded_simulation():
+    """4,000 queries where the target's edge grows with t: p_t ~ U(0, 1), p_d = p_t * U(0, .5)
+    (a hard set: the draft is weaker everywhere); calibrated ratings d, t = p + N(0, .05), two decimals."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    p_t = rng.uniform(0, 1, n)
+    p_d = p_t * rng.uniform(0, 0.5, n)
+    tc, dc = rng.random(n) < p_t, rng.random(n) < p_d
+    t = np.round(np.clip(p_t + rng.normal(0, 0.05, n), 0, 1), 2)
+    d = np.round(np.clip(p_d + rng.normal(0, 0.05, n), 0, 1), 2)
+    rule = get_rule("target_first")
+    s = [rule.score(a, b, tau=2.0) for a, b in zip(d, t)]
+    grid = np.linspace(0, 1, 101)
+    rnd = auc(grid, random_curve_expected(dc, tc, p_t_grid=grid))
+    right = auc(grid, routing_curve([rule.keep_score(x) for x in s], dc, tc, p_t_grid=grid))
+    wrong = auc(grid, routing_curve(s, dc, tc, p_t_grid=grid))
+    assert right > rnd + 3 and wrong < rnd - 3
+
+
+# ---- baselines on their own answers, deciding after a full answer ---------------------------
+def test_p1_on_the_routing_draft_pays_draft_plus_target():
+    """P1 without --p1-model: the routing draft's answers, decided post hoc.
+    Two instances: draft 1.0 s (prefix .2), target 10 s; p_t = .5 routes the lower p1 (idx 1):
+    P1 latency (1 + 10 + 1) / 2 = 6.0 vs PRP's proactive (.2 + 10 + 1) / 2 = 5.6."""
+    recs = [{"id": i, "draft_correct": 1, "target_correct": 1, "draft_latency_s": 1.0, "prefix_latency_s": 0.2,
+             "target_latency_s": 10.0, "scores": {"prp": [0.9, 0.1][i], "p1": [0.9, 0.1][i]},
+             "signal_answers": {"p1": {"model": "routing draft", "correct": 1, "latency_s": 1.0,
+                                       "decision": "post_hoc"}}} for i in range(2)]
+    (p1,) = table2_rows(recs, "p1", [0.5])
+    (prp,) = table2_rows(recs, "prp", [0.5])
+    assert p1["mean_latency_s"] == pytest.approx(6.0) and prp["mean_latency_s"] == pytest.approx(5.6)
+    assert p1["speedup"] == pytest.approx(10 / 6.0)

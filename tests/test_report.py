@@ -64,7 +64,8 @@ def test_report_numbers_files_and_plots(tmp_path):
     assert row["speedup"] == pytest.approx(20 / 9.4)
     assert data["signals"]["p1"]["n_nan"] == 1 and data["signals"]["p2"]["status"] == "missing"
     assert [c["id"] for c in data["mislabel_candidates"]] == ["q3"]  # d>=.9 and wrong; q0 was right
-    assert "| prp | 54.00 | 0.700 | -0.592 | 0 |" in md
+    assert ("| prp [routing draft answers; routes after the rating prefix: prefix + target] "
+            "| 54.00 | 0.700 | -0.592 | 0 | - |") in md
     assert "| p2 | missing |" in md and "treated as lowest" in md
     assert set(paths["plots"]) == {"routing_curves", "score_bins", "portion_curves", "per_split"}
     for p in paths["plots"].values():
@@ -116,3 +117,29 @@ def test_report_all_correct_draft_and_all_nan_values(tmp_path):
 def test_report_rejects_empty(tmp_path):
     with pytest.raises(ValueError):
         build_report([], out_dir=tmp_path)
+
+
+def test_report_judges_p2_on_its_own_answers_and_labels_it(tmp_path):
+    """P2's curve, AUC, Spearman and Tab. 2 rows come from the sft-cn model's answers and latency.
+
+    p2 = .9 .2 .6 .4 (q0..q3); its answers correct 1 0 1 0; target 1 1 1 0 (q4 drops out: 4 rows).
+    Target order: q1, q3, q2, q0 -> accuracies at k = 0..4: .5 .75 .75 .75 .75 -> AUC 71.875.
+    Spearman(rank, correct) = -2/sqrt(5).  p_t = .5: q1, q3 routed, post hoc: (2 * (2 + 10) + 2 * 2) / 4 = 7.
+    """
+    recs = []
+    for i, (p2, own, tc) in enumerate(zip([0.9, 0.2, 0.6, 0.4], [1, 0, 1, 0], [1, 1, 1, 0])):
+        recs.append({"id": f"q{i}", "draft_correct": [1, 1, 0, 0][i], "target_correct": tc,
+                     "draft_latency_s": 1.0, "prefix_latency_s": 0.2, "target_latency_s": 10.0,
+                     "scores": {"p2": p2},
+                     "signal_answers": {"p2": {"model": "sft-cn", "correct": own, "latency_s": 2.0,
+                                               "decision": "post_hoc"}}})
+    data, md = _load(build_report(recs, signals=["p2"], p_t_list=[0.5], out_dir=tmp_path,
+                                  p_t_grid=np.linspace(0, 1, 5)))
+    p2 = data["signals"]["p2"]
+    assert p2["auc"] == pytest.approx(71.875)  # on the routing draft's answers it would be 59.375
+    assert p2["spearman"] == pytest.approx(-2 / math.sqrt(5))
+    assert p2["answers_accuracy"] == 0.5 and p2["decision"] == "post_hoc"
+    (row,) = p2["table2"]
+    assert row["accuracy"] == pytest.approx(0.75) and row["mean_latency_s"] == pytest.approx(7.0)
+    assert row["speedup"] == pytest.approx(10 / 7)
+    assert "p2 [sft-cn answers; routes after the full answer: answer + target]" in md

@@ -147,14 +147,14 @@ def test_scoring_rules_via_router(draft, target, mode, rule):
     router = _router(draft, target, mode=mode, rule=rule, tau=2.0, rating="forced", max_new_tokens=2)
     queries = _queries(4)
     prefix = router.pregenerate(queries)
-    rows = router.route_batch(queries, BatchFraction(0.5))
+    rows = router.route_batch(queries, BatchFraction(0.5, rule))
     for i, row in enumerate(rows):
         assert row["prefix_stop"] == "closed" and row["prefix"].endswith("</confidence>")
         assert ("<target>" in row["prefix"]) == (mode == "jrl")
         # IPR from the captured tenths-digit logits, checked against the torch reference
         logits, digit = prefix.tenths["confidence"][i]
         assert digit == int(f"{row['d']:.2f}"[2])
-        ref = digit_stats_reference(logits[None], torch.tensor(router.digit_ids), digit).ipr.item()
+        ref = digit_stats_reference(logits[None], torch.tensor(router.digit_ids), row["d"]).ipr.item()
         assert row["ipr_d"] == pytest.approx(ref, rel=1e-5)
         d2 = apply_ipr(row["d"], row["ipr_d"])
         if mode == "drl":
@@ -162,9 +162,17 @@ def test_scoring_rules_via_router(draft, target, mode, rule):
         else:
             t2 = apply_ipr(row["t"], row["ipr_t"])
             assert row["score"] == pytest.approx(route_score(d2, t2, tau=2.0, rule=rule))
-    # Decision: the two lowest scores go to the target
-    ranked = sorted(range(4), key=lambda i: (rows[i]["score"], i))
+            assert row["score_no_ipr"] == pytest.approx(route_score(row["d"], row["t"], tau=2.0, rule=rule))
+        assert row["rule"] == rule
+    # Decision, in the rule's direction: draft-first sends the two lowest s to the target,
+    # target-first the two highest (ties: the earlier query first)
+    sign = -1 if rule == "target_first" else 1
+    ranked = sorted(range(4), key=lambda i: (sign * rows[i]["score"], i))
     assert {i for i in range(4) if rows[i]["route"] == "target"} == set(ranked[:2])
+    if mode == "jrl":  # a policy of the other rule is refused
+        other = "draft_first" if rule == "target_first" else "target_first"
+        with pytest.raises(ValueError, match="same rule"):
+            router.route_batch(queries, BatchFraction(0.5, other))
 
 
 def test_ipr_off_and_band(draft, target):

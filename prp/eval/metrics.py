@@ -13,19 +13,26 @@ Conventions (shared by every function here; the tests pin each one):
 - NaN. A NaN (or missing) signal counts as the *lowest* possible score: such instances are the
   first sent to the target and rank last in the Spearman ranking.
 - Accuracies are fractions in [0, 1]; AUC is reported in % like Tab. 1.
+- Direction. A PRP signal is stored as its rule's keep score (prp.route.scoring.Rule.keep_score:
+  s for draft-first, -s for target-first), so every function here ranks "higher = keep".
+- Own answers. A signal may carry its own answers (``Instance.signal_answers[name]``: the P1 / P2
+  baselines, Sec. 2.1): its curve, Spearman and Tab. 2 rows then use that model's correctness and
+  latency (:meth:`Instance.for_signal`), and its ``decision`` (``post_hoc`` for a baseline that
+  decides after a complete answer: a routed query costs its own answer + the target, Fig. 6).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
+from prp.route.decide import ROUNDINGS, n_routed  # noqa: F401  (their home is route; eval imports route)
+
 DEFAULT_GRID = np.linspace(0.0, 1.0, 101)
-ROUNDINGS = ("round", "ceil", "floor")
 DECISIONS = ("proactive", "post_hoc")
 _EPS = 1e-9
 
@@ -54,6 +61,10 @@ class Instance:
     split: str | None = None
     d: float | None = None
     t: float | None = None
+    # signal -> {"model": str, "correct": bool, "latency_s": float, "decision": "post_hoc" | "proactive"}:
+    # the answers that produced that signal (P1 / P2), when they are not the routing draft's
+    signal_answers: dict[str, dict] = field(default_factory=dict)
+    rule: str | None = None  # the PRP scoring rule whose keep scores are in ``scores`` (label only)
 
     @classmethod
     def from_mapping(cls, record: Mapping[str, Any]) -> Instance:
@@ -71,7 +82,28 @@ class Instance:
             kw[key] = _float_or_nan(kw.get(key))
         kw["prefix_latency_s"] = _float_or_nan(kw.get("prefix_latency_s", 0.0))
         kw["scores"] = dict(kw.get("scores") or {})
+        kw["signal_answers"] = dict(kw.get("signal_answers") or {})
         return cls(**kw)
+
+    def for_signal(self, name: str) -> Instance:
+        """This instance as seen by signal ``name``: its own answers' correctness and latency
+        replace the routing draft's when ``signal_answers`` has them (a baseline is judged on the
+        answers that produced its signal).
+
+        >>> i = Instance(id="a", draft_correct=True, target_correct=False, draft_latency_s=1.0,
+        ...              signal_answers={"p2": {"correct": False, "latency_s": 3.0}})
+        >>> v = i.for_signal("p2"); (v.draft_correct, v.draft_latency_s), i.for_signal("prp") is i
+        ((False, 3.0), True)
+        """
+        own = self.signal_answers.get(name)
+        if not own:
+            return self
+        return replace(self, draft_correct=bool(own["correct"]),
+                       draft_latency_s=_float_or_nan(own.get("latency_s", self.draft_latency_s)))
+
+    def decision_for(self, name: str) -> str:
+        """``proactive`` (decided after the rating prefix) unless the signal's answers say otherwise."""
+        return (self.signal_answers.get(name) or {}).get("decision", "proactive")
 
     def signal(self, name: str) -> float:
         """``scores[name]``, else the raw rating ``d``/``t`` when ``name`` is one; else NaN.
@@ -108,6 +140,21 @@ def signal_values(instances: Sequence[Instance], signal: str) -> np.ndarray:
     return np.array([inst.signal(signal) for inst in instances], dtype=float)
 
 
+def for_signal(instances, signal: str) -> tuple[list[Instance], str]:
+    """(the instances as seen by ``signal`` (:meth:`Instance.for_signal`), its decision).
+
+    >>> insts, how = for_signal([{"id": 0, "draft_correct": 1, "target_correct": 0,
+    ...     "signal_answers": {"p1": {"correct": 0, "latency_s": 2.0, "decision": "post_hoc"}}}], "p1")
+    >>> insts[0].draft_correct, how
+    (False, 'post_hoc')
+    """
+    insts = as_instances(instances)
+    decisions = {i.decision_for(signal) for i in insts}
+    if len(decisions) > 1:
+        raise ValueError(f"signal {signal!r} mixes decisions {sorted(decisions)} across instances")
+    return [i.for_signal(signal) for i in insts], (decisions.pop() if decisions else "proactive")
+
+
 def correctness(instances: Sequence[Instance]) -> tuple[np.ndarray, np.ndarray]:
     """(draft_correct, target_correct) as float arrays of 0/1."""
     dc = np.array([inst.draft_correct for inst in instances], dtype=float)
@@ -116,26 +163,6 @@ def correctness(instances: Sequence[Instance]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---- routing curves (Fig. 7, Tab. 1 AUC) ----------------------------------------------------
-def n_routed(p_t: float, n: int, *, rounding: str = "round") -> int:
-    """How many of ``n`` instances go to the target at share ``p_t`` (module docstring).
-
-    >>> n_routed(0.5, 5), n_routed(0.5, 5, rounding="floor"), n_routed(0.29, 100)
-    (3, 2, 29)
-    """
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"unknown rounding {rounding!r}; expected one of {ROUNDINGS}")
-    if not 0.0 <= p_t <= 1.0:
-        raise ValueError(f"p_t must lie in [0, 1], got {p_t}")
-    x = p_t * n
-    if rounding == "round":
-        k = math.floor(x + 0.5 + _EPS)
-    elif rounding == "ceil":
-        k = math.ceil(x - _EPS)
-    else:
-        k = math.floor(x + _EPS)
-    return min(max(k, 0), n)
-
-
 def nan_as_lowest(scores: Sequence[float]) -> np.ndarray:
     """Scores as floats with NaN replaced by ``-inf`` (the NaN convention).
 
@@ -415,11 +442,14 @@ def table2_rows(
     signal: str,
     p_t_list: Sequence[float],
     *,
-    decision: str = "proactive",
+    decision: str | None = None,
     rounding: str = "round",
 ) -> list[dict]:
     """Tab. 2 rows: for each ``p_t``, draft share ``1 - k/n``, accuracy, mean latency and
     speedup = (target-only mean latency) / (routed mean latency).
+
+    The instances are seen by the signal (:func:`for_signal`: a baseline's own answers and
+    latency); ``decision`` defaults to the signal's own (``post_hoc`` for P1 / P2).
 
     >>> rows = table2_rows([{"id": 0, "draft_correct": 1, "target_correct": 1, "draft_latency_s": 1,
     ...     "target_latency_s": 9, "scores": {"s": 1}}, {"id": 1, "draft_correct": 0,
@@ -428,7 +458,8 @@ def table2_rows(
     >>> rows[0]["accuracy"], rows[0]["mean_latency_s"], rows[0]["speedup"]
     (1.0, 5.0, 1.8)
     """
-    insts = as_instances(instances)
+    insts, own_decision = for_signal(instances, signal)
+    decision = decision or own_decision
     dc, tc = correctness(insts)
     order = target_order(signal_values(insts, signal))
     target_only = float(np.mean([i.target_latency_s for i in insts]))

@@ -38,7 +38,12 @@ CONVENTIONS = {
     "negative = good (Tab. 1)",
     "random": "exact expectation acc_d * (1 - k/n) + acc_t * k/n",
     "oracle": "target-only-correct first, then no-change items, then draft-only-correct",
-    "latency": "kept: draft_latency_s; routed: prefix_latency_s + target_latency_s (proactive, Sec. 4.4)",
+    "latency": "per query; kept: the answering model's latency; routed: prefix_latency_s + target_latency_s for "
+    "PRP (proactive, Sec. 4.4), that model's full answer + target_latency_s for P1 / P2 (post_hoc, Fig. 6)",
+    "baselines": "a baseline is judged on the answers that produced its signal (its label names the model): "
+    "its curve, AUC, Spearman, bins and Tab. 2 rows use that model's correctness and latency",
+    "direction": "PRP scores are the rule's keep scores: s (draft-first) or -s (target-first, high s goes to "
+    "the target); higher = keep on the draft",
 }
 
 
@@ -147,17 +152,44 @@ def _curve_block(grid, curve, d_acc, t_acc) -> dict:
     }
 
 
+def signal_label(insts, name: str) -> dict:
+    """What a signal's row uses: whose answers, which decision, which rule (the report's labels).
+
+    >>> signal_label([M.Instance(id="a", draft_correct=True, target_correct=True,
+    ...     signal_answers={"p2": {"model": "sft-cn", "decision": "post_hoc"}})], "p2")["label"]
+    'p2 [sft-cn answers; routes after the full answer: answer + target]'
+    """
+    own = next((i.signal_answers[name] for i in insts if name in i.signal_answers), None)
+    rule = next((i.rule for i in insts if i.rule), None)
+    model = own.get("model", "own") if own else "routing draft"
+    decision = (own or {}).get("decision", "proactive")
+    how = ("routes after the full answer: answer + target" if decision == "post_hoc"
+           else "routes after the rating prefix: prefix + target")
+    label = f"{name} [{model} answers; {how}]"
+    if not own and rule and name.startswith("prp"):
+        label = f"{name} [{rule}{', keep = -s' if rule == 'target_first' else ''}; routing draft answers; {how}]"
+    return {"label": label, "answers": model, "decision": decision, "rule": rule if not own else None}
+
+
 def _signal_block(insts, name, dc, tc, p_t_list, grid, bins, d_acc, t_acc) -> dict:
     vals = M.signal_values(insts, name)
     n_nan = int(np.isnan(vals).sum())
     if n_nan == len(vals):
-        return {"status": "missing", "n_nan": n_nan}
+        return {"status": "missing", "n_nan": n_nan, **signal_label(insts, name)}
+    # a baseline is judged on its own answers (M.for_signal): its own draft-side correctness
+    own_insts, _ = M.for_signal(insts, name)
+    dc, _ = M.correctness(own_insts)
+    own_acc = float(dc.mean())
     curve = M.routing_curve(vals, dc, tc, p_t_grid=grid)
     lo, hi, n_bins = _bin_range(vals, bins)
-    block = _curve_block(grid, curve, d_acc, t_acc)
+    block = _curve_block(grid, curve, own_acc, t_acc)
     block.update(
         {
             "status": "ok",
+            **signal_label(insts, name),
+            "answers_accuracy": own_acc,
+            "random_auc": M.auc(grid, M.random_curve_expected(dc, tc, p_t_grid=grid)),
+            "oracle_auc": M.auc(grid, M.oracle_curve(dc, tc, p_t_grid=grid)),
             "n_nan": n_nan,
             "spearman": M.rating_rank_correlation(vals, dc),
             "table2": M.table2_rows(insts, name, p_t_list),
@@ -165,7 +197,7 @@ def _signal_block(insts, name, dc, tc, p_t_list, grid, bins, d_acc, t_acc) -> di
             "portions": {k: v.tolist() for k, v in M.portion_curves(vals, dc, tc, p_t_grid=grid).items()},
             "per_split": {
                 s: {"n": v["n"], "routing": v["routing"].tolist(), "random": v["random"].tolist()}
-                for s, v in M.per_split_curves(insts, name, p_t_grid=grid).items()
+                for s, v in M.per_split_curves(own_insts, name, p_t_grid=grid).items()
             },
         }
     )
@@ -236,16 +268,20 @@ def render_markdown(data: dict) -> str:
 
 
 def _md_table1(data) -> list[str]:
-    rows = [["random (expected)", _fmt(data["random"]["auc"]), _fmt(data["random"]["apgr"], ".3f"), "-", "-"]]
+    rows = [["random (expected)", _fmt(data["random"]["auc"]), _fmt(data["random"]["apgr"], ".3f"), "-", "-", "-"]]
     for name, b in data["signals"].items():
         if b["status"] != "ok":
-            rows.append([name, "missing", "missing", "missing", str(b["n_nan"])])
+            rows.append([name, "missing", "missing", "missing", str(b["n_nan"]), "-"])
             continue
+        own = "-" if b["answers"] == "routing draft" else (
+            f"acc {_fmt(100 * b['answers_accuracy'], '.1f')}%, random {_fmt(b['random_auc'])}, "
+            f"oracle {_fmt(b['oracle_auc'])}")
         rows.append(
-            [name, _fmt(b["auc"]), _fmt(b["apgr"], ".3f"), _fmt(b["spearman"], ".3f"), str(b["n_nan"])]
+            [b.get("label", name), _fmt(b["auc"]), _fmt(b["apgr"], ".3f"), _fmt(b["spearman"], ".3f"),
+             str(b["n_nan"]), own]
         )
-    rows.append(["oracle", _fmt(data["oracle"]["auc"]), _fmt(data["oracle"]["apgr"], ".3f"), "-", "-"])
-    head = ["Signal", "AUC (%)", "APGR", "Spearman of Rank & Acc.", "NaN"]
+    rows.append(["oracle", _fmt(data["oracle"]["auc"]), _fmt(data["oracle"]["apgr"], ".3f"), "-", "-", "-"])
+    head = ["Signal", "AUC (%)", "APGR", "Spearman of Rank & Acc.", "NaN", "its own answers"]
     return ["## Table 1: rating and routing quality", ""] + _table(head, rows)
 
 
@@ -263,7 +299,7 @@ def _md_table2(data) -> list[str]:
         for r in data["reference_rows"]
     ]
     blocks = [("random (expected)", data["random_table2"])]
-    blocks += [(k, data["signals"][k]["table2"]) for k in _ok_signals(data)]
+    blocks += [(data["signals"][k].get("label", k), data["signals"][k]["table2"]) for k in _ok_signals(data)]
     for name, table in blocks:
         rows += [
             [

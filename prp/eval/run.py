@@ -2,21 +2,28 @@
 
 For every item the table holds what routing analysis needs (Sec. 5, Tab. 1-2):
 
-    step 1  the draft's rating prefix (d, t, IPR) and its full answer, continued from the cache
+    step 1  the draft's ratings from the one rating pipeline (`Router.rate`: d, t, IPR, s with and
+            without IPR, per-query prefix time) and its full answer, continued from the cache
     step 2  the target's answer to the same item with its own prompt P
-    step 3  the Paradigm-1 signal: mean token probability of the draft's output (Sec. 2.1, s_1)
-    step 4  the Paradigm-2 signal, when an sft-cn model is given: P[CN] / (P[CN] + P[UN]) at the
-            tail of its own answer (Sec. 2.1, s_2)
-    step 5  each answer judged with the benchmark's official rule
+    step 3  the Paradigm-1 signal s_1 (Sec. 2.1): mean token probability of an answer, on the
+            `--p1-model`'s own answers (the paper: the GRPO-trained model), else on the routing
+            draft's answers; the row says which
+    step 4  the Paradigm-2 signal s_2, when an sft-cn model is given: P[CN] / (P[CN] + P[UN]) at the
+            tail of ITS OWN answer (Sec. 2.1)
+    step 5  every answer judged with the benchmark's official rule
+
+A baseline is judged on the answers that produced its signal: each baseline's model, answer,
+correctness and per-query latency go to `signal_answers[name]` with `decision: post_hoc` (it decides
+after a complete answer, so a routed query costs that answer + the target, Fig. 6); prp.eval.metrics
+reads them.  PRP's `scores` are the rule's keep scores (s, or -s for target-first: higher = keep).
 
 Rows are appended (flush + fsync) to a JSONL cache as each batch finishes, so an interrupted
-evaluation resumes where it stopped.  Latencies of a batched run are the batch's wall time
-(what each query waited); use --batch-size 1 for per-query latencies as in Tab. 2.
+evaluation resumes where it stopped.  Latencies are per query (docs/routing.md): each batched
+call's wall time divided evenly among its rows; use --batch-size 1 for unbatched latencies as in Tab. 2.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +38,6 @@ from prp.core.prompts import CN_TOKEN, UN_TOKEN, build_messages
 from prp.train.rollout import build_batch, build_prompts, completion_logprobs
 from prp.route.run import JsonlSink, read_rows
 from prp.route.router import Query, Router
-from prp.route.scoring import route_score
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,10 @@ class Baselines:
 
     sft_cn_model: object | None = None  # Paradigm 2: fine-tuned to end its answer with [CN] / [UN]
     sft_cn_processor: object | None = None
+    sft_cn_name: str = "sft-cn"
+    p1_model: object | None = None  # Paradigm 1 on its own answers (the paper: the GRPO-trained model)
+    p1_processor: object | None = None
+    p1_name: str = "p1-model"
     max_new_tokens: int = 256
 
 
@@ -106,48 +116,85 @@ def special_token_answers(model, processor, queries: list[Query], *,
     return bodies, torch.softmax(tail, dim=-1)[:, 0].tolist()
 
 
-def _nan(x):
-    return math.nan if x is None else x
+def _keep(rule, score):
+    """The rule's keep score (higher = keep on the draft), None for a missing score (JSON-safe)."""
+    return None if score is None else rule.keep_score(score)
+
+
+@torch.no_grad()
+def plain_answers(model, processor, queries: list[Query], *, max_new_tokens: int) -> tuple[list[list[int]], float]:
+    """A model answering with the target prompt P (greedy): (answer token ids, wall s of the call)."""
+    from prp.route import decode as gen
+
+    start = time.perf_counter()
+    msgs = [build_messages(q.question, mode="target", with_image=q.image is not None) for q in queries]
+    inputs = build_prompts(processor, msgs, [q.image for q in queries], repeat=1, device=model.device)
+    ids = gen.generate(model, processor.tokenizer, inputs.model_inputs, max_new_tokens=max_new_tokens)
+    return ids, time.perf_counter() - start
+
+
+def _own_answers(model_name: str, answer: str | None, correct: bool, latency_s: float) -> dict:
+    return {"model": model_name, "answer": answer, "correct": bool(correct), "latency_s": latency_s,
+            "decision": "post_hoc"}
 
 
 def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord], images: list, *,
                    baselines: Baselines) -> list[dict]:
     """Steps 1-5 for one batch of records and their decoded images."""
-    queries = [Query(id=r.id, question=r.question, image=im, gold=r.answer) for r, im in zip(records, images)]
-    n, cfg = len(queries), router.cfg
-    start = time.perf_counter()
-    prefix = router.pregenerate(queries)  # step 1
-    prefix_s = time.perf_counter() - start
-    ratings = router.evaluate(prefix)
-    continued, continue_s = router.continue_draft(prefix, list(range(n)))
-    targets = router.target.answer(queries)  # step 2
-    draft_ids = [prefix.tokens[i] + continued.get(i, []) for i in range(n)]
-    p1 = mean_token_prob(router.model, router.processor, queries, draft_ids, mode=cfg.mode,  # step 3
-                         skip=[len(t) for t in prefix.tokens])
-    p2 = (None if baselines.sft_cn_model is None else  # step 4
-          special_token_signal(baselines.sft_cn_model, baselines.sft_cn_processor, queries,
-                               max_new_tokens=baselines.max_new_tokens))
     from prp.core.answers import extract_answer
+
+    queries = [Query(id=r.id, question=r.question, image=im, gold=r.answer) for r, im in zip(records, images)]
+    n, cfg, rule = len(queries), router.cfg, router.rule
+    prefix, ratings = router.rate(queries)  # step 1
+    continued, continue_s = router.continue_draft(prefix, list(range(n)))
+    targets = router.target.answer(queries)  # step 2 (per-query latency)
+    draft_ids = [prefix.tokens[i] + continued.get(i, []) for i in range(n)]
+    decode = router.tokenizer.decode
+    # the answer comes from after the rating: a last-number fallback must not read "0.87"
+    draft_answers = [extract_answer(decode(continued.get(i, []), skip_special_tokens=True)) for i in range(n)]
+    draft_correct = [bool(bench.judge(rec, a)) for rec, a in zip(records, draft_answers)]  # step 5
+    draft_lat = [r.prefix_latency_s + continue_s / n for r in ratings]
+
+    # step 3: P1 on the --p1-model's own answers, else on the routing draft's (prefix skipped)
+    if baselines.p1_model is not None:
+        p1_ids, p1_s = plain_answers(baselines.p1_model, baselines.p1_processor, queries,
+                                     max_new_tokens=baselines.max_new_tokens)
+        p1 = mean_token_prob(baselines.p1_model, baselines.p1_processor, queries, p1_ids, mode="target")
+        p1_answers = [extract_answer(baselines.p1_processor.tokenizer.decode(ids, skip_special_tokens=True))
+                      for ids in p1_ids]
+        p1_own = [_own_answers(baselines.p1_name, a, bench.judge(rec, a), p1_s / n)
+                  for rec, a in zip(records, p1_answers)]
+    else:
+        p1 = mean_token_prob(router.model, router.processor, queries, draft_ids, mode=cfg.mode,
+                             skip=[len(t) for t in prefix.tokens])
+        p1_own = [_own_answers("routing draft", a, c, lat)
+                  for a, c, lat in zip(draft_answers, draft_correct, draft_lat)]
+    # step 4: P2 on the sft-cn model's own answers
+    p2, p2_own = None, None
+    if baselines.sft_cn_model is not None:
+        start = time.perf_counter()
+        bodies, p2 = special_token_answers(baselines.sft_cn_model, baselines.sft_cn_processor, queries,
+                                           max_new_tokens=baselines.max_new_tokens)
+        p2_s = time.perf_counter() - start
+        tok = baselines.sft_cn_processor.tokenizer
+        p2_answers = [extract_answer(tok.decode(b, skip_special_tokens=True)) for b in bodies]
+        p2_own = [_own_answers(baselines.sft_cn_name, a, bench.judge(rec, a), p2_s / n)
+                  for rec, a in zip(records, p2_answers)]
 
     rows = []
     for i, (record, rating, target) in enumerate(zip(records, ratings, targets)):
-        # the answer comes from after the rating: a last-number fallback must not read "0.87"
-        draft_answer = extract_answer(router.tokenizer.decode(continued.get(i, []), skip_special_tokens=True))
         target_answer = extract_answer(target.text) if target.text is not None else None
-        no_ipr = None if rating.d is None else route_score(
-            rating.d, rating.t if cfg.mode == "jrl" else None, tau=cfg.tau, rule=cfg.rule)
         rows.append({
             "id": record.id, "split": record.split or None, "gold": record.answer,
-            "d": rating.d, "t": rating.t, "ipr_d": rating.ipr_d, "ipr_t": rating.ipr_t,
-            "scores": {"prp": _nan(rating.score), "prp_no_ipr": _nan(no_ipr), "p1": p1[i],
-                       **({"p2": p2[i]} if p2 is not None else {})},
-            "draft_answer": draft_answer, "draft_correct": bench.judge(record, draft_answer),  # step 5
+            **rating.to_json(), "mode": cfg.mode, "rule": rule.name,
+            "scores": {"prp": _keep(rule, rating.score), "prp_no_ipr": _keep(rule, rating.score_no_ipr),
+                       "p1": p1[i], **({"p2": p2[i]} if p2 is not None else {})},
+            "signal_answers": {"p1": p1_own[i], **({"p2": p2_own[i]} if p2_own is not None else {})},
+            "draft_answer": draft_answers[i], "draft_correct": draft_correct[i],
             "target_answer": target_answer,
-            "target_correct": target_answer is not None and bench.judge(record, target_answer),
+            "target_correct": target_answer is not None and bool(bench.judge(record, target_answer)),
             "target_error": target.error,
-            "prefix": prefix.texts[i],
-            "prefix_latency_s": prefix_s, "draft_latency_s": prefix_s + continue_s,
-            "target_latency_s": target.latency_s,
+            "draft_latency_s": draft_lat[i], "target_latency_s": target.latency_s,
             "draft_tokens": len(draft_ids[i]), "target_tokens": target.completion_tokens,
         })
     return rows

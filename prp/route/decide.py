@@ -1,17 +1,22 @@
 """Decision-making (Sec. 4.2) and the two threshold strategies of Sec. 4.4.
 
-A query keeps the draft when its score s > T (Alg. 3 l.11, Alg. 4 l.12); otherwise it goes to
-the target.  A missing score (the draft never closed its rating) is -inf: it always goes to the
-target, because nothing says the draft can handle it.
+Every policy ranks the rule's keep score (prp.route.scoring.Rule.keep_score: higher = keep on the
+draft), so the direction belongs to the rule: draft-first keeps s > T (Alg. 3 l.11, Alg. 4 l.12),
+target-first keeps s < T (high s goes to the target, Sec. 4.2 / A.2).  A missing score (the draft
+never closed its rating) is -inf: it always goes to the target, because nothing says the draft can
+handle it.
 
 Three ways to get T:
-- `FixedThreshold(T)`: given.
-- `BatchFraction(p_t)`: Dynamic Pre-scoring without a validation set (Sec. 4.4 b): in each batch
-  of concurrent queries the round(p_t * n) lowest scores go to the target (round half up;
+- `FixedThreshold(T, rule)`: given.
+- `BatchFraction(p_t, rule)`: Dynamic Pre-scoring without a validation set (Sec. 4.4 b): in each batch
+  of concurrent queries the round(p_t * n) lowest keep scores go to the target (round half up;
   ties broken by arrival order, earlier queries first to the target).
 - `calibrate(...)`: Task-specific Calibration with a validation set (Sec. 4.4 a): on labelled
   validation queries with known draft/target correctness, pick T for a requested p_t or for
-  the cheapest p_t that reaches a requested accuracy.  Saved as JSON, reused with `load`.
+  the cheapest p_t that reaches a requested accuracy.  Saved as JSON (with its rule), reused with `load`.
+
+This module is the home of the target count `n_routed`; the evaluation metrics import it from here
+(eval may import route, never the other way round).
 """
 from __future__ import annotations
 
@@ -21,18 +26,36 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prp.eval.metrics import n_routed
+from prp.route.scoring import Rule, get_rule
 
-NO_SCORE = float("-inf")
+ROUNDINGS = ("round", "ceil", "floor")
+_EPS = 1e-9
 
 
-def _score(s: float | None) -> float:
-    return NO_SCORE if s is None or (isinstance(s, float) and math.isnan(s)) else float(s)
+def n_routed(p_t: float, n: int, *, rounding: str = "round") -> int:
+    """How many of ``n`` instances go to the target at share ``p_t``: ``floor(p_t * n + 0.5)``
+    (round half up; ``"ceil"`` / ``"floor"`` available).  A tiny tolerance absorbs float noise,
+    so ``0.29 * 100`` gives 29, not 28.
+
+    >>> n_routed(0.5, 5), n_routed(0.5, 5, rounding="floor"), n_routed(0.29, 100)
+    (3, 2, 29)
+    """
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; expected one of {ROUNDINGS}")
+    if not 0.0 <= p_t <= 1.0:
+        raise ValueError(f"p_t must lie in [0, 1], got {p_t}")
+    x = p_t * n
+    if rounding == "round":
+        k = math.floor(x + 0.5 + _EPS)
+    elif rounding == "ceil":
+        k = math.ceil(x - _EPS)
+    else:
+        k = math.floor(x + _EPS)
+    return min(max(k, 0), n)
 
 
 def n_to_target(p_t: float, n: int) -> int:
-    """How many of n queries go to the target for a share p_t: round half up, within [0, n]
-    (the same count the evaluation's routing curves use, prp.eval.metrics.n_routed).
+    """How many of n queries go to the target for a share p_t: round half up, within [0, n].
 
     >>> n_to_target(0.6, 5), n_to_target(0.5, 3), n_to_target(0.0, 4)
     (3, 2, 0)
@@ -40,31 +63,41 @@ def n_to_target(p_t: float, n: int) -> int:
     return n_routed(p_t, n, rounding="round")
 
 
+def _rule(rule: str | Rule) -> Rule:
+    return rule if isinstance(rule, Rule) else get_rule(rule)
+
+
 @dataclass
 class FixedThreshold:
-    threshold: float | None  # None = -inf: keep every query that has a score
+    threshold: float | None  # in s units; None = keep every query that has a score
+    rule: str = "draft_first"
 
     def keep(self, scores: Sequence[float | None]) -> list[bool]:
         """True = the draft continues.
 
         >>> FixedThreshold(0.5).keep([0.9, 0.5, None, 0.2])
         [True, False, False, False]
+        >>> FixedThreshold(0.5, "target_first").keep([0.9, 0.5, None, 0.2])
+        [False, False, False, True]
         """
-        t = NO_SCORE if self.threshold is None else self.threshold
-        return [_score(s) > t for s in scores]
+        rule = _rule(self.rule)
+        return [rule.keeps_draft(s, self.threshold) for s in scores]
 
 
 @dataclass
 class BatchFraction:
     p_t: float  # share of each batch routed to the target
+    rule: str = "draft_first"
 
     def keep(self, scores: Sequence[float | None]) -> list[bool]:
-        """The round(p_t * n) lowest-scored queries of this batch go to the target.
+        """The round(p_t * n) lowest keep scores of this batch go to the target.
 
-        >>> BatchFraction(0.5).keep([0.9, 0.1, 0.5, 0.7])
-        [True, False, False, True]
+        >>> BatchFraction(0.5).keep([0.9, 0.1, 0.5, 0.7]), BatchFraction(0.5, "target_first").keep([0.9, 0.1, 0.5, 0.7])
+        ([True, False, False, True], [False, True, True, False])
         """
-        order = sorted(range(len(scores)), key=lambda i: (_score(scores[i]), i))  # stable: earlier first
+        rule = _rule(self.rule)
+        keys = [rule.keep_score(s) for s in scores]
+        order = sorted(range(len(scores)), key=lambda i: (keys[i], i))  # stable: earlier first
         routed = set(order[: n_to_target(self.p_t, len(scores))])
         return [i not in routed for i in range(len(scores))]
 
@@ -73,7 +106,7 @@ class BatchFraction:
 class Calibration:
     """A threshold chosen on a validation split, with what it achieved there."""
 
-    threshold: float | None  # s > threshold keeps the draft; None = -inf
+    threshold: float | None  # in s units, direction by `rule`; None = keep every scored query
     p_t: float  # share routed to the target on validation
     accuracy: float  # routed accuracy on validation
     draft_accuracy: float
@@ -81,9 +114,13 @@ class Calibration:
     n: int
     requested: dict  # {"pt": ...} or {"target_acc": ...}
     mode: str = ""
-    rule: str = ""
+    rule: str = "draft_first"
     tau: float | None = None
     ipr: str = ""
+    judge: str = ""  # the benchmark whose rule judged validation answers
+
+    def policy(self) -> FixedThreshold:
+        return FixedThreshold(self.threshold, self.rule or "draft_first")
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -101,30 +138,36 @@ def calibrate(
     *,
     p_t: float | None = None,
     target_acc: float | None = None,
+    rule: str | Rule = "draft_first",
 ) -> Calibration:
     """Choose T on validation (Sec. 4.4 a).  Exactly one of p_t / target_acc.
 
-    Sorting by score, routing the k lowest to the target gives the routing curve
+    Sorting by the rule's keep score, routing the k lowest to the target gives the routing curve
     acc(k) = (sum_{i<k} target_i + sum_{i>=k} draft_i) / n.
     - p_t: k = round(p_t * n).
     - target_acc: the smallest k with acc(k) >= target_acc (fewest target calls); if no k
       reaches it, the k with the best accuracy.
-    T is the k-th lowest score (k = 0: T = -inf).  With tied scores `s > T` can route more than k
-    queries on new data: the share achieved on validation is reported in `p_t`.
+    T is the s of the k-th query sent (k = 0: None).  With tied scores the rule's test can route
+    more than k queries on new data: the share achieved on validation is reported in `p_t`.
 
     >>> c = calibrate([0.9, 0.2, 0.5, 0.7], [1, 0, 0, 1], [1, 1, 1, 0], p_t=0.5)
     >>> c.threshold, c.p_t, c.accuracy
     (0.5, 0.5, 1.0)
+    >>> c = calibrate([0.9, 0.2, 0.5, 0.7], [0, 1, 1, 0], [1, 1, 1, 0], p_t=0.5, rule="target_first")
+    >>> c.threshold, c.p_t, c.accuracy
+    (0.7, 0.5, 0.75)
     """
     if (p_t is None) == (target_acc is None):
         raise ValueError("give exactly one of p_t or target_acc")
+    rule = _rule(rule)
     n = len(scores)
     if n == 0 or not (n == len(draft_correct) == len(target_correct)):
         raise ValueError("need the same, non-zero number of scores and correctness labels")
-    order = sorted(range(n), key=lambda i: (_score(scores[i]), i))
+    keys = [rule.keep_score(s) for s in scores]
+    order = sorted(range(n), key=lambda i: (keys[i], i))
     d = [float(draft_correct[i]) for i in order]
     t = [float(target_correct[i]) for i in order]
-    # acc[k]: k lowest to the target
+    # acc[k]: k lowest keep scores to the target
     acc = [(sum(t[:k]) + sum(d[k:])) / n for k in range(n + 1)]
     if p_t is not None:
         k = n_to_target(p_t, n)
@@ -133,13 +176,13 @@ def calibrate(
         reaching = [k for k in range(n + 1) if acc[k] >= target_acc - 1e-12]
         k = reaching[0] if reaching else max(range(n + 1), key=lambda j: (acc[j], -j))
         requested = {"target_acc": target_acc}
-    threshold = None if k == 0 else _score(scores[order[k - 1]])
-    threshold = None if threshold == NO_SCORE else threshold
-    kept = FixedThreshold(threshold).keep(scores)
+    key = None if k == 0 else keys[order[k - 1]]
+    threshold = None if key is None or key == -math.inf else rule.from_keep_score(key)
+    kept = FixedThreshold(threshold, rule.name).keep(scores)
     routed_acc = sum(
         float(draft_correct[i]) if kept[i] else float(target_correct[i]) for i in range(n)
     ) / n
     return Calibration(
         threshold=threshold, p_t=1 - sum(kept) / n, accuracy=routed_acc,
-        draft_accuracy=sum(d) / n, target_accuracy=sum(t) / n, n=n, requested=requested,
+        draft_accuracy=sum(d) / n, target_accuracy=sum(t) / n, n=n, requested=requested, rule=rule.name,
     )

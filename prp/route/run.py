@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prp.core.data import ImageError, load_jsonl
 from prp.route.router import Query, Router
+from prp.route.rows import error_row
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +171,14 @@ def read_rows(path: str | Path) -> list[dict]:
 # ------------------------------------------------------------------------------ scoring
 
 
-def score_row(row: dict, gold: str | None) -> None:
-    """Add gold / correct (prp.train.rewards.accuracy_reward: 1, 0, or None for an unparsable gold)."""
-    if gold is None:
+def score_row(row: dict, record, judge=None) -> None:
+    """Add gold / correct: `row["answer"]` judged by `judge(record, answer)` (the benchmark's own rule,
+    passed in by the entry script, e.g. prp.eval.judge.routing_judge; prp/route never imports prp/eval).
+    No judge, or no gold: `correct` stays None."""
+    if record.answer is None:
         return
-    from prp.train.rewards import accuracy_reward
-
-    row["gold"] = gold
-    row["correct"] = accuracy_reward(row.get("answer"), gold)
+    row["gold"] = record.answer
+    row["correct"] = None if judge is None else bool(judge(record, row.get("answer")))
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -186,7 +187,7 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 
 def route_file(router: Router, data: str | Path, out: str | Path, policy, *, batch_size: int = 16,
-               resume: bool = False, target_all: bool = False) -> list[dict]:
+               resume: bool = False, target_all: bool = False, judge=None) -> list[dict]:
     """Route every line of `data` into `out`; returns all rows of `out` (resumed ones included)."""
     loaded = load_jsonl(data, check_images=True)
     sink = JsonlSink(out, resume=resume)
@@ -194,7 +195,7 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
         for err in loaded.errors:  # malformed lines / unreadable images: an output line each
             rid = str(err["id"]) if err.get("id") is not None else f"line-{err['line']}"
             if rid not in sink.done:
-                sink.write({"id": rid, "line": err["line"], "error": err["error"], "route": None, "answer": None})
+                sink.write(error_row(rid, err["error"], line=err["line"]))
         todo = [r for r in loaded.records if r.id not in sink.done]
         for batch in _batches(todo, batch_size):
             queries, golds = [], {}
@@ -202,14 +203,14 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
                 try:
                     image = rec.load_image()
                 except ImageError as exc:  # became unreadable since loading
-                    sink.write({"id": rec.id, "error": str(exc), "route": None, "answer": None})
+                    sink.write(error_row(rec.id, str(exc)))
                     continue
                 queries.append(Query(id=rec.id, question=rec.question, image=image, gold=rec.answer))
-                golds[rec.id] = rec.answer
+                golds[rec.id] = rec
             if not queries:
                 continue
             for row in router.route_batch(queries, policy, target_all=target_all):
-                score_row(row, golds[row["id"]])
+                score_row(row, golds[row["id"]], judge)
                 sink.write(row)
     finally:
         sink.close()
@@ -272,14 +273,15 @@ def format_summary(s: dict) -> str:
 
 
 def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, target_acc: float | None,
-                 batch_size: int = 16):
-    """Sec. 4.4 (a): scores on a labelled validation split, draft/target correctness, then T.
+                 batch_size: int = 16, judge=None):
+    """Sec. 4.4 (a): scores on a labelled validation split, draft/target correctness, then T in the
+    router's rule direction.
 
     Correctness comes from the file when every line carries `draft_correct` and `target_correct`
     (a per-instance table, e.g. from an earlier evaluation); otherwise both models answer every
-    validation query (the draft from its prefix cache) and prp.train.rewards scores them.
+    validation query (the draft from its prefix cache) and `judge(record, answer)` (the benchmark's
+    own rule, as in evaluation) scores them.
     """
-    from prp.train.rewards import accuracy_reward
     from prp.route.decide import FixedThreshold, calibrate
 
     loaded = load_jsonl(val_path, check_images=True, require_answer=True)
@@ -287,19 +289,22 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
     if not recs:
         raise SystemExit(f"no usable labelled records in {val_path} ({loaded.summary()})")
     table = all("draft_correct" in r.meta and "target_correct" in r.meta for r in recs)
+    if not table and judge is None:
+        raise ValueError("calibration needs a judge (the benchmark's rule) unless the file has correctness columns")
     scores, dc, tc = [], [], []
     for batch in _batches(recs, batch_size):
         queries = [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in batch]
         if table:
-            scores += [x.score for x in router.evaluate(router.pregenerate(queries))]
+            scores += [x.score for x in router.rate(queries)[1]]
             dc += [float(r.meta["draft_correct"]) for r in batch]
             tc += [float(r.meta["target_correct"]) for r in batch]
             continue
-        rows = router.route_batch(queries, FixedThreshold(None), target_all=True, draft_all=True)
+        rows = router.route_rows(queries, FixedThreshold(None, router.rule.name), target_all=True, draft_all=True)
         for row, rec in zip(rows, batch):
-            scores.append(row["score"])
-            dc.append(float(accuracy_reward(row.get("draft_answer"), rec.answer) or 0.0))
-            tc.append(float(accuracy_reward(row.get("target_answer"), rec.answer) or 0.0))
-    cal = calibrate(scores, dc, tc, p_t=p_t, target_acc=target_acc)
-    cal.mode, cal.rule, cal.tau, cal.ipr = router.cfg.mode, router.cfg.rule, router.cfg.tau, router.cfg.ipr
+            scores.append(row.score)
+            dc.append(float(judge(rec, row.draft_answer)))
+            tc.append(float(judge(rec, row.target_answer)))
+    cal = calibrate(scores, dc, tc, p_t=p_t, target_acc=target_acc, rule=router.rule)
+    cal.mode, cal.tau, cal.ipr = router.cfg.mode, router.cfg.tau, router.cfg.ipr
+    cal.judge = getattr(judge, "bench", "") if not table else "table"
     return cal

@@ -1,8 +1,15 @@
-"""Routing scores (Sec. 4.2) and their IPR refinement (Sec. 4.3).
+"""Routing scores (Sec. 4.2), their decision direction, and their IPR refinement (Sec. 4.3).
 
-Higher score = keep on the draft.  Works on floats and on tensors alike.
+`route_score` works on floats and on tensors alike.  Which way a score points is part of the rule
+(`Rule`): under draft-first (and DRL) a high s stays on the draft; under target-first a high s goes to
+the target (Sec. 4.2 / A.2: "the target model refines the samples from easy to hard").  Everything
+downstream (thresholds, calibration, evaluation metrics) ranks the rule's *keep score*, higher = keep
+on the draft, so the direction is decided here and nowhere else.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 RULES = ("draft_first", "target_first")
 IPR_MODES = ("add", "band", "off")
@@ -31,6 +38,58 @@ def route_score(d, t=None, *, tau: float = 2.0, rule: str = "draft_first"):
     if rule == "draft_first":
         return d + (d - t) / tau
     return t + (t - d) / tau
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A scoring rule: its score s (`route_score`) and its decision direction.
+
+    `high_keeps_draft`: True (draft-first, DRL) = keep iff s > T; False (target-first) = keep iff s < T.
+
+    >>> tf = get_rule("target_first")
+    >>> tf.score(0.8, 0.4, tau=2.0), tf.keep_score(0.2), tf.keeps_draft(0.2, 0.5), tf.keeps_draft(0.7, 0.5)
+    (0.2, -0.2, True, False)
+    """
+
+    name: str
+    high_keeps_draft: bool
+
+    def score(self, d, t=None, *, tau: float = 2.0):
+        """s of this rule; None when a needed rating is missing (target-first needs t: its s ranks
+        queries for the target, and d alone points the other way)."""
+        if d is None or (t is None and not self.high_keeps_draft):
+            return None
+        return route_score(d, t, tau=tau, rule=self.name)
+
+    def keep_score(self, s) -> float:
+        """Higher = keep on the draft: s, or -s for target-first; None / NaN = -inf (to the target)."""
+        if s is None or (isinstance(s, float) and math.isnan(s)):
+            return -math.inf
+        return float(s) if self.high_keeps_draft else -float(s)
+
+    def from_keep_score(self, k: float) -> float:
+        """Inverse of `keep_score` for finite values (a threshold back in s units)."""
+        return k if self.high_keeps_draft else -k
+
+    def keeps_draft(self, s, threshold) -> bool:
+        """Alg. 3 l.11 / Alg. 4 l.12 in this rule's direction; threshold None = keep every scored query."""
+        if threshold is None:
+            return self.keep_score(s) > -math.inf
+        return self.keep_score(s) > self.keep_score(threshold)
+
+
+RULE_OBJECTS = {"draft_first": Rule("draft_first", True), "target_first": Rule("target_first", False)}
+
+
+def get_rule(name: str, *, mode: str = "jrl") -> Rule:
+    """The rule object for a rule name; DRL has only d, so it is always draft-first.
+
+    >>> get_rule("target_first", mode="drl").name
+    'draft_first'
+    """
+    if name not in RULE_OBJECTS:
+        raise ValueError(f"unknown scoring rule {name!r}; expected one of {RULES}")
+    return RULE_OBJECTS["draft_first" if mode == "drl" else name]
 
 
 def apply_ipr(rating, ipr, *, mode: str = "add"):
