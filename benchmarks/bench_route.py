@@ -90,12 +90,11 @@ def main() -> None:
         n_prefix = len(router.forced)
         total = n_prefix + args.new_tokens
 
-        def decide(queries=queries):
-            router.evaluate(router.pregenerate(queries))
+        def decide(queries=queries):  # the one rating pipeline: prefix + evaluate
+            router.rate(queries)
 
         def kept(queries=queries):  # prefix + evaluate + continuation from the prefix cache
-            prefix = router.pregenerate(queries)
-            router.evaluate(prefix)
+            prefix, _ = router.rate(queries)
             router.continue_draft(prefix, list(range(len(queries))))
 
         def plain(inputs=inputs, total=total):  # one draft generation of the same length, no routing

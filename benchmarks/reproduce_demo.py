@@ -14,6 +14,10 @@ What is measured (every model greedy, one torch thread unless --threads):
   of d (DRL), d / t / s (JRL) vs P1 (mean token probability of the same draft's answer) and
   P2 ([CN]/[UN] probability of the sft-cn model, on its own answers); routing AUC of
   PRP-DRL, PRP-JRL, random, P1, P2, oracle (prp.eval.metrics.routing_curve / auc);
+  ratings come from the one rating pipeline (Router.rate), answers are judged with the demo
+  benchmark's rule (prp.eval.judge), latencies are per query (docs/routing.md);
+- the per-draft reports (report_<mode>/) carry P1 and P2 on their own answers, deciding after a full
+  answer: their Tab. 2 rows pay that answer + the target (Fig. 6);
 - Tab. 2 / Sec. 4.4: the smallest p_t at which the JRL router's accuracy reaches the target's,
   and the speedup there (latencies: amortised per-query wall time of batched CPU generation);
 - Fig. 5 / DSS: rating std and DSS trigger rate during DRL training, with and without DSS
@@ -44,39 +48,34 @@ def _queries(records):
 
 
 def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, max_new: int) -> list[dict]:
-    """Alg. 3-4 on every record: prefix (d, t, s with IPR), then the continuation from the cache; P1."""
+    """Alg. 3-4 on every record through the one rating pipeline (Router.rate: d, t, s with and without
+    IPR, per-query prefix time), then the continuation from the cache; P1 on the same answers."""
+    from prp.eval.judge import routing_judge
     from prp.eval.run import mean_token_prob
     from prp.core.modeling import load_model
-    from prp.train.rewards import accuracy_reward
-    from prp.route.router import Router, RouterConfig, extract_answer
-    from prp.route.scoring import route_score
+    from prp.route.router import Router, RouterConfig
 
     model, proc = load_model(str(model_dir), device="cpu")
     router = Router(model, proc, None, RouterConfig(mode=mode, rating="free", tau=2.0, ipr="add", max_new_tokens=max_new))
+    judge = routing_judge("demo")
     tok = proc.tokenizer
     rows = []
     for i in range(0, len(records), batch_size):
         chunk = records[i:i + batch_size]
         queries = _queries(chunk)
-        t0 = time.perf_counter()
         with torch.no_grad():
-            prefix = router.pregenerate(queries)
-        prefix_s = time.perf_counter() - t0
-        ratings = router.evaluate(prefix)
+            prefix, ratings = router.rate(queries)
         new, cont_s = router.continue_draft(prefix, list(range(len(chunk))))
-        raw_scores = [None if r.d is None else float(r.d if mode == "drl" or r.t is None
-                                                     else route_score(r.d, r.t, tau=router.cfg.tau))
-                      for r in ratings]
         p1 = mean_token_prob(model, proc, queries, [prefix.tokens[j] + new[j] for j in range(len(chunk))],
                              mode=mode, skip=[len(t) for t in prefix.tokens])
         b = len(chunk)
         for j, (rec, rt) in enumerate(zip(chunk, ratings)):
-            ans = extract_answer(tok.decode(new[j], skip_special_tokens=True))
+            ans = judge.extract(tok.decode(new[j], skip_special_tokens=True))
             rows.append({
                 "id": rec.id, "level": int(rec.meta.get("level", 0)), "d": rt.d, "t": rt.t, "score": rt.score,
-                "score_no_ipr": raw_scores[j], "prefix_stop": prefix.stop[j], "answer": ans,
-                "draft_correct": float(accuracy_reward(ans, rec.answer) or 0.0), "p1": p1[j],
-                "prefix_latency_s": prefix_s / b, "draft_latency_s": (prefix_s + cont_s) / b,
+                "score_no_ipr": rt.score_no_ipr, "prefix_stop": rt.prefix_stop, "answer": ans,
+                "draft_correct": float(judge(rec, ans)), "p1": p1[j],
+                "prefix_latency_s": rt.prefix_latency_s, "draft_latency_s": rt.prefix_latency_s + cont_s / b,
             })
     return rows
 
@@ -84,39 +83,41 @@ def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, ma
 def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
     """A plain model (target prompt P), greedy: correctness and amortised latency per query."""
     from prp.core.modeling import load_model
-    from prp.train.rewards import accuracy_reward
-    from prp.route.router import LocalTarget, extract_answer
+    from prp.eval.judge import routing_judge
+    from prp.route.router import LocalTarget
 
     model, proc = load_model(str(model_dir), device="cpu")
     target = LocalTarget(model, proc, max_new_tokens=max_new)
+    judge = routing_judge("demo")
     rows = []
     for i in range(0, len(records), batch_size):
         chunk = records[i:i + batch_size]
         answers = target.answer(_queries(chunk))
         for rec, a in zip(chunk, answers):
-            ans = extract_answer(a.text)
+            ans = judge.extract(a.text)
             rows.append({"id": rec.id, "level": int(rec.meta.get("level", 0)), "answer": ans,
-                         "correct": float(accuracy_reward(ans, rec.answer) or 0.0),
-                         "latency_s": a.latency_s / len(chunk)})
+                         "correct": float(judge(rec, ans)), "latency_s": a.latency_s})  # per query already
     return rows
 
 
 def run_p2(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
     """P2 (Paradigm 2, Sec. 2.1): the sft-cn model answers, then P([CN]) / (P([CN]) + P([UN])) after its answer."""
+    from prp.eval.judge import routing_judge
     from prp.eval.run import special_token_answers
     from prp.core.modeling import load_model
-    from prp.train.rewards import accuracy_reward
-    from prp.route.router import extract_answer
 
     model, proc = load_model(str(model_dir), device="cpu")
+    judge = routing_judge("demo")
     rows = []
     for i in range(0, len(records), batch_size):
         chunk = records[i:i + batch_size]
+        t0 = time.perf_counter()
         bodies, scores = special_token_answers(model, proc, _queries(chunk), max_new_tokens=max_new)
+        per_query = (time.perf_counter() - t0) / len(chunk)
         for rec, body, score in zip(chunk, bodies, scores):
-            ans = extract_answer(proc.tokenizer.decode(body, skip_special_tokens=True))
+            ans = judge.extract(proc.tokenizer.decode(body, skip_special_tokens=True))
             rows.append({"id": rec.id, "level": int(rec.meta.get("level", 0)), "answer": ans, "p2": score,
-                         "draft_correct": float(accuracy_reward(ans, rec.answer) or 0.0)})
+                         "draft_correct": float(judge(rec, ans)), "latency_s": per_query})
     return rows
 
 
@@ -160,6 +161,29 @@ def speedup_at_target_acc(rows, target_rows, signal: str) -> dict:
     best = max(table, key=lambda row: row["accuracy"])
     return {"target_acc": t_acc, "first_reaching": reach[0] if reach else None, "best": best,
             "at_p_t": {f"{p:.1f}": next(row for row in table if abs(row["p_t"] - p) < 1e-9) for p in (0.2, 0.4, 0.6, 0.8)}}
+
+
+def report_instances(rows, target_rows, p2_rows=None) -> list[dict]:
+    """prp.eval.report's table: PRP on the rating draft (draft-first keep score = s, proactive); P1 on the
+    same draft's answers and P2 on the sft-cn model's own answers, both deciding after a full answer
+    (a routed query costs that answer + the target, Fig. 6)."""
+    tgt = {r["id"]: r for r in target_rows}
+    p2 = {r["id"]: r for r in p2_rows or []}
+    out = []
+    for r in rows:
+        answers = {"p1": {"model": "routing draft", "correct": bool(r["draft_correct"]),
+                          "latency_s": r["draft_latency_s"], "decision": "post_hoc"}}
+        scores = {"prp": r["score"], "p1": r["p1"]}
+        if r["id"] in p2:
+            c = p2[r["id"]]
+            scores["p2"] = c["p2"]
+            answers["p2"] = {"model": "sft-cn", "correct": bool(c["draft_correct"]), "latency_s": c["latency_s"],
+                             "decision": "post_hoc"}
+        out.append({"id": r["id"], "draft_correct": r["draft_correct"], "target_correct": tgt[r["id"]]["correct"],
+                    "draft_latency_s": r["draft_latency_s"], "prefix_latency_s": r["prefix_latency_s"],
+                    "target_latency_s": tgt[r["id"]]["latency_s"], "split": f"k={r['level']}", "rule": "draft_first",
+                    "d": r["d"], "t": r["t"], "scores": scores, "signal_answers": answers})
+    return out
 
 
 def alpha_ablation(work: Path, demo: Path, records, kw) -> dict:
@@ -235,6 +259,8 @@ def main(argv=None):
     res["accuracy_by_level"]["target"] = by_level(target_rows, "correct")
     if (demo / "models" / "draft").exists():
         res["accuracy_by_level"]["draft (plain)"] = by_level(run_plain(demo / "models" / "draft", records, **kw), "correct")
+    cn = latest_checkpoint(work / "sft-cn") if (work / "sft-cn").exists() else None
+    p2 = run_p2(cn, records, **kw) if cn is not None else None
     per_mode = {}
     for mode in ("drl", "jrl"):
         if not (demo / "models" / mode).exists():
@@ -248,16 +274,10 @@ def main(argv=None):
             signals["t"] = "t"
         res[mode] = analyse(rows, target_rows, signals)
         res[mode]["speedup"] = speedup_at_target_acc(rows, target_rows, "score")
-        tgt = {r["id"]: r for r in target_rows}
-        build_report([{"id": r["id"], "draft_correct": r["draft_correct"], "target_correct": tgt[r["id"]]["correct"],
-                       "draft_latency_s": r["draft_latency_s"], "prefix_latency_s": r["prefix_latency_s"],
-                       "target_latency_s": tgt[r["id"]]["latency_s"], "split": f"k={r['level']}",
-                       "d": r["d"], "t": r["t"], "scores": {"prp": r["score"], "p1": r["p1"]}} for r in rows],
-                     out_dir=out / f"report_{mode}", title=f"PRP-{mode.upper()} on the synthetic demo ({args.split})")
+        build_report(report_instances(rows, target_rows, p2), out_dir=out / f"report_{mode}",
+                     title=f"PRP-{mode.upper()} on the synthetic demo ({args.split})")
         (out / f"instances_{mode}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cn = latest_checkpoint(work / "sft-cn") if (work / "sft-cn").exists() else None
-    if cn is not None:
-        p2 = run_p2(cn, records, **kw)
+    if p2 is not None:
         res["accuracy_by_level"]["sft-cn (P2 model)"] = by_level(p2, "draft_correct")
         res["p2"] = analyse(p2, target_rows, {"p2": "p2"})
     else:

@@ -49,7 +49,7 @@ def test_eval_runs_models_writes_report_and_resumes(tmp_path, capsys, pair):
     out = tmp_path / "eval"
     argv = ["--bench", "mathvista", "--data-dir", str(data), "--draft", str(pair["draft"]),
             "--target", str(pair["target"]), "--rating", "forced", "--max-new-tokens", "6",
-            "--batch-size", "4", "--out-dir", str(out), "--p-t", "0.5"]
+            "--batch-size", "4", "--out-dir", str(out), "--p-t", "0.5", "--p1-model", str(pair["target"])]
     paths = eval_cli.main(argv)
     printed = capsys.readouterr().out
     assert "skipped while loading: {'missing_image': 1}" in printed
@@ -64,8 +64,16 @@ def test_eval_runs_models_writes_report_and_resumes(tmp_path, capsys, pair):
         # no IPR: JRL draft-first by hand
         assert row["scores"]["prp_no_ipr"] == pytest.approx(row["d"] + (row["d"] - row["t"]) / 2)
         assert row["scores"]["prp"] == pytest.approx(row["d"] + row["ipr_d"] + (row["d"] + row["ipr_d"] - row["t"] - row["ipr_t"]) / 2)
+        # P1 on --p1-model's own answers: here the target model itself, greedy with the same prompt P,
+        # so its answers and correctness are the target's; it decides after its full answer
+        p1 = row["signal_answers"]["p1"]
+        assert p1["model"] == Path(pair["target"]).name and p1["decision"] == "post_hoc"
+        assert p1["answer"] == row["target_answer"] and p1["correct"] == row["target_correct"]
+        assert p1["latency_s"] > 0 and row["rule"] == "draft_first"
     report = json.loads(Path(paths["json"]).read_text())
     assert report["n"] == 6
+    assert report["signals"]["p1"]["answers"] == Path(pair["target"]).name
+    assert "routes after the full answer" in report["signals"]["p1"]["label"]
     for plot in paths["plots"].values():
         assert Path(plot).stat().st_size > 1000
     # resume: a second run evaluates nothing new and keeps one line per id

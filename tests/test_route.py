@@ -297,3 +297,28 @@ def test_bad_lines_and_images_yield_error_lines(draft, target, data, tmp_path):
     assert by_id["textonly"]["route"] in ("draft", "target") and by_id["textonly"]["error"] is None
     s = route_run.summarize(rows)
     assert s["errors"] == 4 and s["queries"] == 8
+
+
+def test_cli_target_first_calibration_keeps_its_rule_and_judges_with_the_bench(pair, data, tmp_path):
+    """--rule target_first: the saved threshold records its rule, a draft-first run refuses it, and
+    every line's `correct` is the demo benchmark's verdict on its answer."""
+    import route
+
+    from prp.core.data import load_jsonl
+    from prp.eval.judge import routing_judge
+
+    common = ["--draft", str(pair["draft"]), "--target", str(pair["target"]), "--data", str(data),
+              "--rating", "forced", "--max-new-tokens", "2", "--batch-size", "12", "--bench", "demo"]
+    s = route.main(common + ["--rule", "target_first", "--calibrate", str(data), "--pt", "0.25",
+                             "--out", str(tmp_path / "tf.jsonl")])
+    saved = json.loads((tmp_path / "tf.threshold.json").read_text())
+    assert saved["rule"] == "target_first" and saved["judge"] == "demo" and s["share_routed"] == 0.25
+    rows = read_jsonl(tmp_path / "tf.jsonl")
+    routed = [r["score"] for r in rows if r["route"] == "target"]
+    kept = [r["score"] for r in rows if r["route"] == "draft"]
+    assert min(routed) >= saved["threshold"] > max(kept)  # high s went to the target
+    judge, recs = routing_judge("demo"), {r.id: r for r in load_jsonl(data).records}
+    assert all(r["correct"] == judge(recs[r["id"]], r["answer"]) for r in rows)
+    with pytest.raises(SystemExit, match="same rule"):
+        route.main(common + ["--threshold-file", str(tmp_path / "tf.threshold.json"),
+                             "--out", str(tmp_path / "df.jsonl")])

@@ -33,4 +33,5 @@ def routing_judge(bench: str = "demo") -> Judge:
         return bool(benchmark.judge(as_bench, prediction))
 
     judge.bench = bench
+    judge.extract = benchmark.extract  # completion -> answer, the benchmark's own rule (Router(extract=...))
     return judge

@@ -141,7 +141,7 @@ def _own_answers(model_name: str, answer: str | None, correct: bool, latency_s: 
 def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord], images: list, *,
                    baselines: Baselines) -> list[dict]:
     """Steps 1-5 for one batch of records and their decoded images."""
-    from prp.core.answers import extract_answer
+    extract_answer = bench.extract  # the benchmark's own answer extraction, then its own judge
 
     queries = [Query(id=r.id, question=r.question, image=im, gold=r.answer) for r, im in zip(records, images)]
     n, cfg, rule = len(queries), router.cfg, router.rule

@@ -148,8 +148,10 @@ def gen_inputs(processor, messages, images, model):
 class Router:
     """The draft model as a router (Alg. 3-4) in front of a target (LocalTarget / RemoteTarget)."""
 
-    def __init__(self, draft_model, draft_processor, target, cfg: RouterConfig):
+    def __init__(self, draft_model, draft_processor, target, cfg: RouterConfig, *, extract=None):
         self.model, self.processor, self.target, self.cfg = draft_model, draft_processor, target, cfg
+        # completion -> answer: the benchmark's own rule when the entry script passes one (route.py --bench)
+        self.extract = extract or extract_answer
         self.tokenizer = draft_processor.tokenizer
         self.digit_ids = digit_token_ids(self.tokenizer)
         self.forced = gen.rating_template(self.tokenizer, cfg.mode) if cfg.rating == "forced" else None
@@ -279,7 +281,7 @@ class Router:
             draft_ids = prefix.tokens[i] + draft_new[i] if i in draft_new else None
             draft_text = self.tokenizer.decode(draft_ids, skip_special_tokens=True) if draft_ids else None
             # the answer comes from after the rating: a last-number rule must not read "0.87"
-            draft_answer = extract_answer(self.tokenizer.decode(draft_new[i], skip_special_tokens=True)) \
+            draft_answer = self.extract(self.tokenizer.decode(draft_new[i], skip_special_tokens=True)) \
                 if i in draft_new else None
             by_draft = keep[i] or fallback
             d_lat = (fb_each if i in fb_new else draft_each) if by_draft else None
@@ -289,7 +291,7 @@ class Router:
                 r, mode=self.cfg.mode, rule=self.rule.name,
                 route="draft" if keep[i] else "target",
                 answered_by="draft" if by_draft else tgt.model,
-                answer=draft_answer if by_draft else extract_answer(text), text=text, fallback=fallback,
+                answer=draft_answer if by_draft else self.extract(text), text=text, fallback=fallback,
                 error=tgt.error if fallback else None,
                 draft_latency_s=d_lat, target_latency_s=t_lat,
                 target_attempts=tgt.attempts if (tgt is not None and not keep[i]) else None,
@@ -299,7 +301,7 @@ class Router:
             if target_all and tgt is not None:
                 row.target_only_latency_s = tgt.latency_s if tgt.text is not None else None
                 row.target_text = tgt.text
-                row.target_answer = extract_answer(tgt.text)
+                row.target_answer = self.extract(tgt.text)
             if draft_all and draft_text is not None:
                 row.draft_text = draft_text
                 row.draft_answer = draft_answer
