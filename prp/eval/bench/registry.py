@@ -82,7 +82,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "mathverse": Benchmark(
         "mathverse",
         lambda path, **kw: mathverse.load_mathverse(_find(path, "testmini.json", "testmini.parquet"), **kw),
-        lambda r, p: mathverse.is_correct(p, r.answer, r.meta["question_type"]), "testmini.json"),
+        lambda r, p: mathverse.is_correct(p, r.answer, r.meta["question_type"], r.choices), "testmini.json"),
     "chartqa": Benchmark(
         "chartqa", lambda path, **kw: chartqa.load_chartqa(path, **kw),
         lambda r, p: chartqa.relaxed_correctness(r.answer, p), "test/", extract_short_answer),
@@ -101,3 +101,58 @@ def get_benchmark(name: str) -> Benchmark:
         return BENCHMARKS[name]
     except KeyError:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}") from None
+
+
+# ------------------------------------------------------------------ where each benchmark's files come from
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What `eval.py --bench B` reads under --data-dir (the layout its loader above expects) and
+    where a user obtains it (project and dataset names only: nothing here downloads)."""
+
+    layout: tuple[str, ...]  # lines; DIR stands for --data-dir
+    obtain: str
+
+
+DATA_SOURCES: dict[str, DataSource] = {
+    "mathvista": DataSource(
+        ("DIR/testmini.json (1000 problems keyed by pid) with DIR/images/ beside it (its image paths,"
+         " e.g. images/1.jpg, resolve from DIR);",
+         "or DIR/testmini.parquet, the Hugging Face testmini shard with the images embedded (or give that"
+         " .parquet file itself as --data-dir; reading it needs pyarrow)"),
+        "MathVista testmini: the AI4Math/MathVista dataset on Hugging Face (images.zip, data/testmini-*.parquet)"
+        " or the lupantech/MathVista GitHub repository (data/testmini.json)"),
+    "mathverse": DataSource(
+        ("DIR/testmini.json with its images unpacked into DIR (each row's image path resolves from DIR);",
+         "or DIR/testmini.parquet (images embedded; needs pyarrow)"),
+        "MathVerse testmini: the AI4Math/MathVerse dataset on Hugging Face (testmini.json, images.zip)"
+        " or the ZrrSkywalker/MathVerse GitHub repository"),
+    "chartqa": DataSource(
+        ("DIR/test/test_human.json and DIR/test/test_augmented.json (lists of imgname, query, label)"
+         " with the charts in DIR/test/png/;",
+         "DIR may also be the test/ folder itself"),
+        "ChartQA test split: the 'ChartQA Dataset' folder of the vis-nlp/ChartQA GitHub repository"),
+    "m3cot": DataSource(
+        ("DIR/test.jsonl (or DIR/test.json): rows with id, question, choices, answer, image, whose image"
+         " paths resolve from DIR;",
+         "or give the test .parquet file itself as --data-dir (images embedded; needs pyarrow)"),
+        "M3CoT test split: the LightChen2333/M3CoT dataset on Hugging Face or the LightChen233/M3CoT GitHub"
+        " repository"),
+    "docvqa": DataSource(
+        ("DIR/val_v1.0.json (or DIR/val.json) with the page images in DIR/documents/ (its image paths,"
+         " e.g. documents/xxx.png, resolve from DIR)",),
+        "DocVQA validation split (Single Document VQA, Task 1): the DocVQA challenge of the Robust Reading"
+        " Competition (docvqa.org), after registering"),
+}
+
+
+def missing_data_details(name: str) -> str:
+    """The lines `eval.py --bench NAME` prints under its error when the data is not there."""
+    source = DATA_SOURCES[name]
+    layout = "\n".join(f"  {'files:  ' if i == 0 else '        '}{line}" for i, line in enumerate(source.layout))
+    return (f"{layout}\n"
+            f"  obtain: {source.obtain}\n"
+            f"  then:   python eval.py --bench {name} --data-dir DIR --draft DRAFT_DIR --target TARGET_DIR_OR_URL\n"
+            "  now:    python eval.py --bench demo  runs the embedded default (demo/: tiny trained models and"
+            " data, no download)")
