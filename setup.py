@@ -13,7 +13,7 @@ setup(
     package_dir={"prp": "prp", "prp.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.0",
+        "transformers>=5.17",  # lowest tested: make test-lowest
         "safetensors",
         "sympy",
         "numpy",

@@ -16,6 +16,11 @@ So the loop is written out: one prefill, then one-token steps.  The state lives 
   per-row offset (`rope_deltas`); the model keeps it as mutable state on `model.model`, which a
   router that interleaves batches cannot trust, so positions come from `get_rope_index` at
   prefill and then advance per row by one per fed token (the same values HF's generate uses).
+
+How a step runs is the engine's business (`prp.route.engine`, docs/engine.md): the eager path
+below (a DynamicCache that grows by one column per step), or a static, bucketed cache with a
+compiled one-token step (default on CUDA; `engine.set_engine(model, "eager"|"compiled")`).
+Both produce the same tokens; the functions here do not change with the choice.
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prp.core.compat import cache_kwargs
 from prp.core.prompts import RATING_CLOSE_TAG
+from prp.route.engine import Engine, StaticSlots, batch_bucket, engine_for
 
 # Text before a rating's tenths digit: "<confidence>0." or "<target> ." (Eq. 9's position).
 _BEFORE_TENTHS = re.compile(r"<(confidence|target)>\s*\d*\.$")
@@ -36,11 +43,15 @@ _BEFORE_TENTHS = re.compile(r"<(confidence|target)>\s*\d*\.$")
 class DecodeState:
     """Everything needed to take the next decoding step for a batch of B rows."""
 
-    cache: object  # transformers Cache: per layer [B, kv_heads, T, head_dim]
-    attention_mask: torch.Tensor  # [B, T] 1 real token; 0 left pad or a finished row's hole
+    cache: object  # transformers Cache (eager) or StaticKV: per layer [B, kv_heads, T, head_dim]
+    attention_mask: torch.Tensor  # [B, T] 1 real token; 0 left pad or a finished row's hole (eager path)
     next_pos: torch.Tensor  # [B] position of the next fed token (all three M-RoPE axes for text)
     pending: torch.Tensor  # [B] last chosen token, not yet fed
     rope3d: bool  # model wants [3, B, L] M-RoPE position ids
+    engine: Engine | None = None  # None: the eager loop
+    static: StaticSlots | None = None  # the static cache lease and its [Bb, Lb] mask
+    # select_rows on a static state defers the copy until the needed length is known: (source, rows)
+    selected_from: tuple[StaticSlots, list[int]] | None = None
 
 
 @dataclass
@@ -75,8 +86,11 @@ def _wants_rope3d(model) -> bool:
 
 
 @torch.no_grad()
-def prefill(model, inputs) -> tuple[DecodeState, torch.Tensor]:
-    """The one and only prompt forward.  Returns (state without `pending`, last logits [B, V])."""
+def prefill(model, inputs, *, reserve: int = 0) -> tuple[DecodeState, torch.Tensor]:
+    """The one and only prompt forward.  Returns (state without `pending`, last logits [B, V]).
+
+    With a static engine the filled cache moves into a bucket with room for `reserve` more
+    tokens (it grows later if a continuation needs more)."""
     from transformers import DynamicCache
 
     input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]  # [B, L]
@@ -95,41 +109,69 @@ def prefill(model, inputs) -> tuple[DecodeState, torch.Tensor]:
     cache = DynamicCache(config=model.config)
     kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
-        use_cache=True, logits_to_keep=1, **kwargs,
-    )
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+        logits_to_keep=1, **cache_kwargs(model, cache), **kwargs,
+    )  # the cache is filled in place (the output's name for it differs across transformers releases)
     state = DecodeState(
-        cache=out.cache, attention_mask=attention_mask, next_pos=next_pos,
+        cache=cache, attention_mask=attention_mask, next_pos=next_pos,
         pending=torch.zeros_like(next_pos), rope3d=rope3d,
     )
+    engine = engine_for(model)
+    if engine is not None:
+        state.engine = engine
+        state.static = engine.adopt(cache, attention_mask, reserve)
+        state.cache = state.static.kv
     return state, out.logits[:, -1, :].float()  # [B, V]
+
+
+def _ensure_room(state: DecodeState, extra: int) -> None:
+    """Static states: materialise a deferred row selection and make room for `extra` more steps."""
+    if state.engine is None:
+        return
+    if state.selected_from is not None:
+        source, rows = state.selected_from
+        state.selected_from = None
+        state.static = state.engine.migrate(source, rows, extra)
+    elif int(state.static.kv.write_at) + extra > state.static.kv.length:
+        state.static = state.engine.migrate(state.static, list(range(state.static.rows)), extra)
+    state.cache = state.static.kv
 
 
 @torch.no_grad()
 def step(model, state: DecodeState, tokens: torch.Tensor, active: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Feed one token per row ([B]); inactive rows feed a masked pad (a hole).  Returns logits [B, V]."""
     active = active.to(tokens.device)  # callers keep their bookkeeping on the CPU
+    if state.engine is not None:
+        _ensure_room(state, 1)
+        logits = state.engine.step(state.static, tokens, active, state.next_pos, pad_id, state.rope3d)
+        state.next_pos = state.next_pos + active.long()
+        return logits
     ids = torch.where(active, tokens, torch.full_like(tokens, pad_id)).unsqueeze(1)  # [B, 1]
     state.attention_mask = torch.cat([state.attention_mask, active.long().unsqueeze(1)], dim=1)  # [B, T+1]
     pos = state.next_pos.view(-1, 1)  # [B, 1]
     position_ids = pos.unsqueeze(0).expand(3, -1, -1) if state.rope3d else pos
-    out = model(
-        input_ids=ids, attention_mask=state.attention_mask, position_ids=position_ids, cache=state.cache,
-        use_cache=True,
-    )
-    state.cache = out.cache
+    out = model(input_ids=ids, attention_mask=state.attention_mask, position_ids=position_ids, use_cache=True,
+                **cache_kwargs(model, state.cache))  # appends one column to the cache in place
     state.next_pos = state.next_pos + active.long()  # a hole does not take a position
     return out.logits[:, -1, :].float()
 
 
 def choose(logits: torch.Tensor, *, temperature: float = 0.0, generator: torch.Generator | None = None,
-           suppress: Sequence[int] = ()) -> torch.Tensor:
-    """Greedy (temperature 0) or sampled next tokens: [B, V] -> [B]; `suppress`ed ids are never chosen."""
+           suppress: Sequence[int] = (), top_p: float = 1.0) -> torch.Tensor:
+    """Greedy (temperature 0) or sampled next tokens: [B, V] -> [B]; `suppress`ed ids are never chosen.
+
+    `top_p` < 1: nucleus sampling, HF's rule: a token stays if the probability mass of the tokens
+    ranked above it is below top_p (so the top token always stays)."""
     if suppress:
         logits = logits.index_fill(-1, torch.tensor(list(suppress), device=logits.device), float("-inf"))
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        above = sorted_probs.cumsum(-1) - sorted_probs  # mass ranked strictly above each token
+        sorted_probs = sorted_probs.masked_fill(above >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
@@ -178,7 +220,7 @@ def generate_prefix(
     digit_of = {tid: i for i, tid in enumerate(digit_ids)}
     cap = len(forced) if forced is not None else max_prefix_tokens
 
-    state, logits = prefill(model, inputs)  # step 1: one prompt forward
+    state, logits = prefill(model, inputs, reserve=cap)  # step 1: one prompt forward
     bsz = logits.shape[0]
     digit_t = torch.as_tensor(list(digit_ids), device=logits.device)
     tokens: list[list[int]] = [[] for _ in range(bsz)]
@@ -221,8 +263,17 @@ def generate_prefix(
 
 
 def select_rows(state: DecodeState, rows: Sequence[int]) -> DecodeState:
-    """A new state holding only `rows`; the original stays usable (a later fallback continues it)."""
+    """A new state holding only `rows`; the original stays usable (a later fallback continues it).
+
+    A static state defers the copy to its first step, when the length it needs is known."""
     idx = torch.as_tensor(list(rows), dtype=torch.long, device=state.next_pos.device)
+    if state.engine is not None:
+        source, base = state.selected_from or (state.static, list(range(state.static.rows)))
+        return DecodeState(
+            cache=None, attention_mask=state.attention_mask[idx], next_pos=state.next_pos[idx].clone(),
+            pending=state.pending[idx].clone(), rope3d=state.rope3d, engine=state.engine,
+            selected_from=(source, [base[r] for r in rows]),
+        )
     cache = copy.copy(state.cache)
     cache.layers = [copy.copy(layer) for layer in state.cache.layers]  # new tensors land on the copies
     cache.batch_select_indices(idx)
@@ -243,27 +294,34 @@ def continue_rows(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     suppress: Sequence[int] = (),
+    top_p: float = 1.0,
 ) -> list[list[int]]:
     """ContinueUntilEoS (Alg. 3-4 l.12) from the cache: feed each row's pending token, decode on.
 
     Returns the NEW tokens per row (the pending token is not repeated; it already belongs to the
     prefix).  Rows in `done` (their pending token was EOS) produce nothing.  The EOS, if reached,
-    is included, like HF `generate`.
+    is included, like HF `generate`.  The state is consumed (a static one may shed finished rows).
     """
     eos = eos_ids_of(model, tokenizer)
     pad_id = _pad_id(model, tokenizer)
     bsz = state.pending.shape[0]
     out: list[list[int]] = [[] for _ in range(bsz)]
     active = torch.tensor([not d for d in done]) if done is not None else torch.ones(bsz, dtype=torch.bool)
-    for _ in range(max_new_tokens):
+    rows = list(range(bsz))  # state row -> output row (a static state may shed finished rows)
+    if state.engine is not None:
+        _ensure_room(state, max_new_tokens)
+    for left in range(max_new_tokens, 0, -1):
         if not active.any():
             break
+        if state.engine is not None:
+            active, rows = _shed_finished(state, active, rows, left)
         logits = step(model, state, state.pending, active, pad_id)
-        chosen = choose(logits, temperature=temperature, generator=generator, suppress=suppress).tolist()
+        chosen = choose(logits, temperature=temperature, generator=generator, suppress=suppress,
+                        top_p=top_p).tolist()
         pending = state.pending.tolist()
         for b in active.nonzero().flatten().tolist():
             tok = chosen[b]
-            out[b].append(tok)
+            out[rows[b]].append(tok)
             pending[b] = tok
             if tok in eos:
                 active[b] = False
@@ -271,18 +329,33 @@ def continue_rows(
     return out
 
 
+def _shed_finished(state: DecodeState, active: torch.Tensor, rows: list[int], left: int):
+    """Finished rows stop costing work once the live ones fit a smaller batch bucket: the state
+    (consumed by `continue_rows`) then moves to a bucket holding only them."""
+    live = active.nonzero().flatten().tolist()
+    if batch_bucket(len(live)) >= state.static.kv.batch:
+        return active, rows
+    state.selected_from = (state.static, live)
+    _ensure_room(state, left)
+    idx = torch.as_tensor(live, dtype=torch.long, device=state.next_pos.device)
+    state.next_pos, state.pending = state.next_pos[idx], state.pending[idx]
+    state.attention_mask = state.attention_mask[idx]
+    return active[live], [rows[b] for b in live]
+
+
 @torch.no_grad()
 def generate(model, tokenizer, inputs, *, max_new_tokens: int, temperature: float = 0.0,
-             generator: torch.Generator | None = None, suppress: Sequence[int] = ()) -> list[list[int]]:
+             generator: torch.Generator | None = None, suppress: Sequence[int] = (),
+             top_p: float = 1.0) -> list[list[int]]:
     """Plain batched generation with the same loop (the local target, the benchmark baseline).
 
     `suppress`: token ids never generated (e.g. P2's [CN] / [UN], which only the scorer appends)."""
     if max_new_tokens <= 0:
         return [[] for _ in range(inputs["input_ids"].shape[0])]
-    state, logits = prefill(model, inputs)
-    state.pending = choose(logits, temperature=temperature, generator=generator, suppress=suppress)
+    state, logits = prefill(model, inputs, reserve=max_new_tokens)
+    state.pending = choose(logits, temperature=temperature, generator=generator, suppress=suppress, top_p=top_p)
     first = state.pending.tolist()
     eos = eos_ids_of(model, tokenizer)
     rest = continue_rows(model, tokenizer, state, max_new_tokens=max_new_tokens - 1, done=[t in eos for t in first],
-                         temperature=temperature, generator=generator, suppress=suppress)
+                         temperature=temperature, generator=generator, suppress=suppress, top_p=top_p)
     return [[f] + r for f, r in zip(first, rest)]

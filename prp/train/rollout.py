@@ -1,4 +1,9 @@
-"""Rollouts: N sampled completions per prompt with HF `generate`, and the padded training batch.
+"""Rollouts: N sampled completions per prompt, and the padded training batch.
+
+Two generators (`rollout_engine` in the config): HF `generate` on the training model ("hf"), or
+the decode engine (`prp.route.engine`, "engine") on an inference copy of the policy, bf16 on GPU,
+whose weights are refreshed from the policy before every rollout, i.e. after every optimizer step
+(under ZeRO-3 the shards are gathered for the copy, as TRL does for its vLLM weight sync).
 
 Completions come back as per-row Python token lists (through the first EOS, inclusive) rather
 than a padded tensor, because Dynamic Score Substitution may rewrite a rating and change a
@@ -94,7 +99,7 @@ def trim_at_eos(row: list[int], eos: set[int]) -> tuple[list[int], bool]:
 @torch.no_grad()
 def generate_rollout(
     model, processor, prompts: PromptBatch, *, max_new_tokens: int, temperature: float, top_p: float,
-    seed: int, synced_gpus: bool = False, suppress: Sequence[int] = (),
+    seed: int, synced_gpus: bool = False, suppress: Sequence[int] = (), engine: str = "hf",
 ) -> Rollout:
     """Sample one completion per prompt row (Alg. 1 l.3).
 
@@ -103,7 +108,13 @@ def generate_rollout(
     --resume bit-exact).  Under ZeRO-3 `synced_gpus=True` keeps every rank stepping until all
     have finished, else ranks with shorter outputs leave the collectives early.  `suppress`: token
     ids never sampled (besides the vision placeholders), e.g. sft-cn's [CN] / [UN].
+    `engine="engine"`: sample with the decode engine instead (`engine_rollout`).
     """
+    if engine == "engine":
+        return engine_rollout(model, processor, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p, seed=seed, suppress=suppress)
+    if engine != "hf":
+        raise ValueError(f"rollout_engine must be hf or engine, got {engine!r}")
     tokenizer = processor.tokenizer
     was_training = model.training
     model.eval()  # also turns gradient checkpointing off, so the KV cache is used
@@ -117,6 +128,68 @@ def generate_rollout(
     eos = eos_ids_of(model, tokenizer)
     completions, truncated = [], []
     for row in out[:, prompts.input_ids.shape[1]:].tolist():
+        ids, cut = trim_at_eos(row, eos)
+        completions.append(ids)
+        truncated.append(cut)
+    return Rollout(prompts=prompts, completions=completions, truncated=truncated)
+
+
+def inference_copy(model, *, dtype: torch.dtype | None = None):
+    """The policy's inference twin for the decode engine (built once, cached on the model), with
+    the policy's current weights copied in.  dtype: bf16 on CUDA, the policy's own elsewhere.
+
+    Under ZeRO-3 each rank gathers the full parameters for the copy (`GatheredParameters`), so
+    the engine's forwards need no collectives and ranks may finish at different lengths."""
+    policy = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    first = next(policy.parameters())
+    twin = getattr(policy, "_prp_inference_copy", None)
+    if twin is None:
+        dtype = dtype or (torch.bfloat16 if first.is_cuda else first.dtype)
+        with torch.device(first.device):
+            twin = type(policy)(policy.config).to(dtype).eval()  # plain construction: never zero.Init
+        twin.generation_config = policy.generation_config
+        twin.requires_grad_(False)
+        object.__setattr__(policy, "_prp_inference_copy", twin)  # not a submodule: not trained, not saved
+    params = list(policy.parameters())
+    gathered = any(hasattr(p, "ds_id") for p in params)
+    if gathered:
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    else:
+        import contextlib
+
+        ctx = contextlib.nullcontext()
+    with ctx, torch.no_grad():
+        mine = dict(twin.named_parameters())
+        for name, p in policy.named_parameters():
+            mine[name].copy_(p)
+        mine_buffers = dict(twin.named_buffers())
+        for name, b in policy.named_buffers():
+            if name in mine_buffers:
+                mine_buffers[name].copy_(b)
+    return twin
+
+
+def engine_rollout(
+    model, processor, prompts: PromptBatch, *, max_new_tokens: int, temperature: float, top_p: float,
+    seed: int, suppress: Sequence[int] = (),
+) -> Rollout:
+    """Alg. 1 l.3 with the decode engine on `inference_copy(model)`.  Sampling draws from a generator
+    seeded with `seed` (on the model's device), so it is a function of the step, as with HF."""
+    from prp.route.decode import generate
+
+    twin = inference_copy(model)
+    device = next(twin.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    inputs = prompts.model_inputs
+    if inputs.get("pixel_values") is not None:
+        inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(next(twin.parameters()).dtype)}
+    rows = generate(twin, processor.tokenizer, inputs, max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_p=top_p, generator=generator, suppress=[*vision_token_ids(model), *suppress])
+    eos = eos_ids_of(twin, processor.tokenizer)
+    completions, truncated = [], []
+    for row in rows:
         ids, cut = trim_at_eos(row, eos)
         completions.append(ids)
         truncated.append(cut)
