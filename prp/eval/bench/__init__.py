@@ -2,7 +2,8 @@
 
 Every loader returns a :class:`~prp.eval.bench.records.LoadResult` of :class:`BenchRecord` s and a
 count of what it skipped; every scorer follows its benchmark's own evaluation code (cited in
-each module's docstring) and returns a :class:`ScoreResult` (DocVQA: :class:`AnlsResult`).
+each module's docstring; MathVerse's GPT judge has a documented rule-based stand-in) and returns
+a :class:`ScoreResult` (DocVQA: :class:`AnlsResult`).  docs/scoring.md lists every deviation.
 """
 from prp.eval.bench.records import AnlsResult, BenchRecord, LoadResult, ScoreResult, format_accuracy
 
