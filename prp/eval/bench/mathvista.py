@@ -22,6 +22,9 @@ Deviations, only where the official script has no value to give:
   ignored with a warning;
 - a free-form item whose answer type is not integer / float / list (none in testmini; an
   UnboundLocalError officially) compares the extraction as it is;
+- the gold answer, choices, types and precision come from the testmini file, not from the
+  output record as in the script (identical for output files built from testmini, as the
+  official ones are; our own outputs need only pid and response);
 - a malformed output file is one :class:`~prp.eval.bench.outputs.ScoreFileError` naming it.
 """
 from __future__ import annotations
