@@ -10,11 +10,16 @@ max / sum-exp (Milakov & Gimelshein): per block, one exp per element plus one sc
 rescale of the running sum when the max grows. The 10 digit logits are 10 extra loads.
 Nothing of size [B, V] is ever written (the torch reference materialises fp32 copies).
 
-Two launch shapes:
+Two launch shapes, each ONE launch:
 - single pass, grid (B,): one program per row reduces it and finishes Eq. 9;
 - split vocabulary, grid (B, S): for small B (too few rows to fill the GPU) each program
-  reduces a slice of a row to a partial (max, sumexp); a tiny merge kernel, grid (B,),
-  combines the S partials and finishes Eq. 9.
+  reduces a slice of a row to a partial (max, sumexp) and bumps the row's arrival counter
+  (an atomic); the program that arrives last merges the S partials, finishes Eq. 9 and
+  resets the counter to 0 (split-K with a semaphore), so the workspace is reusable and the
+  launch can be replayed from a CUDA graph.
+
+`DigitStatsKernel` preallocates outputs and workspace for a fixed (B, V, device) and launches
+with no host-side tensor work: the decode engine's small-batch path (capturable in a graph).
 
 On CPU the kernels run under Triton's interpreter (`TRITON_INTERPRET=1` set before this
 module is imported); that is for correctness only.
@@ -92,38 +97,36 @@ def _ipr_single_pass_kernel(
 
 
 @triton.jit
-def _ipr_partial_kernel(x_ptr, stride_row, V, chunk, part_m_ptr, part_d_ptr, BLOCK: tl.constexpr):
-    """Split path, grid (B, S): partial (max, sumexp) of row[s*chunk : (s+1)*chunk]."""
+def _ipr_split_kernel(
+    x_ptr, stride_row, V, chunk, part_m_ptr, part_d_ptr, count_ptr, ids_ptr, tenths_ptr, stride_tenths,
+    probs_ptr, pmax_ptr, var_ptr, ipr_ptr,
+    BLOCK: tl.constexpr, S_PAD: tl.constexpr, NUM_D: tl.constexpr, D_PAD: tl.constexpr, SIGN_T: tl.constexpr,
+):
+    """Split path, grid (B, S), one launch: partial (max, sumexp) of row[s*chunk : (s+1)*chunk];
+    the last program of a row to arrive merges the S partials and finishes Eq. 9."""
     row = tl.program_id(0)
     split = tl.program_id(1)
-    num_splits = tl.num_programs(1)
+    S = tl.num_programs(1)
     row_ptr = x_ptr + row.to(tl.int64) * stride_row
     lo = split * chunk
     hi = tl.minimum(lo + chunk, V)
     m, d = _online_max_sumexp(row_ptr, lo, hi, BLOCK)
-    tl.store(part_m_ptr + row * num_splits + split, m)
-    tl.store(part_d_ptr + row * num_splits + split, d)
-
-
-@triton.jit
-def _ipr_merge_kernel(
-    x_ptr, stride_row, part_m_ptr, part_d_ptr, S, ids_ptr, tenths_ptr, stride_tenths,
-    probs_ptr, pmax_ptr, var_ptr, ipr_ptr,
-    S_PAD: tl.constexpr, NUM_D: tl.constexpr, D_PAD: tl.constexpr, SIGN_T: tl.constexpr,
-):
-    """Split path, grid (B,): logsumexp-merge the S partials of a row, then Eq. 9."""
-    row = tl.program_id(0)
-    j = tl.arange(0, S_PAD)
-    jmask = j < S
-    pm = tl.load(part_m_ptr + row * S + j, mask=jmask, other=float("-inf"))  # [S_PAD] fp32
-    pd = tl.load(part_d_ptr + row * S + j, mask=jmask, other=0.0)  # [S_PAD]
-    m = tl.max(pm, axis=0)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)  # same NaN guard as the online loop
-    d = tl.sum(pd * tl.exp(pm - m_safe), axis=0)
-    row_ptr = x_ptr + row.to(tl.int64) * stride_row
-    tenths = tl.load(tenths_ptr + row * stride_tenths)
-    _finish_eq9(row_ptr, m, d, ids_ptr, tenths, probs_ptr, pmax_ptr, var_ptr, ipr_ptr, row,
-                NUM_D, D_PAD, SIGN_T)
+    tl.store(part_m_ptr + row * S + split, m)
+    tl.store(part_d_ptr + row * S + split, d)
+    # acq_rel: this program's partial is visible to whoever sees the incremented count
+    arrived = tl.atomic_add(count_ptr + row, 1, sem="acq_rel")
+    if arrived == S - 1:
+        j = tl.arange(0, S_PAD)
+        jmask = j < S
+        pm = tl.load(part_m_ptr + row * S + j, mask=jmask, other=float("-inf"), volatile=True)  # [S_PAD]
+        pd = tl.load(part_d_ptr + row * S + j, mask=jmask, other=0.0, volatile=True)  # [S_PAD]
+        m_all = tl.max(pm, axis=0)
+        m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)  # same NaN guard as the online loop
+        d_all = tl.sum(pd * tl.exp(pm - m_safe), axis=0)
+        tenths = tl.load(tenths_ptr + row * stride_tenths)
+        _finish_eq9(row_ptr, m_all, d_all, ids_ptr, tenths, probs_ptr, pmax_ptr, var_ptr, ipr_ptr, row,
+                    NUM_D, D_PAD, SIGN_T)
+        tl.atomic_xchg(count_ptr + row, 0)  # ready for the next launch / graph replay
 
 
 # The env var is read when @triton.jit runs, i.e. at this module's import.
@@ -220,17 +223,76 @@ def digit_stats_triton(
         )
         return out
 
-    part_m = torch.empty((B, S), device=dev, dtype=torch.float32)  # [B, S] partial max
-    part_d = torch.empty((B, S), device=dev, dtype=torch.float32)  # [B, S] partial sum exp
-    _ipr_partial_kernel[(B, S)](
-        logits, logits.stride(0), V, chunk, part_m, part_d, BLOCK=block, num_warps=num_warps,
-    )
-    _ipr_merge_kernel[(B,)](
-        logits, logits.stride(0), part_m, part_d, S, ids, tenths, tenths.stride(0),
-        probs, p_max, variance, ipr, S_PAD=max(16, triton.next_power_of_2(S)), num_warps=1,
-        **consts,
-    )
+    ws = _workspace(dev, B, S)
+    _launch_split(logits, V, chunk, ws, ids, tenths, out, block, num_warps, S, consts)
     return out
 
 
-__all__ = ["INTERPRETED", "digit_stats_triton", "pick_block", "pick_num_splits"]
+def _launch_split(logits, V, chunk, ws, ids, tenths, out, block, num_warps, S, consts):
+    part_m, part_d, count = ws
+    _ipr_split_kernel[(logits.shape[0], S)](
+        logits, logits.stride(0), V, chunk, part_m, part_d, count, ids, tenths, tenths.stride(0),
+        out.digit_probs, out.p_max, out.variance, out.ipr,
+        BLOCK=block, S_PAD=max(16, triton.next_power_of_2(S)), num_warps=num_warps, **consts,
+    )
+
+
+_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _workspace(dev, B: int, S: int):
+    """(partial max [B, S], partial sumexp [B, S], arrival counters [B] int32, kept at 0 between
+    launches).  Cached per shape: one stream at a time may use a shape's workspace."""
+    key = (str(dev), B, S)
+    if key not in _WORKSPACES:
+        _WORKSPACES[key] = (torch.empty((B, S), device=dev, dtype=torch.float32),
+                            torch.empty((B, S), device=dev, dtype=torch.float32),
+                            torch.zeros(B, device=dev, dtype=torch.int32))
+    return _WORKSPACES[key]
+
+
+class DigitStatsKernel:
+    """Eq. 9 for a fixed batch: everything preallocated and checked once, so a call is one launch
+    and no host-side tensor work (CUDA-graph capturable).  The returned DigitStats is reused by
+    the next call (copy what you keep)."""
+
+    def __init__(self, batch: int, vocab: int, digit_token_ids, device, *, num_splits: int | None = None,
+                 block_size: int | None = None):
+        dev = torch.device(device)
+        ids = torch.as_tensor(digit_token_ids, dtype=torch.int64)
+        if ids.numel() != NUM_DIGITS or ids.min() < 0 or ids.max() >= vocab:
+            raise ValueError(f"need {NUM_DIGITS} digit token ids in [0, {vocab}), got {ids.tolist()}")
+        self.ids = ids.to(dev)
+        self.batch, self.vocab = batch, vocab
+        self.block, self.num_warps = pick_block(vocab, dev)
+        if block_size is not None:
+            self.block = block_size
+        S = pick_num_splits(batch, vocab, self.block, dev) if num_splits is None else num_splits
+        self.chunk = triton.cdiv(triton.cdiv(vocab, S), self.block) * self.block
+        self.S = triton.cdiv(vocab, self.chunk)
+        self.out = DigitStats(
+            digit_probs=torch.empty((batch, NUM_DIGITS), device=dev, dtype=torch.float32),
+            p_max=torch.empty(batch, device=dev, dtype=torch.float32),
+            variance=torch.empty(batch, device=dev, dtype=torch.float32),
+            ipr=torch.empty(batch, device=dev, dtype=torch.float32),
+        )
+        self.ws = (torch.empty((batch, self.S), device=dev, dtype=torch.float32),
+                   torch.empty((batch, self.S), device=dev, dtype=torch.float32),
+                   torch.zeros(batch, device=dev, dtype=torch.int32))
+        self.consts = {"NUM_D": NUM_DIGITS, "D_PAD": _DIGITS_PAD, "SIGN_T": SIGN_THRESHOLD_DIGIT}
+
+    def __call__(self, logits: torch.Tensor, tenths: torch.Tensor) -> DigitStats:
+        """logits [batch, vocab] with unit last stride; tenths [batch] digit tensor on the device."""
+        if self.S == 1:
+            _ipr_single_pass_kernel[(self.batch,)](
+                logits, logits.stride(0), self.vocab, self.ids, tenths, tenths.stride(0),
+                self.out.digit_probs, self.out.p_max, self.out.variance, self.out.ipr,
+                BLOCK=self.block, num_warps=self.num_warps, **self.consts,
+            )
+        else:
+            _launch_split(logits, self.vocab, self.chunk, self.ws, self.ids, tenths, self.out, self.block,
+                          self.num_warps, self.S, self.consts)
+        return self.out
+
+
+__all__ = ["INTERPRETED", "DigitStatsKernel", "digit_stats_triton", "pick_block", "pick_num_splits"]

@@ -109,6 +109,31 @@ def run_extras():
         out["rejects_out_of_range_ids"] = 0.0
     except ValueError:
         out["rejects_out_of_range_ids"] = 1.0
+    out.update(run_preallocated(dev))
+    return out
+
+
+def run_preallocated(dev):
+    """DigitStatsKernel (one launch, reusable workspace): the split path's arrival counters are
+    back at 0 after each launch, so a second call on new logits is right too."""
+    from prp.kernels.ipr_kernel import DigitStatsKernel
+
+    from prp.route.ipr import digit_stats_reference
+
+    gen = torch.Generator().manual_seed(7)
+    ids = list(range(300, 310))
+    out = {}
+    for splits in (1, 4):
+        kernel = DigitStatsKernel(3, 1000, ids, dev, num_splits=splits, block_size=128)
+        for call in range(2):
+            x = (torch.randn(3, 1000, generator=gen) * 3).to(torch.bfloat16).to(dev)
+            tenths = torch.tensor([2, 7, 9], device=dev)
+            got = kernel(x, tenths)
+            ref = digit_stats_reference(x.double(), torch.tensor(ids), torch.tensor([0.1, 0.9, 0.9]).double())
+            out[f"dispatcher_prealloc_S{splits}_call{call}"] = max(
+                _rel_err(getattr(got, f), getattr(ref, f)) for f in ("digit_probs", "p_max", "variance", "ipr"))
+        out[f"prealloc_S{splits}_counters_reset"] = float(int(kernel.ws[2].abs().sum()) == 0)
+        out[f"prealloc_S{splits}_split_taken"] = float(kernel.S == splits)
     return out
 
 
