@@ -29,6 +29,7 @@ demo: EXTRAS = dev
 demo: $(STAMP)
 	$(PY) route.py --tau 2 --pt 0.6 --out $(DEMO_DIR)/routes.jsonl
 	$(PY) eval.py --bench demo --out-dir $(DEMO_DIR)/report
+	@echo "browse the report (offline, any browser): $(DEMO_DIR)/report/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --doctest-modules prp tests

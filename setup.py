@@ -27,7 +27,7 @@ setup(
         "deepspeed": ["deepspeed", "accelerate"],
         "triton": ["triton"],
         "flash": ["flash-attn"],
-        "dev": ["pytest", "hypothesis", "ruff"],
+        "dev": ["pytest", "hypothesis", "ruff", "selenium"],  # selenium: the report.html browser test
         "bench": ["trl"],
     },
 )
