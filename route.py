@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"wrote {len(rows)} lines to {args.out}")
     print(route_run.format_summary(summary))
     Path(args.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from prp.eval.html import write_routes_html  # the per-query browser (docs/report.md)
+
+    print(f"browse: {write_routes_html(args.out, rows, records=args.data, summary=summary, models=vars(args))}")
     return summary
 
 
