@@ -1,6 +1,11 @@
 """Pre-sample the target's accuracy Acc_tgt on the training set (Alg. 2 l.1-7): JRL's labels.
 
 For each record, M completions from the target under its plain prompt P; Acc_tgt = mean correct.
+A completion is judged the way evaluation judges the target: one answer extraction
+(`prp.core.answers.extract_answer`: the <answer> tag, else \\boxed{}, else "the answer is ...",
+else the last number) and one judge (`prp.core.judge.accuracy_reward`: choice letters, else
+math-verify), or a benchmark's own pair when the caller passes its judge (`judge=`, with the
+benchmark's `extract` as `judge.extract`, e.g. prp.eval.judge.routing_judge(name)).
 The cache is a JSONL file, one line per finished record:
 
     {"id": "train-00012", "acc": 0.4375, "n": 16}
@@ -26,17 +31,43 @@ from pathlib import Path
 
 import torch
 
+from prp.core.answers import extract_answer
 from prp.core.data import Record
+from prp.core.judge import accuracy_reward
 from prp.core.modeling import set_pixel_bounds
-from prp.core.parsing import parse_completion
 from prp.core.prompts import P_TARGET, build_messages
 from prp.route.remote import chat_messages, completions_url
-from prp.train.rewards import accuracy_reward, group_accuracy
+from prp.train.rewards import group_accuracy
 
 log = logging.getLogger(__name__)
 
 # A target answers a batch of records with M completion texts each.
 Sampler = Callable[[list[Record]], list[list[str]]]
+# Is an extracted answer right for a record?  True/False, or None when the gold cannot be judged.
+Judge = Callable[[Record, "str | None"], "bool | float | None"]
+
+
+def default_judge(record: Record, prediction: str | None) -> float | None:
+    """Evaluation's generic rule (the embedded benchmark's): choice letter, else math-verify; None for
+    an unparsable or missing gold.
+
+    >>> default_judge(Record(id="q", question="?", answer="$17$", image=None), "17")
+    1.0
+    """
+    return accuracy_reward(prediction, record.answer or "")
+
+
+def judge_completion(text: str, record: Record, judge: Judge | None = None) -> bool | None:
+    """One target completion -> correct?  The judge's own `extract` if it has one, else extract_answer.
+
+    >>> r = Record(id="q", question="?", answer="12", image=None)
+    >>> judge_completion("... so \\\\boxed{12}", r), judge_completion("<answer>11</answer>", r)
+    (True, False)
+    """
+    judge = judge or default_judge
+    extract = getattr(judge, "extract", extract_answer)
+    verdict = judge(record, extract(text))
+    return None if verdict is None else bool(verdict)
 
 
 def read_cache(path: str | Path) -> dict[str, float]:
@@ -77,9 +108,12 @@ def _append(f, row: dict) -> None:
 
 def presample(
     records: Iterable[Record], sampler: Sampler, cache_path: str | Path, *, m: int, batch_size: int = 1,
-    progress: bool = False,
+    progress: bool = False, judge: Judge | None = None,
 ) -> Counter:
-    """Fill `cache_path` for every record not in it yet; returns counts (done, skipped_done, no_gold)."""
+    """Fill `cache_path` for every record not in it yet; returns counts (cached, done, no_gold).
+
+    `judge`: default `default_judge` with `extract_answer` (see the module docstring).
+    """
     path = Path(cache_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _repair_tail(path)
@@ -96,7 +130,7 @@ def presample(
             chunk = todo[start:start + batch_size]
             outputs = sampler(chunk)
             for record, texts in zip(chunk, outputs):
-                correct = [accuracy_reward(parse_completion(t, "grpo").answer, record.answer or "") for t in texts]
+                correct = [judge_completion(t, record, judge) for t in texts]  # Alg. 2 l.4-5
                 if not texts or any(c is None for c in correct):
                     counts["no_gold"] += 1  # unparsable gold: no label, JRL will skip the record
                     continue

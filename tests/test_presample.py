@@ -1,0 +1,71 @@
+"""Presample labels (Acc_tgt, Alg. 2 l.1-7) use evaluation's answer extraction and judge."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prp.core.data import Record
+from prp.train.presample import judge_completion, presample, read_cache
+
+
+def _rec(rid: str, gold: str) -> Record:
+    return Record(id=rid, question="q", answer=gold, image=None)
+
+
+# target completions in the styles a target writes, with their hand-judged verdicts for gold "12"
+TWELVE = [
+    ("<think>4*3</think><answer>12</answer>", True),  # the tag
+    ("4 * 3 = \\boxed{12}", True),  # a box, no tag: 0 on every record before
+    ("Four rows of three. The answer is 12.", True),  # "the answer is"
+    ("<answer>13</answer>", False),
+]
+
+
+@pytest.mark.parametrize("text, right", TWELVE)
+def test_each_answer_style_is_judged(text, right):
+    assert judge_completion(text, _rec("a", "12")) is right
+
+
+def test_acc_tgt_counts_boxed_and_stated_answers(tmp_path):
+    """Eq. 3 on the target's samples: Acc_tgt = (1/M) sum 1{correct}.
+
+    gold 12: tag 12, box 12, "the answer is 12", tag 13 -> 3 of 4 = 0.75 (0.25 when only tags counted).
+    gold B:  "The answer is (B).", "\\boxed{C}"           -> 1 of 2 = 0.5.
+    """
+    outputs = {"twelve": [t for t, _ in TWELVE], "choice": ["The answer is (B).", "so \\boxed{C}"]}
+    cache = tmp_path / "acc.jsonl"
+    records = [_rec("twelve", "12"), _rec("choice", "B")]
+    counts = presample(records, lambda chunk: [outputs[r.id] for r in chunk], cache, m=4, batch_size=2)
+    assert counts["done"] == 2
+    assert read_cache(cache) == {"twelve": 0.75, "choice": 0.5}
+    assert [json.loads(line)["n"] for line in cache.read_text().splitlines()] == [4, 2]
+
+
+def test_presample_and_evaluation_give_the_same_verdicts():
+    from prp.eval.judge import routing_judge
+
+    judge = routing_judge("demo")  # evaluation's rule for a generic (embedded) benchmark
+    texts = [t for t, _ in TWELVE] + ["no answer here", "", "about 3 then 12"]
+    for text in texts:
+        record = _rec("a", "12")
+        assert judge_completion(text, record) == judge(record, judge.extract(text)), text
+
+
+def test_a_benchmark_judge_brings_its_own_extraction(tmp_path):
+    """ChartQA's relaxed accuracy (5% on numbers) with its short-answer extraction, gold 17:
+    "The answer is 17.5" -> 17.5, |17.5 - 17| / 17 = 2.9% -> right; "<answer>20</answer>" -> 17.6% -> wrong.
+    Acc_tgt = 0.5 (the default exact math judge: 0.0)."""
+    from prp.eval.judge import routing_judge
+
+    texts = ["The answer is 17.5", "<answer>20</answer>"]
+    sampler = lambda chunk: [texts for _ in chunk]  # noqa: E731
+    chart, plain = tmp_path / "chart.jsonl", tmp_path / "plain.jsonl"
+    presample([_rec("c", "17")], sampler, chart, m=2, judge=routing_judge("chartqa"))
+    presample([_rec("c", "17")], sampler, plain, m=2)
+    assert read_cache(chart) == {"c": 0.5} and read_cache(plain) == {"c": 0.0}
+
+
+def test_unjudgeable_gold_gets_no_label(tmp_path):
+    counts = presample([_rec("x", "")], lambda chunk: [["\\boxed{1}"]], tmp_path / "a.jsonl", m=1)
+    assert counts["no_gold"] == 1 and read_cache(tmp_path / "a.jsonl") == {}
