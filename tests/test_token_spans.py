@@ -94,3 +94,36 @@ def test_unclosed_rating_tokens_carry_its_minus_one(tok):
     assert w[1][segments[1] == Segment.DRAFT].tolist() == pytest.approx([-0.425] * 3)
     assert w[0][segments[0] == Segment.DRAFT].tolist() == pytest.approx([0.425] * 3)
     assert w.sum().item() == pytest.approx(0.0)  # a_base = 0: only the rating tokens carry weight
+
+
+def test_empty_target_rating_tokens_carry_its_minus_one(tok):
+    """Eq. 4 (R_tgt), 5, 8 by hand for JRL: an empty <target></target> is -1 on the tags' tokens.
+
+    Acc_tgt = 0.6:  o_1 t = 0.4 -> R_tgt = 1 - 0.2 = 0.8;  o_2 t empty -> -1.
+    Eq. 5: mean -0.1 -> A_t = [0.9, -0.9].  Eq. 8, beta = 1.5: each completion's TARGET tokens
+    share beta * A_t = +-1.35, so o_1's three tokens "0", ".", "4" get 0.45 each.
+    """
+    import torch
+
+    from prp.train.advantages import rating_advantages
+    from prp.train.loss import Segment, token_advantage_map
+    from prp.train.rewards import rating_reward
+
+    texts = ["<target>0.4</target><confidence>0.9</confidence><think>a</think><answer>1</answer>",
+             "<target></target><confidence>0.9</confidence><think>a</think><answer>1</answer>"]
+    ids = [tok.encode(t) for t in texts]
+    parsed = [parse_completion(t, "jrl") for t in texts]
+    assert texts[1][slice(*parsed[1].target_span)] == "<target></target>"
+    a_t = rating_advantages(torch.tensor([rating_reward(p.target, 0.6) for p in parsed]))
+    assert a_t.tolist() == pytest.approx([0.9, -0.9])
+    width = max(len(i) for i in ids)
+    segments = torch.full((2, width), int(Segment.PROMPT))
+    for row, (row_ids, p) in enumerate(zip(ids, parsed)):
+        segments[row, : len(row_ids)] = int(Segment.REST)
+        segments[row, span_token_indices(row_ids, tok, p.target_span)] = int(Segment.TARGET)
+    # every token overlapping the tags (here the last one, "><", reaches into "<confidence>")
+    pieces = "".join(_pieces(tok, ids[1], (segments[1] == Segment.TARGET).nonzero().flatten().tolist()))
+    assert pieces.startswith("<target></target>") and len(pieces) <= len("<target></target>") + 2
+    w = token_advantage_map(segments=segments, a_base=torch.zeros(2), a_d=torch.zeros(2), a_t=a_t, beta=1.5)
+    assert w[0][segments[0] == Segment.TARGET].tolist() == pytest.approx([0.45] * 3)
+    assert w[1][segments[1] == Segment.TARGET].sum().item() == pytest.approx(-1.35)

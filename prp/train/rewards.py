@@ -37,7 +37,15 @@ def group_accuracy(correct: list[bool | float | None]) -> float:
 
 
 def format_reward(text: str, mode: str) -> float:
-    """1 when the completion follows the mode's Table 4 grammar, else 0 (R_fmt of Sec. 3.1)."""
+    """1 when the completion follows the mode's Table 4 grammar exactly once, else 0 (R_fmt of Sec. 3.1).
+
+    A second think/answer block, or a structural tag inside one, earns 0 (prp.core.parsing).
+
+    >>> format_reward("<think>a</think><answer>1</answer>", "grpo")
+    1.0
+    >>> format_reward("<think>a</think><answer>1</answer><think>b</think><answer>2</answer>", "grpo")
+    0.0
+    """
     return 1.0 if parse_completion(text, mode).format_ok else 0.0
 
 
