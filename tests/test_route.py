@@ -241,7 +241,7 @@ def test_cli_three_threshold_modes(pair, data, tmp_path):
 # ------------------------------------------------------------------ failures lose nothing
 
 
-class Interrupt(Exception):
+class Interrupt(BaseException):  # like a kill: not an item's failure, so not isolated
     pass
 
 
@@ -290,9 +290,10 @@ def test_bad_lines_and_images_yield_error_lines(draft, target, data, tmp_path):
     router = _router(draft, target, mode="drl", rating="forced", max_new_tokens=2)
     rows = route_run.route_file(router, path, tmp_path / "out.jsonl", BatchFraction(0.5), batch_size=4)
     by_id = {r["id"]: r for r in rows}
-    assert len(rows) == 8
-    assert by_id["line-4"]["error"] == "bad_json"
-    assert by_id["noimg"]["error"] == "missing_image" and by_id["corrupt"]["error"] == "corrupt_image"
+    assert len(rows) == 8 and [r["line"] for r in rows] == list(range(1, 9))
+    reason = {r["line"]: (r["error"] or "").split(":")[0] for r in rows}  # errors start with their reason
+    assert rows[3]["id"] is None and reason[4] == "bad_json"  # line 4 has no readable id
+    assert reason[5] == "missing_image" and reason[6] == "corrupt_image"
     assert by_id["empty"]["error"] == "empty_question"
     assert by_id["textonly"]["route"] in ("draft", "target") and by_id["textonly"]["error"] is None
     s = route_run.summarize(rows)
@@ -322,3 +323,22 @@ def test_cli_target_first_calibration_keeps_its_rule_and_judges_with_the_bench(p
     with pytest.raises(SystemExit, match="same rule"):
         route.main(common + ["--threshold-file", str(tmp_path / "tf.threshold.json"),
                              "--out", str(tmp_path / "df.jsonl")])
+
+
+def test_route_rows_are_typed_per_query_and_round_trip(draft, target):
+    """Router.rate feeds route_rows; every RouteRow survives to_json -> JSON -> from_json, and the
+    per-query latencies follow the one convention: latency = prefix share + draft share (kept rows)."""
+    from prp.route.rows import RatingRow, RouteRow
+
+    router = _router(draft, target, mode="jrl", rating="forced", max_new_tokens=2)
+    queries = _queries(4)
+    prefix, ratings = router.rate(queries)
+    assert all(isinstance(r, RatingRow) for r in ratings) and [r.id for r in ratings] == ["q0", "q1", "q2", "q3"]
+    assert len({r.prefix_latency_s for r in ratings}) == 1  # the batch's prefix time, divided evenly
+    rows = router.route_rows(queries, KeepAll())
+    for row in rows:
+        assert isinstance(row, RouteRow) and row.rule == "draft_first" and row.mode == "jrl"
+        assert RouteRow.from_json(json.loads(json.dumps(row.to_json()))) == row
+        assert row.latency_s == pytest.approx(row.prefix_latency_s + row.draft_latency_s)
+        assert row.target_latency_s is None
+    assert len({row.draft_latency_s for row in rows}) == 1  # one continuation call, divided evenly
