@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     io = ap.add_argument_group("data")
     io.add_argument("--data", help="JSONL of {id, image, question, answer?}")
     io.add_argument("--out", default=None, help="output JSONL (default: routes.jsonl; embedded demo: runs/demo/routes.jsonl)")
-    io.add_argument("--resume", action="store_true", help="skip ids already in --out")
+    io.add_argument("--resume", action="store_true", help="skip input lines already in --out")
+    io.add_argument("--retry-errors", action="store_true",
+                    help="with --resume: route the error and fallback rows of --out again")
 
     de = ap.add_argument_group("decision (Sec. 4.4)")
     de.add_argument("--threshold", type=float, help="s > T keeps the draft")
@@ -42,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--serve", action="store_true", help="serve the router on /v1/chat/completions")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--batch-window-ms", type=float, default=20.0)
+    sv.add_argument("--batch-window-ms", type=float, default=20.0, help="wait this long for more requests to batch")
+    sv.add_argument("--serve-api-key-env", default=None,
+                    help="NAME of an env var holding the key clients must send (Authorization: Bearer KEY); "
+                         "--api-key-env is the remote target's")
+    from prp.route.server.limits import add_limit_arguments
+
+    add_limit_arguments(ap)
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
@@ -95,14 +103,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit("give --threshold, --pt, --calibrate or --threshold-file")
 
     if args.serve:
-        from prp.route.serve import RouterApp, serve_forever
+        from prp.route.serve import serve_router
 
-        app = RouterApp(router, policy, batch_size=args.batch_size, window_s=args.batch_window_ms / 1000)
-        serve_forever(app, args.host, args.port)
+        serve_router(router, policy, args)
         return None
 
     rows = route_run.route_file(router, args.data, args.out, policy, batch_size=args.batch_size,
-                                resume=args.resume, target_all=args.measure_target_only)
+                                resume=args.resume, retry_errors=args.retry_errors,
+                                target_all=args.measure_target_only)
     summary = route_run.summarize(rows)
     print(f"wrote {len(rows)} lines to {args.out}")
     print(route_run.format_summary(summary))

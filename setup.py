@@ -22,6 +22,10 @@ setup(
         "math-verify",
         "pyyaml",
         "matplotlib",
+        # the servers (route.py --serve, python -m prp.serve): FastAPI + uvicorn, pydantic request models
+        "fastapi",
+        "uvicorn",
+        "pydantic>=2",
     ],
     extras_require={
         "deepspeed": ["deepspeed", "accelerate"],

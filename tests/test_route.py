@@ -342,3 +342,20 @@ def test_route_rows_are_typed_per_query_and_round_trip(draft, target):
         assert row.latency_s == pytest.approx(row.prefix_latency_s + row.draft_latency_s)
         assert row.target_latency_s is None
     assert len({row.draft_latency_s for row in rows}) == 1  # one continuation call, divided evenly
+
+
+def test_route_never_imports_eval_or_train():
+    """Import direction core <- route <- {train, eval}: no module of prp/route imports prp.eval or
+    prp.train (the judge comes in as a callable from the entry script)."""
+    import ast
+    from pathlib import Path
+
+    import prp.route
+
+    bad = []
+    for path in Path(prp.route.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.name}: {n}" for n in names if n.startswith(("prp.eval", "prp.train"))]
+    assert not bad, bad

@@ -8,8 +8,10 @@ at load time when `check_images=True`.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -47,27 +49,117 @@ class LoadResult:
         return f"{len(self.records)} records" + (f", skipped {sum(self.skipped.values())} ({parts})" if parts else "")
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB; ImageError (with the reason) if it cannot be read."""
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may be before its pixels are decoded (checked from the header alone).
+
+    `max_pixels`: width x height; decoded RGB costs 3 bytes a pixel, so a 259 KB PNG that claims
+    13000 x 13000 would cost ~0.5 GB decoded (2.3 GB with the processor's copies).
+    `max_aspect_ratio`: long side / short side; the Qwen2-VL processor's `smart_resize` raises
+    above 200.  `max_file_bytes`: the encoded file.
+    """
+
+    max_pixels: int = 4096 * 4096
+    max_aspect_ratio: float = 200.0
+    max_file_bytes: int = 32 * 1024 * 1024
+
+
+DEFAULT_IMAGE_LIMITS = ImageLimits()
+
+
+def check_image_header(image: Image.Image, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> str | None:
+    """The reason an opened (not yet decoded) image breaks `limits`, or None.
+
+    >>> check_image_header(Image.new("RGB", (3000, 1)))
+    'image_aspect_ratio: 3000x1 (long/short side 3000 > 200)'
+    >>> check_image_header(Image.new("RGB", (20, 10))) is None
+    True
+    """
+    width, height = image.size
+    if width < 1 or height < 1:
+        return f"image_size: {width}x{height}"
+    if width * height > limits.max_pixels:
+        return f"image_too_large: {width}x{height} = {width * height} pixels > {limits.max_pixels}"
+    ratio = max(width, height) / min(width, height)
+    if ratio > limits.max_aspect_ratio:
+        return f"image_aspect_ratio: {width}x{height} (long/short side {ratio:g} > {limits.max_aspect_ratio:g})"
+    return None
+
+
+def _decode(fp, label: str, limits: ImageLimits) -> Image.Image:
+    """Open (header only), check the limits, then decode to RGB.  PIL's own decompression-bomb
+    guard stays on as a second line; its error is not an OSError, so it is named here."""
     try:
-        with Image.open(path) as image:
+        with Image.open(fp) as image:
+            problem = check_image_header(image, limits)
+            if problem:
+                raise ImageError(problem)
             return image.convert("RGB")
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image_too_large: {label}: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"corrupt_image: {label}: {exc}") from exc
+
+
+def _regular_file(path: Path, limits: ImageLimits) -> None:
+    """Only a regular file of bounded size is opened: a FIFO would block the reader forever, and a
+    directory or a device is never an image."""
+    try:
+        info = path.stat()
     except FileNotFoundError as exc:
         raise ImageError(f"missing_image: {path}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageError(f"corrupt_image: {path}: {exc}") from exc
+    except OSError as exc:
+        raise ImageError(f"unreadable_image: {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"not_a_file: {path}")
+    if info.st_size > limits.max_file_bytes:
+        raise ImageError(f"image_file_too_large: {path}: {info.st_size} bytes > {limits.max_file_bytes}")
 
 
-def _check_image(path: Path) -> str | None:
-    """The skip reason for an unusable image, or None.  `verify()` checks the file without decoding
-    the pixels (loading stays cheap); a file that still fails to decode later is caught where the
-    image is used."""
+def open_image(path: str | Path, *, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> Image.Image:
+    """Open and fully decode an image as RGB; ImageError if it cannot be read or breaks `limits`.
+
+    The message starts with the reason (missing_image, unreadable_image, not_a_file,
+    image_file_too_large, image_too_large, image_aspect_ratio, image_size, corrupt_image)."""
+    path = Path(path)
+    _regular_file(path, limits)
+    return _decode(path, str(path), limits)
+
+
+def decode_image_bytes(raw: bytes, *, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> Image.Image:
+    """`open_image` for bytes already in memory (an uploaded image)."""
+    if len(raw) > limits.max_file_bytes:
+        raise ImageError(f"image_file_too_large: {len(raw)} bytes > {limits.max_file_bytes}")
+    return _decode(io.BytesIO(raw), "uploaded image", limits)
+
+
+def image_error_reason(exc: ImageError) -> str:
+    """The reason code an ImageError's message starts with.
+
+    >>> image_error_reason(ImageError("corrupt_image: a.png: truncated"))
+    'corrupt_image'
+    """
+    return str(exc).split(":", 1)[0]
+
+
+def _check_image(path: Path, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> str | None:
+    """The skip reason for an unusable image, or None.  The size limits come from the header and
+    `verify()` checks the file without decoding the pixels (loading stays cheap); a file that still
+    fails to decode later is caught where the image is used."""
     try:
+        _regular_file(path, limits)
         with Image.open(path) as image:
+            problem = check_image_header(image, limits)
+            if problem:
+                return image_error_reason(ImageError(problem))
             image.verify()
-    except FileNotFoundError:
-        return "missing_image"
-    except (UnidentifiedImageError, OSError, SyntaxError):
+    except ImageError as exc:
+        return image_error_reason(exc)
+    except Image.DecompressionBombError:
+        return "image_too_large"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
         return "corrupt_image"
     return None
 
@@ -96,13 +188,13 @@ def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, s
 
 def _numbered_jsonl(path: Path) -> Iterator[tuple[int, dict | None]]:
     """(line number, object or None if the line is not a JSON object), blank lines left out."""
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:  # bytes: one non-UTF-8 line is a bad line, not a crash
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                raw = json.loads(line)
-            except json.JSONDecodeError:
+                raw = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 raw = None
             yield line_no, raw if isinstance(raw, dict) else None
 
@@ -132,11 +224,20 @@ def load_jsonl(
 # --------------------------------------------------------------------------------------------
 
 
+def read_parquet(path: str) -> list[dict]:
+    """Rows of a Hugging Face parquet shard; pyarrow is imported only here, as it is optional."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise ImportError(
+            f"reading {path} needs pyarrow (pip install pyarrow); or use the benchmark's JSON files"
+        ) from err
+    return pq.read_table(path).to_pylist()
+
+
 def _read_table(path: Path) -> list:
     """Rows of a .jsonl / .json (list or {"data": [...]}) / .parquet file (pyarrow only if needed)."""
     if path.suffix == ".parquet":
-        from prp.eval.bench.records import read_parquet
-
         return read_parquet(str(path))
     if path.suffix == ".jsonl":
         return [raw for _, raw in _numbered_jsonl(path)]  # None: counted as bad_json below
@@ -254,7 +355,7 @@ def load_chartqa_train(
 
 def drop_unparsable_gold(result: LoadResult) -> LoadResult:
     """Skip records whose gold the accuracy reward cannot read (it would call every answer wrong)."""
-    from prp.train.rewards import accuracy_reward
+    from prp.core.judge import accuracy_reward
 
     kept = []
     for record in result.records:

@@ -1,12 +1,20 @@
 """An OpenAI-compatible chat-completions client for a remote target (vLLM, SGLang, hosted APIs).
 
-Stdlib only (urllib).  Retries timeouts, 5xx / 429 answers and refused or dropped connections
-with exponential backoff; anything else (a 4xx, a malformed body) fails at once.  After the last
-try it raises `RemoteError`, and the router lets the draft answer (Sec. 4.2 keeps a query
-answerable by the draft at every point: its prefix cache is still there).
+Stdlib only (http.client).  Retries timeouts, 5xx / 408 / 429 answers and refused or dropped
+connections with exponential backoff; anything else (a 4xx, a redirect, a malformed or oversized
+body) fails at once.  After the last try it raises `RemoteError`, and the router lets the draft
+answer (Sec. 4.2 keeps a query answerable by the draft at every point: its prefix cache is still
+there).
 
-The API key comes from an environment variable whose NAME is configured (default
-OPENAI_API_KEY); the key itself is never logged or put into an error message.
+Each attempt has ONE total deadline (`RetryPolicy.timeout_s`: connect, send, headers and body
+together), enforced by a watchdog that shuts the socket down: a per-read socket timeout alone
+would let a target that trickles one byte a second hold a query forever.  So a query is answered
+(by the target or by the draft's fallback) within tries x timeout_s plus the backoff waits.
+
+Redirects are never followed (the Authorization header must not travel to another host), the
+response body is capped (`max_response_bytes`), and error messages never name the target URL
+(router rows are shown to clients of `route.py --serve`).  The API key comes from an environment
+variable whose NAME is configured (default OPENAI_API_KEY); it is never logged.
 """
 from __future__ import annotations
 
@@ -16,9 +24,11 @@ import io
 import json
 import logging
 import os
+import socket
+import ssl
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 
 from PIL import Image
@@ -59,9 +69,14 @@ def completions_url(base_url: str) -> str:
 @dataclass
 class RetryPolicy:
     tries: int = 4  # attempts in all
-    timeout_s: float = 60.0  # per attempt (connect + read)
+    timeout_s: float = 60.0  # total per attempt: connect + send + headers + body
     backoff_s: float = 0.5  # wait before retry i (1-based): backoff_s * 2**(i-1), capped
     max_backoff_s: float = 10.0
+
+    def worst_case_s(self) -> float:
+        """The longest `OpenAIClient.chat` can take before it answers or raises."""
+        waits = sum(min(self.max_backoff_s, self.backoff_s * 2 ** i) for i in range(self.tries - 1))
+        return self.tries * self.timeout_s + waits
 
 
 @dataclass
@@ -73,35 +88,111 @@ class RemoteAnswer:
     attempts: int
 
 
+class _Retry(Exception):
+    """A transient failure of one attempt (the message is safe to show: no URL, no key)."""
+
+
+class _Fatal(Exception):
+    """A failure that another attempt would repeat."""
+
+
 class OpenAIClient:
     """POST /v1/chat/completions with retries.  Thread-safe (no shared mutable state)."""
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
-                 retry: RetryPolicy | None = None, max_tokens: int = 1024, temperature: float = 0.0):
+                 retry: RetryPolicy | None = None, max_tokens: int = 1024, temperature: float = 0.0,
+                 max_response_bytes: int = 8 * 1024 * 1024):
         self.url = completions_url(base_url)
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the target must be an http(s) URL")
+        self._scheme, self._host = parts.scheme, parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._path = parts.path + (f"?{parts.query}" if parts.query else "")
         self.model = model
         self.api_key_env = api_key_env
         self.retry = retry or RetryPolicy()
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.max_response_bytes = max_response_bytes
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+    def _headers(self, length: int) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Content-Length": str(length),
+                   "Accept": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
     def _post_once(self, body: bytes) -> dict:
-        req = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-        with urllib.request.urlopen(req, timeout=self.retry.timeout_s) as resp:
-            return json.loads(resp.read().decode("utf-8"))
+        """One attempt under one total deadline; raises _Retry / _Fatal."""
+        deadline = time.monotonic() + self.retry.timeout_s
+        conn = self._connection(self.retry.timeout_s)
+        expired = threading.Event()
+
+        def cut() -> None:  # the watchdog: unblocks whatever read or write is in progress
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(self.retry.timeout_s, cut)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.request("POST", self._path, body=body, headers=self._headers(len(body)))
+            resp = conn.getresponse()
+            if 300 <= resp.status < 400:
+                raise _Fatal(f"HTTP {resp.status} redirect (not followed)")
+            if resp.status != 200:
+                if resp.status in RETRY_STATUS:
+                    raise _Retry(f"HTTP {resp.status}")
+                raise _Fatal(f"HTTP {resp.status} (not retried)")
+            declared = resp.getheader("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise _Fatal(f"response of {declared} bytes > {self.max_response_bytes}")
+            chunks, size = [], 0
+            while True:
+                if conn.sock is not None:  # each read also waits at most what is left
+                    conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise _Fatal(f"response larger than {self.max_response_bytes} bytes")
+                chunks.append(chunk)
+            if expired.is_set():
+                raise _Retry(f"TimeoutError: no complete answer within {self.retry.timeout_s:g}s")
+            if resp.length:  # the connection closed before the promised Content-Length
+                raise _Retry("IncompleteRead: the connection closed mid-answer")
+            try:
+                return json.loads(b"".join(chunks).decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise _Fatal(f"malformed response: {type(exc).__name__}") from None
+        except (_Retry, _Fatal):
+            raise
+        except (http.client.HTTPException, OSError) as exc:  # refused, reset, dropped, timed out
+            if expired.is_set() or isinstance(exc, TimeoutError):
+                raise _Retry(f"TimeoutError: no complete answer within {self.retry.timeout_s:g}s") from None
+            raise _Retry(f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError)
+                         else type(exc).__name__) from None
+        finally:
+            watchdog.cancel()
+            conn.close()
 
     def chat(self, messages: list[dict], *, max_tokens: int | None = None) -> RemoteAnswer:
-        payload = {
-            "model": self.model, "messages": messages, "temperature": self.temperature,
-            "max_tokens": max_tokens or self.max_tokens,
-        }
+        limit = min(max_tokens, self.max_tokens) if max_tokens else self.max_tokens
+        payload = {"model": self.model, "messages": messages, "temperature": self.temperature, "max_tokens": limit}
         body = json.dumps(payload).encode("utf-8")
         start = time.perf_counter()
         last = "no attempt made"
@@ -109,24 +200,24 @@ class OpenAIClient:
             try:
                 data = self._post_once(body)
                 text = data["choices"][0]["message"]["content"] or ""
+                if not isinstance(text, str):
+                    raise TypeError("content is not a string")
                 usage = data.get("usage") or {}
                 return RemoteAnswer(
-                    text=text, model=data.get("model", self.model),
+                    text=text, model=str(data.get("model", self.model)),
                     completion_tokens=usage.get("completion_tokens"),
                     latency_s=time.perf_counter() - start, attempts=attempt,
                 )
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-                if exc.code not in RETRY_STATUS:
-                    raise RemoteError(f"{last} from {self.url} (not retried)") from None
-            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as exc:
-                # refused / reset / dropped connections and timeouts: transient, retry
-                reason = getattr(exc, "reason", exc)
-                last = f"{type(reason).__name__}: {reason}"
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise RemoteError(f"malformed response from {self.url}: {type(exc).__name__}") from None
+            except _Retry as exc:
+                last = str(exc)
+            except _Fatal as exc:
+                log.warning("target %s: %s", self.url, exc)
+                raise RemoteError(f"target: {exc}") from None
+            except (KeyError, IndexError, TypeError, AttributeError) as exc:
+                raise RemoteError(f"target: malformed response ({type(exc).__name__})") from None
             if attempt < self.retry.tries:
                 wait = min(self.retry.max_backoff_s, self.retry.backoff_s * 2 ** (attempt - 1))
                 log.warning("target attempt %d/%d failed (%s); retrying in %.2fs", attempt, self.retry.tries, last, wait)
                 time.sleep(wait)
-        raise RemoteError(f"{last} after {self.retry.tries} tries to {self.url}")
+        log.warning("target %s failed after %d tries: %s", self.url, self.retry.tries, last)
+        raise RemoteError(f"target: {last} after {self.retry.tries} tries")

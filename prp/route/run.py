@@ -1,10 +1,11 @@
 """Route a JSONL file: batches in, one JSONL line out per input line, resumable, then a summary.
 
-- Every input line yields exactly one output line: routed queries, and also malformed lines and
-  unreadable images (an `error` field, no crash).  Lines are written with flush + fsync, so an
-  interrupted run loses at most the batch in flight; `--resume` reads the ids already written
-  (dropping a torn last line) and skips them.  Ids are assumed unique (a line without an id
-  is `line-N`, as prp.core.data names it).
+- Every input line yields exactly one output line (its `line` number): routed queries, and also
+  blank, non-UTF-8 or malformed lines, duplicate ids and unusable images (an `error` field, no
+  crash; prp.route.batchfile lists the reasons).  Lines are written with flush + fsync, so an
+  interrupted run (even `kill -9`) loses at most the batch in flight; `--resume` skips the input
+  lines already written (dropping a torn last line), `--retry-errors` routes error and fallback
+  rows again.
 - The embedded default (no model/data flags): DEFAULT_DEMO, the trained tiny JRL draft + target
   shipped under demo/ (scripts/build_demo.py rebuilds them) with the synthetic sum benchmark's
   test/validation splits.  UNTRAINED_DEMO is the old untrained pair, built once under runs/default.
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prp.core.data import ImageError, load_jsonl
+from prp.route.batchfile import read_batch_file
+from prp.route.isolate import run_isolated
 from prp.route.router import Query, Router
 from prp.route.rows import error_row
 
@@ -135,30 +138,66 @@ def build_router(args) -> Router:
 
 
 class JsonlSink:
-    """Append-only JSONL with flush + fsync per line; knows which ids are already done."""
+    """Append-only JSONL with flush + fsync per line, keyed by input line number.
 
-    def __init__(self, path: str | Path, *, resume: bool):
+    `done` maps each input line already written to the id its row carries.  On `resume`, rows
+    are read back: a torn last line (the interruption) is dropped, and with `retry_errors` so are
+    error and fallback rows (they are routed again); the kept rows are rewritten atomically.
+    Rows without a `line` (an older format) are dropped and routed again.
+    """
+
+    def __init__(self, path: str | Path, *, resume: bool, retry_errors: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[str] = set()
+        self.done: dict[int, str | None] = {}
         if resume and self.path.exists():
-            good = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            keep, dropped = [], {"torn": 0, "no_line": 0, "retry": 0, "repeat": 0}
+            for raw in self.path.read_bytes().split(b"\n"):
+                if not raw.strip():
+                    continue
                 try:
-                    self.done.add(str(json.loads(line)["id"]))
-                    good.append(line)
-                except (ValueError, KeyError, TypeError):  # a torn line from the interruption
-                    log.warning("dropping an incomplete line of %s", self.path)
-            self.path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+                    row = json.loads(raw.decode("utf-8"))
+                except ValueError:  # a line torn by the interruption
+                    dropped["torn"] += 1
+                    continue
+                line = row.get("line") if isinstance(row, dict) else None
+                if not isinstance(line, int) or isinstance(line, bool):
+                    dropped["no_line"] += 1
+                    continue
+                if line in self.done:
+                    dropped["repeat"] += 1
+                    continue
+                if retry_errors and (row.get("error") or row.get("fallback")):
+                    dropped["retry"] += 1
+                    continue
+                self.done[line] = row.get("id")
+                keep.append(raw)
+            if any(dropped.values()):
+                log.warning("%s: resuming without %s", self.path, {k: v for k, v in dropped.items() if v})
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with tmp.open("wb") as f:  # rewrite atomically: a kill now leaves the old file or the new one
+                f.write(b"".join(r + b"\n" for r in keep))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
         elif self.path.exists():
             self.path.unlink()
         self._f = self.path.open("a", encoding="utf-8")
+
+    def check_input(self, lines, data) -> None:
+        """Refuse to resume into rows written for another input (a line's id changed)."""
+        ids = {bl.line: bl.id for bl in lines}
+        for line, rid in self.done.items():
+            if line not in ids or ids[line] != rid:
+                raise SystemExit(f"{self.path}: line {line} was written for id {rid!r}, but {data} line {line} "
+                                 f"{'is ' + repr(ids[line]) if line in ids else 'does not exist'}: the input changed "
+                                 "since the first run; route into a new --out")
 
     def write(self, row: dict) -> None:
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
-        self.done.add(str(row["id"]))
+        self.done[row["line"]] = row.get("id")
 
     def close(self) -> None:
         self._f.close()
@@ -187,34 +226,48 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 
 def route_file(router: Router, data: str | Path, out: str | Path, policy, *, batch_size: int = 16,
-               resume: bool = False, target_all: bool = False, judge=None) -> list[dict]:
-    """Route every line of `data` into `out`; returns all rows of `out` (resumed ones included)."""
-    loaded = load_jsonl(data, check_images=True)
-    sink = JsonlSink(out, resume=resume)
+               resume: bool = False, retry_errors: bool = False, target_all: bool = False,
+               judge=None) -> list[dict]:
+    """Route every line of `data` into `out`: exactly one row per input line (prp.route.batchfile),
+    an error row for a line that cannot be routed.  Returns all rows of `out` in input order.
+
+    A bad item never fails its neighbours: images are opened one by one, and a batch the router
+    fails on is split until only the failing queries get error rows (prp.route.isolate).
+    """
+    lines = read_batch_file(data)
+    sink = JsonlSink(out, resume=resume, retry_errors=retry_errors)
     try:
-        for err in loaded.errors:  # malformed lines / unreadable images: an output line each
-            rid = str(err["id"]) if err.get("id") is not None else f"line-{err['line']}"
-            if rid not in sink.done:
-                sink.write(error_row(rid, err["error"], line=err["line"]))
-        todo = [r for r in loaded.records if r.id not in sink.done]
-        for batch in _batches(todo, batch_size):
-            queries, golds = [], {}
-            for rec in batch:
-                try:
-                    image = rec.load_image()
-                except ImageError as exc:  # became unreadable since loading
-                    sink.write(error_row(rec.id, str(exc)))
-                    continue
-                queries.append(Query(id=rec.id, question=rec.question, image=image, gold=rec.answer))
-                golds[rec.id] = rec
-            if not queries:
+        sink.check_input(lines, data)
+        todo = []
+        for bl in lines:
+            if bl.line in sink.done:
                 continue
-            for row in router.route_batch(queries, policy, target_all=target_all):
-                score_row(row, golds[row["id"]], judge)
+            if bl.error is not None:
+                sink.write(error_row(bl.id, bl.error, line=bl.line))
+            else:
+                todo.append(bl)
+        for batch in _batches(todo, batch_size):
+            ready: list[tuple] = []
+            for bl in batch:
+                try:
+                    image = bl.record.load_image()
+                except ImageError as exc:
+                    sink.write(error_row(bl.id, str(exc), line=bl.line))
+                    continue
+                rec = bl.record
+                ready.append((bl, Query(id=rec.id, question=rec.question, image=image, gold=rec.answer)))
+            results = run_isolated(lambda qs: router.route_batch(qs, policy, target_all=target_all),
+                                   [q for _, q in ready])
+            for (bl, _), row in zip(ready, results):
+                if isinstance(row, Exception):
+                    row = error_row(bl.id, f"routing_failed: {type(row).__name__}: {row}", line=bl.line)
+                else:
+                    row["line"] = bl.line
+                    score_row(row, bl.record, judge)  # the gold of this very line
                 sink.write(row)
     finally:
         sink.close()
-    return read_rows(out)
+    return sorted(read_rows(out), key=lambda r: r.get("line") or 0)
 
 
 # ------------------------------------------------------------------------------ summary

@@ -1,0 +1,172 @@
+"""The FastAPI app: /health, /v1/models, /v1/chat/completions (JSON or server-sent events).
+
+The body is read here, not by FastAPI, so that its size (413) and the time to send it (408) are
+bounded before anything is parsed; then pydantic validates it (400 for broken JSON, 422 naming
+the field).  Per-request limits (images, pixels, aspect ratio, prompt tokens, max_tokens) are
+checked in a thread pool before the request is queued, so a bad request never reaches the
+worker.  A client that disconnects while queued is dropped from the queue (`Future.cancel`).
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from prp.route.server.chat import RequestError
+from prp.route.server.limits import ServeLimits
+from prp.route.server.schemas import ChatRequest, error_body, sse_events, validation_message
+from prp.route.server.worker import QueueFull, Worker
+
+log = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    pass
+
+
+def _error(status: int, message: str, *, param: str | None = None, close: bool = False,
+           headers: dict | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    hdrs = dict(headers or {})
+    if close:  # the body was not read to its end: this connection cannot carry another request
+        hdrs["Connection"] = "close"
+    return JSONResponse(error_body(message, kind=kind, param=param), status_code=status, headers=hdrs)
+
+
+async def read_body(request: Request, limits: ServeLimits) -> bytes:
+    """The whole body, at most `max_body_bytes` (413) within `body_timeout_s` (408)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
+        raise RequestError(413 if declared.isdigit() else 400,
+                           f"request body over the limit of {limits.max_body_bytes} bytes"
+                           if declared.isdigit() else "bad Content-Length")
+    body = bytearray()
+
+    async def pull() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limits.max_body_bytes:
+                raise RequestError(413, f"request body over the limit of {limits.max_body_bytes} bytes")
+
+    try:
+        await asyncio.wait_for(pull(), timeout=limits.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the body was not received within {limits.body_timeout_s:g}s") from None
+    return bytes(body)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes its connection (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def await_answer(request: Request, future, timeout_s: float):
+    """The worker's answer; cancels the job when the client leaves or the time is up."""
+    answer = asyncio.wrap_future(future)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({answer, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if answer in done:
+        return answer.result()
+    future.cancel()  # still queued: dropped before any work; already running: its answer is discarded
+    answer.cancel()
+    if gone in done:
+        raise ClientGone
+    raise RequestError(504, f"no answer within {timeout_s:g}s")
+
+
+def build_app(backend, worker: Worker, limits: ServeLimits, *, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="PRP router", docs_url=None, redoc_url=None, openapi_url=None)
+    key = api_key.encode() if api_key else None
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        if key is None:
+            return None
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key):
+            return None
+        return _error(401, "missing or wrong API key (Authorization: Bearer ...)",
+                      headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.get("/health")
+    async def health():
+        state = {"model": backend.name, **worker.health()}
+        return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return {"object": "list", "data": [{"id": backend.name, "object": "model", "created": int(time.time()),
+                                            "owned_by": "prp"}]}
+
+    async def chat(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        try:
+            raw = await read_body(request, limits)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, close=True)
+        try:
+            req = ChatRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if any(e["type"] == "json_invalid" for e in errors):
+                return _error(400, "the body is not valid JSON (UTF-8)")
+            message, param = validation_message(errors)
+            return _error(422, message, param=param)
+        fault = backend.fault() if hasattr(backend, "fault") else None
+        if fault == "503":
+            return _error(503, "injected fault")
+        if fault == "close":
+            return _dropped_connection()
+        if fault == "timeout":
+            await asyncio.sleep(backend.faults["delay"])
+        try:
+            item = await run_in_threadpool(backend.prepare, req)
+            future = worker.submit(item)
+            body = await await_answer(request, future, limits.request_timeout_s)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, param=exc.param)
+        except QueueFull as exc:
+            return _error(503, f"server busy: {exc}", headers={"Retry-After": "1"})
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; uvicorn closes the connection
+        except Exception as exc:  # noqa: BLE001 - this request failed on its own (the worker isolated it)
+            log.warning("a request failed: %s: %s", type(exc).__name__, exc)
+            return _error(500, f"the model failed on this request ({type(exc).__name__})")
+        if req.stream:
+            return StreamingResponse(iter(sse_events(body)), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return JSONResponse(body)
+
+    app.add_api_route("/v1/chat/completions", chat, methods=["POST"])
+    app.add_api_route("/chat/completions", chat, methods=["POST"])
+    return app
+
+
+def _dropped_connection() -> Response:
+    """TEST-ONLY fault: promise a body, send part of it, fail: the client sees the connection drop."""
+
+    async def partial():
+        yield b'{"choices": ['
+        raise ConnectionAbortedError("injected fault: connection dropped")
+
+    return StreamingResponse(partial(), media_type="application/json", headers={"Content-Length": "4096"})

@@ -1,0 +1,120 @@
+"""A validated chat request -> what a model takes, with every per-request limit checked.
+
+Raises `RequestError(status, message, param)` for the one request that breaks a limit; the
+worker never sees it, so its batch neighbours are untouched.  Images are checked from their
+header (size, aspect ratio) before a pixel is decoded (prp.core.data.decode_image_bytes).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from PIL import Image
+
+from prp.core.data import ImageError, decode_image_bytes
+from prp.route.server.limits import ServeLimits
+from prp.route.server.schemas import ChatRequest
+
+
+class RequestError(Exception):
+    """A client error of one request: an HTTP status, a message safe to show, the offending field."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+@dataclass
+class ParsedChat:
+    messages: list[dict]  # processor-style: [{"role", "content": [{"type": "text"|"image", ...}]}]
+    images: list[Image.Image]  # in order of appearance
+    question: str  # the text of the last user turn (what the router routes)
+    max_tokens: int  # validated: 1 <= max_tokens <= limits.max_tokens
+
+
+def decode_data_url(url: str, limits: ServeLimits, param: str) -> Image.Image:
+    """A base64 data URL -> RGB image.  Remote URLs are refused: fetching them would let any
+    client make this server open connections anywhere (and these machines have no internet)."""
+    if not url.startswith("data:") or ";base64," not in url[:100]:
+        raise RequestError(400, "only base64 data URLs are accepted for images", param)
+    try:
+        raw = base64.b64decode(url.split(";base64,", 1)[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, "the image is not valid base64", param) from None
+    try:
+        return decode_image_bytes(raw, limits=limits.image_limits())
+    except ImageError as exc:
+        # the message names the reason and the size, never a path (uploads have none)
+        raise RequestError(400, f"unusable image: {exc}", param) from None
+
+
+def parse_chat(req: ChatRequest, limits: ServeLimits) -> ParsedChat:
+    n_images = sum(1 for m in req.messages if isinstance(m.content, list)
+                   for p in m.content if p.type == "image_url")
+    if n_images > limits.max_images:
+        raise RequestError(400, f"{n_images} images in one request > the limit {limits.max_images}", "messages")
+    wanted = req.requested_tokens()
+    if wanted is not None and wanted > limits.max_tokens:
+        raise RequestError(400, f"max_tokens {wanted} > this server's limit {limits.max_tokens}", "max_tokens")
+    messages, images, question = [], [], ""
+    for i, m in enumerate(req.messages):
+        if isinstance(m.content, str):
+            parts = [{"type": "text", "text": m.content}]
+        else:
+            parts = []
+            for j, part in enumerate(m.content):
+                if part.type == "text":
+                    parts.append({"type": "text", "text": part.text})
+                else:
+                    images.append(decode_data_url(part.image_url.url, limits, f"messages.{i}.content.{j}.image_url"))
+                    parts.append({"type": "image"})
+        messages.append({"role": m.role, "content": parts})
+        if m.role == "user":
+            question = "\n".join(p["text"] for p in parts if p["type"] == "text")
+    return ParsedChat(messages=messages, images=images, question=question, max_tokens=wanted or limits.max_tokens)
+
+
+def image_tokens(processor, image: Image.Image) -> int:
+    """Tokens the Qwen2-VL processor gives `image`: its patches after resizing / merge_size**2
+    (`get_number_of_image_patches` is the image processor's own count, the one vLLM uses)."""
+    ip = processor.image_processor
+    merge = int(getattr(ip, "merge_size", 2))
+    return int(ip.get_number_of_image_patches(image.height, image.width)) // (merge * merge)
+
+
+# a cheap gate before tokenizing: no tokenizer PRP serves packs more characters than this into
+# one token on real text, so a longer prompt is over the limit without spending time on it
+CHARS_PER_TOKEN_BOUND = 16
+
+
+def check_prompt_tokens(parsed: ParsedChat, processor, limit: int, *, overhead: int = 64) -> int:
+    """Prompt tokens (text + images + a template margin); RequestError 400 over `limit`."""
+    text = "\n".join(p["text"] for m in parsed.messages for p in m["content"] if p["type"] == "text")
+    if len(text) > limit * CHARS_PER_TOKEN_BOUND:
+        raise RequestError(400, f"prompt of {len(text)} characters is over the limit of {limit} tokens", "messages")
+    n = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) + overhead
+    try:
+        n += sum(image_tokens(processor, im) for im in parsed.images)
+    except ValueError as exc:  # smart_resize's own checks (e.g. aspect ratio), should the limits allow it
+        raise RequestError(400, f"unusable image: {exc}", "messages") from None
+    if n > limit:
+        raise RequestError(400, f"prompt of ~{n} tokens > the limit {limit}", "messages")
+    return n
+
+
+def model_positions(model) -> int | None:
+    """The model's maximum positions (Qwen2.5-VL: text_config.max_position_embeddings)."""
+    cfg = getattr(model, "config", None)
+    for c in (getattr(cfg, "text_config", None), cfg):
+        n = getattr(c, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def default_prompt_limit(model, generation_budget: int) -> int:
+    """Positions left for the prompt once the generation budget is reserved (at least 256)."""
+    positions = model_positions(model) or 32768
+    return max(256, positions - generation_budget) if positions > generation_budget else max(256, positions // 2)
+

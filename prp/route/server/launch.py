@@ -1,0 +1,78 @@
+"""uvicorn for the servers: h11 (strict HTTP/1.1 framing), a large backlog, keep-alive, header and
+concurrency limits.  Prints `listening on http://HOST:PORT` (the real port for --port 0) once the
+socket is bound; scripts and tests wait for that line.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from prp.route.server.limits import ServeLimits, is_loopback
+
+log = logging.getLogger(__name__)
+
+
+class HeaderDeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline on the request line and headers.
+
+    uvicorn closes idle keep-alive connections, but a client that sends one header byte every few
+    seconds (or connects and sends nothing) would hold a connection forever; with this, each
+    request's headers must be complete `header_timeout_s` after its first byte (or after connect).
+    """
+
+    header_timeout_s = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_deadline)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:  # these bytes start (or continue) a request's headers
+            self._arm()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _header_deadline(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.info("closing a connection that sent no complete headers in %.0fs", self.header_timeout_s)
+            self.transport.close()
+
+
+def serve(app, limits: ServeLimits, host: str, port: int, *, api_key_set: bool) -> None:
+    import uvicorn
+
+    if not is_loopback(host) and not api_key_set:
+        log.warning("serving on %s without an API key: anyone who can reach this address can use the models "
+                    "(set one with --api-key-env / --serve-api-key-env)", host)
+    protocol = type("Protocol", (HeaderDeadlineH11Protocol,), {"header_timeout_s": limits.header_timeout_s})
+    config = uvicorn.Config(
+        app, host=host, port=port, http=protocol, lifespan="off", backlog=limits.backlog,
+        timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.limit_concurrency,
+        h11_max_incomplete_event_size=64 * 1024, log_level="warning", access_log=False,
+        server_header=False,
+    )
+    config.load()
+    sock = config.bind_socket()
+    sock.listen(limits.backlog)  # connections made from now on wait in the backlog until uvicorn accepts
+    shown = f"[{host}]" if ":" in host else host
+    print(f"listening on http://{shown}:{sock.getsockname()[1]}", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])

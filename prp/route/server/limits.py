@@ -1,0 +1,86 @@
+"""Every limit the servers enforce, with a safe default and a command-line flag each.
+
+A request over a limit gets a 4xx for that request only; nothing else in its batch is touched.
+Defaults are what an operator of a public endpoint would pick for the models PRP serves: small
+enough that one client cannot take the machine, large enough for any real chart or document page.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from prp.core.data import ImageLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_body_bytes: int = 16 * 1024 * 1024  # 413 above (checked from Content-Length, then while reading)
+    max_images: int = 1  # per request (the router routes one image per query)
+    max_image_pixels: int = 4096 * 4096  # width x height, read from the image header before decoding
+    max_aspect_ratio: float = 200.0  # long side / short side (the Qwen2-VL processor raises above 200)
+    max_prompt_tokens: int | None = None  # None: the model's positions minus the generation budget
+    max_tokens: int = 1024  # cap on a request's max_tokens (400 above); also the default
+    max_queue: int = 256  # requests waiting for the model; 503 when full
+    request_timeout_s: float = 300.0  # queue + work for one request; 504 after
+    body_timeout_s: float = 30.0  # to receive the whole body; 408 after
+    header_timeout_s: float = 10.0  # to receive the request line and headers; the connection is closed
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    limit_concurrency: int = 512  # open connections + running requests; 503 above (uvicorn)
+    backlog: int = 2048  # the listen queue (the stdlib server's 5 reset parallel clients)
+
+    def image_limits(self) -> ImageLimits:
+        # the encoded image can never be larger than the body that carried it (base64: 4/3)
+        return ImageLimits(max_pixels=self.max_image_pixels, max_aspect_ratio=self.max_aspect_ratio,
+                           max_file_bytes=self.max_body_bytes)
+
+
+def add_limit_arguments(ap: argparse.ArgumentParser, *, max_images: int = 1) -> None:
+    """The limit flags (shared by `route.py --serve` and `python -m prp.serve`)."""
+    d = ServeLimits(max_images=max_images)
+    g = ap.add_argument_group("serving limits (a request over one gets a 4xx of its own)")
+    g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body size (413)")
+    g.add_argument("--max-images", type=int, default=d.max_images, help="images per request (400)")
+    g.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels,
+                   help="width x height, from the header before decoding (400)")
+    g.add_argument("--max-aspect-ratio", type=float, default=d.max_aspect_ratio,
+                   help="long side / short side of an image (400; the Qwen processor's own limit is 200)")
+    g.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="prompt tokens, text and image (400; default: the model's positions minus the "
+                        "generation budget)")
+    g.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting for the model (503)")
+    g.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
+                   help="seconds a request may wait for its answer, queue included (504)")
+    g.add_argument("--body-timeout", type=float, default=d.body_timeout_s, help="seconds to send the body (408)")
+    g.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds to send the request line and headers (connection closed)")
+    g.add_argument("--keep-alive", type=float, default=d.keep_alive_s, help="idle keep-alive seconds")
+    g.add_argument("--limit-concurrency", type=int, default=d.limit_concurrency,
+                   help="open connections + requests in flight (503 above)")
+    g.add_argument("--backlog", type=int, default=d.backlog, help="listen backlog")
+
+
+def limits_from_args(args, *, max_tokens: int) -> ServeLimits:
+    return ServeLimits(
+        max_body_bytes=args.max_body_bytes, max_images=args.max_images, max_image_pixels=args.max_image_pixels,
+        max_aspect_ratio=args.max_aspect_ratio, max_prompt_tokens=args.max_prompt_tokens, max_tokens=max_tokens,
+        max_queue=args.max_queue, request_timeout_s=args.request_timeout, body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive,
+        limit_concurrency=args.limit_concurrency, backlog=args.backlog,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("::1"), is_loopback("0.0.0.0")
+    (True, True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
