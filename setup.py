@@ -31,7 +31,9 @@ setup(
         "deepspeed": ["deepspeed", "accelerate"],
         "triton": ["triton"],
         "flash": ["flash-attn"],
-        "dev": ["pytest", "hypothesis", "ruff", "selenium"],  # selenium: the report.html browser test
+        "dev": ["pytest", "hypothesis", "ruff", "selenium", "tensorboard"],  # selenium: the report.html browser test
+        "tensorboard": ["tensorboard"],  # train.py --report-to tensorboard
+        "wandb": ["wandb"],  # train.py --report-to wandb
         "bench": ["trl"],
     },
 )

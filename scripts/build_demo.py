@@ -16,7 +16,7 @@ log under --work/logs and its metrics.jsonl under --work/<stage> (default runs/d
             -> presample (train.py --mode presample: M samples of that target per JRL record = Acc_tgt)
             -> jrl (JRL, Alg. 4, from draft-grpo, with the Acc_tgt cache)  -> demo/models/jrl
 
-Recipe (shared/notes/tiny-vlm-training.md): two-digit numbers on the 28-px grid, processor-mean
+Recipe (demo/README.md): two-digit numbers on the 28-px grid, processor-mean
 background, rope_theta 10, frozen vision biases, batch 32, AdamW (2e-3 draft / 1.5e-3 target),
 cosine with ~100 warm-up steps, fp32, loss on the completion only.  What differs (measured here,
 2026-11, see demo/README.md): the demo models' chat template (demo_template(), saved with each
@@ -25,13 +25,17 @@ with the image last; the draft's text RoPE base is DRAFT_ROPE_THETA (1000); the 
 learned in the same SFT as the answer (a constant 0.50), so ratings carry information only after
 DRL / JRL (rating reward + DSS).
 
+Each stage's recipe (mode, learning rate, steps, warm-up, batch, seed) is a YAML file in
+configs/demo/<stage>.yaml (all extend configs/demo/base.yaml); this script only chains the stages
+(which model and data each one starts from) and exports the results with save_pretrained.
+`--stage-set drl:max_steps=100` changes one stage's value (the warm-up keeps its length in steps).
+
 Stages are resumable: one whose final checkpoint (`ckpt-<steps>`) exists is skipped; one whose
 metrics.jsonl another process is writing is waited for.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -42,12 +46,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
-# recipe of shared/notes/tiny-vlm-training.md: batch 32, cosine, ~100 warm-up steps, fp32, 1 thread
-COMMON = ["--config", "configs/tiny.yaml", "--set", "num_threads=1", "--set", "bf16=false",
-          "--set", "freeze_vision_biases=true", "--set", "lr_scheduler=cosine", "--set", "keep_last=1",
-          "--set", "max_completion_length=64"]
-RL = ["--set", "per_device_batch_size=32", "--set", "num_generations=4", "--set", "gradient_accumulation_steps=1",
-      "--set", "temperature=1.0", "--set", "sample_every=20", "--set", "num_samples_logged=4"]
+CONFIGS = ROOT / "configs" / "demo"  # one YAML per stage
+STAGES = ("draft-sft", "draft-sft-random", "draft-grpo", "drl", "drl-ablation", "sft-cn",
+          "target-sft", "target-sft2", "target-grpo", "presample", "jrl")
 
 
 # The demo models' chat template: instead of the ~150-token Table-4 prompt, a short format marker and
@@ -78,7 +79,7 @@ def demo_template() -> str:
 
 
 # The draft's text RoPE base.  prp.toy.tiny uses 10 so that the M-RoPE row / column angles of the image
-# tokens differ enough (notes/tiny-vlm-training.md), and the plain-format target reads with it.  But
+# tokens differ enough (prp/toy/tiny.py), and the plain-format target reads with it.  But
 # at 10 every rotary frequency is >= 0.12 rad per position, so matching an image token by content
 # depends on its distance to the answer token, and the draft's three formats (rating prefixes of 0,
 # 9 and 18 tokens) shift that distance; 1000 adds slow frequencies (down to 0.002 rad / position)
@@ -91,7 +92,7 @@ DRAFT_ROPE_THETA = 1000.0
 
 def build_tiny(size: str, seed: int, dest: Path, *, rope_theta: float | None = None) -> Path:
     """A random-init tiny model dir (prp.toy.tiny) with demo_template(), optionally another text RoPE base."""
-    from prp.toy.tiny import build_processor, build_tokenizer, save_tiny_model
+    from prp.toy.tiny import build_processor, build_tiny_model, build_tokenizer
 
     if (dest / "config.json").exists():
         return dest
@@ -99,12 +100,12 @@ def build_tiny(size: str, seed: int, dest: Path, *, rope_theta: float | None = N
     tok.chat_template = demo_template()
     proc = build_processor(tokenizer=tok)
     proc.chat_template = demo_template()
+    model = build_tiny_model(size, seed=seed, tokenizer=tok)
+    if rope_theta is not None:  # not a weight: only the saved config changes
+        model.config.text_config.rope_parameters["rope_theta"] = rope_theta
     tmp = dest.with_name(dest.name + ".tmp")
-    save_tiny_model(tmp, size=size, seed=seed, tokenizer=tok, processor=proc)
-    if rope_theta is not None:
-        config = json.loads((tmp / "config.json").read_text())
-        config["text_config"]["rope_parameters"]["rope_theta"] = rope_theta
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    model.save_pretrained(tmp, safe_serialization=True)
+    proc.save_pretrained(tmp)  # also writes the tokenizer and chat template
     tmp.rename(dest)
     return dest
 
@@ -117,10 +118,33 @@ def final_ckpt(out: Path, steps: int) -> Path:
     return out / f"ckpt-{steps}"
 
 
-def run_stage(name: str, out: Path, steps: int, args: list[str], *, work: Path) -> Path:
-    """One train.py run; skipped when its final checkpoint exists, resumed from its latest one, waited for
-    when another process is writing it."""
-    done = final_ckpt(out, steps)
+def stage_sets(name: str, overrides: dict[str, dict[str, str]]) -> list[str]:
+    """`--set` arguments for a stage's --stage-set values; a changed max_steps keeps the warm-up's length in steps."""
+    from prp.train.config import load_config
+
+    sets = dict(overrides.get(name, {}))
+    if "max_steps" in sets and "warmup_ratio" not in sets:
+        cfg = load_config(CONFIGS / f"{name}.yaml", overrides={"model": "m", "train_data": "d"})
+        warmup_steps = round(cfg.warmup_ratio * cfg.max_steps)
+        sets["warmup_ratio"] = f"{min(0.5, warmup_steps / max(1, int(sets['max_steps']))):.4f}"
+    return [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+
+
+def stage_config(name: str, sets: list[str]):
+    """The stage's resolved TrainConfig (its YAML + --stage-set values)."""
+    from prp.train.config import load_config, parse_set
+
+    overrides = {"model": "m", "train_data": "d", **parse_set(sets[1::2])}
+    return load_config(CONFIGS / f"{name}.yaml", overrides=overrides)
+
+
+def run_stage(name: str, out: Path, args: list[str], *, work: Path, stage: str | None = None,
+              overrides: dict[str, dict[str, str]]) -> Path:
+    """One train.py run of configs/demo/<stage>.yaml; skipped when its final checkpoint exists, resumed from
+    its latest one, waited for when another process is writing it."""
+    stage = stage or name
+    sets = stage_sets(stage, overrides)
+    done = final_ckpt(out, stage_config(stage, sets).max_steps)
     if done.exists():
         log(f"{name}: done already ({done})")
         return done
@@ -130,7 +154,7 @@ def run_stage(name: str, out: Path, steps: int, args: list[str], *, work: Path) 
         time.sleep(30)
     if done.exists():
         return done
-    cmd = [PY, "train.py", *COMMON, "--output-dir", str(out), "--max-steps", str(steps), *args]
+    cmd = [PY, "train.py", "--config", str(CONFIGS / f"{stage}.yaml"), "--output-dir", str(out), *args, *sets]
     if (out / "config.json").exists() and any(out.glob("ckpt-*")):
         cmd.append("--resume")
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -145,55 +169,53 @@ def run_stage(name: str, out: Path, steps: int, args: list[str], *, work: Path) 
 
 
 def export(ckpt: Path, dest: Path) -> None:
-    """The HF files of a checkpoint (weights, config, tokenizer, processor), without optimizer state."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for p in ckpt.iterdir():
-        if p.is_file() and not p.name.startswith(("optimizer", "trainer_state", "rng", "scheduler", "training")):
-            shutil.copy2(p, dest / p.name)
+    """A checkpoint's model and processor (weights, config, tokenizer, chat template) via save_pretrained,
+    without the optimizer / trainer state."""
+    from transformers import AutoModelForImageTextToText
+
+    from prp.core.modeling import load_processor
+
+    model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype="float32")
+    processor = load_processor(ckpt)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
     log(f"exported {ckpt} -> {dest} ({sum(f.stat().st_size for f in dest.iterdir()) / 1e6:.1f} MB)")
 
 
-def warmup_ratio(steps: int, warmup: int = 100) -> str:
-    return f"{min(0.5, warmup / max(1, steps)):.4f}"
+def parse_stage_sets(items: list[str]) -> dict[str, dict[str, str]]:
+    """["drl:max_steps=100", "jrl:learning_rate=1e-4"] -> {"drl": {"max_steps": "100"}, "jrl": {...}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        stage, _, kv = item.partition(":")
+        if stage not in STAGES or "=" not in kv:
+            raise SystemExit(f"--stage-set expects STAGE:KEY=VALUE with STAGE one of {', '.join(STAGES)}, got {item!r}")
+        key, value = kv.split("=", 1)
+        out.setdefault(stage, {})[key.strip().replace("-", "_")] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="demo", help="demo folder: models/ and data/ go here")
     ap.add_argument("--work", default="runs/demo2", help="training runs, logs, the train split")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="data seed; added to each stage's seed")
     ap.add_argument("--n-train", type=int, default=30000)
     ap.add_argument("--n-test", type=int, default=400)
     ap.add_argument("--n-validation", type=int, default=200)
     ap.add_argument("--n-jrl", type=int, default=800, help="train records presampled for JRL")
-    ap.add_argument("--presample-m", type=int, default=8, help="M target samples per JRL record (paper: 16)")
-    ap.add_argument("--draft-sft-steps", type=int, default=3000)
-    ap.add_argument("--random-rating-steps", type=int, default=400,
-                    help="draft SFT stage with uniform random ratings in the prefix: after SFT on the constant "
-                    "0.50 alone, DRL's first rating changes (DSS) broke the format within 40 steps")
-    ap.add_argument("--target-sft-steps", type=int, default=2500)
-    ap.add_argument("--target-sft2-steps", type=int, default=1500,
-                    help="second SFT stage of the target (LR 1e-3): the notes measured that the 3.7 M target "
-                    "beats the draft only after ~3800 steps")
-    ap.add_argument("--grpo-steps", type=int, default=40, help="GRPO after SFT, draft and target")
-    ap.add_argument("--grpo-lr", default="1.5e-4", help="the draft's GRPO learning rate")
-    ap.add_argument("--target-grpo-lr", default="3.0e-5", help="the target's: at 1.5e-4 its greedy test accuracy "
-                    "fell from 32.8%% to 30.0%% in 40 steps")
-    ap.add_argument("--drl-steps", type=int, default=300)
-    ap.add_argument("--jrl-steps", type=int, default=300)
-    ap.add_argument("--rl-lr", default="2.0e-4", help="DRL learning rate (and the ablations')")
-    ap.add_argument("--jrl-lr", default="5.0e-5", help="JRL learning rate: at 2e-4 the two-rating prefix lost its "
-                    "format after ~150 steps (format reward 0.98 -> 0.44, ratings like 7777...); at 1e-4 one run "
-                    "kept it, another learned 4-digit ratings and skipped <think> (draft accuracy 30%% -> 19.5%%)")
-    ap.add_argument("--ablation-steps", type=int, default=150, help="steps of each DSS / alpha ablation run")
     ap.add_argument("--alphas", default="1,1.5,5,10", help="alpha ablation (Fig. 15); empty: skip")
-    ap.add_argument("--sft-cn-steps", type=int, default=150, help="P2 baseline (Sec. 2.1); 0: skip")
-    ap.add_argument("--sft-cn-lr", default="3.0e-5", help="at 2e-4 the draft's accuracy fell from 44%% to 0 "
-                    "within 40 sft-cn steps")
+    ap.add_argument("--skip", default="", help="comma-separated optional stages to leave out: draft-sft-random, "
+                    "target-sft2, draft-grpo, target-grpo, drl-ablation, sft-cn")
+    ap.add_argument("--stage-set", action="append", default=[], metavar="STAGE:KEY=VALUE",
+                    help="change one value of configs/demo/<STAGE>.yaml (repeatable), e.g. drl:max_steps=100")
     ap.add_argument("--lanes", default="TD", help="T: the target lane, D: the draft lane (both by default)")
     args = ap.parse_args(argv)
+    overrides = parse_stage_sets(args.stage_set)
+    skip = {x.strip() for x in args.skip.split(",") if x.strip()}
 
     out, work = (ROOT / args.out).resolve(), (ROOT / args.work).resolve()
     data = work / "data"
@@ -211,18 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     acc_cache = work / "acc_tgt.jsonl"
     errors: list[BaseException] = []
 
-    def sft(name, model, steps, lr, seed, rating="none", warmup=100, extra=()):
-        return run_stage(name, work / name, steps, [*extra,
-            "--mode", "sft", "--model", str(model), "--train-data", train, "--set", "per_device_batch_size=32",
-            "--set", "gradient_accumulation_steps=1", "--set", f"learning_rate={lr}",
-            "--set", f"warmup_ratio={warmup_ratio(steps, warmup)}", "--set", f"save_every={max(200, steps // 5)}",
-            "--set", f"sft_rating={rating}", "--set", f"seed={seed}"], work=work)
-
-    def rl(name, mode, model, steps, data_path=train, extra=(), lr=None):
-        return run_stage(name, work / name, steps, [
-            "--mode", mode, "--model", str(model), "--train-data", data_path, *RL,
-            "--set", f"learning_rate={lr or args.rl_lr}", "--set", f"warmup_ratio={warmup_ratio(steps, 20)}",
-            "--set", f"save_every={max(50, steps // 4)}", "--set", f"seed={args.seed}", *extra], work=work)
+    def stage(name, model, *, data_path=train, extra=(), config=None):
+        """configs/demo/<config or name>.yaml from `model` on `data_path` into <work>/<name>."""
+        cfg = stage_config(config or name, stage_sets(config or name, overrides))
+        return run_stage(name, work / name, ["--model", str(model), "--train-data", data_path,
+                                            "--set", f"seed={cfg.seed + args.seed}", *extra],
+                         work=work, stage=config or name, overrides=overrides)
 
     draft_ready = threading.Event()  # lane T's JRL starts from lane D's draft
     draft: list[Path] = []
@@ -231,23 +247,21 @@ def main(argv: list[str] | None = None) -> None:
         try:
             try:
                 init = build_tiny("draft", args.seed, work / "init-draft", rope_theta=DRAFT_ROPE_THETA)
-                base = sft("draft-sft", init, args.draft_sft_steps, "2.0e-3", args.seed, rating="mixed")
-                if args.random_rating_steps:  # the rating digits vary: DRL can move them without breaking the format
-                    base = sft("draft-sft-random", base, args.random_rating_steps, "5.0e-4", args.seed + 3,
-                               rating="mixed", warmup=20, extra=["--set", "sft_rating_value=-1"])
-                draft.append(rl("draft-grpo", "grpo", base, args.grpo_steps, lr=args.grpo_lr)
-                             if args.grpo_steps else base)
+                base = stage("draft-sft", init)
+                if "draft-sft-random" not in skip:  # the rating digits vary: DRL can move them without breaking the format
+                    base = stage("draft-sft-random", base)
+                draft.append(stage("draft-grpo", base) if "draft-grpo" not in skip else base)
                 export(draft[0], out / "models" / "draft")
             finally:
                 draft_ready.set()
-            export(rl("drl", "drl", draft[0], args.drl_steps), out / "models" / "drl")
+            export(stage("drl", draft[0]), out / "models" / "drl")
             # ablations and baselines (runs/ only; benchmarks/reproduce_demo.py reads them)
-            if args.ablation_steps:
-                rl("drl-nodss", "drl", draft[0], args.ablation_steps, extra=["--set", "dss=false"])
+            if "drl-ablation" not in skip:
+                stage("drl-nodss", draft[0], config="drl-ablation", extra=["--set", "dss=false"])
                 for a in filter(None, args.alphas.split(",")):
-                    rl(f"drl-alpha{a}", "drl", draft[0], args.ablation_steps, extra=["--set", f"alpha={a}"])
-            if args.sft_cn_steps:
-                rl("sft-cn", "sft-cn", draft[0], args.sft_cn_steps, lr=args.sft_cn_lr)
+                    stage(f"drl-alpha{a}", draft[0], config="drl-ablation", extra=["--set", f"alpha={a}"])
+            if "sft-cn" not in skip:
+                stage("sft-cn", draft[0])
         except BaseException as exc:  # noqa: BLE001 - reported by main
             errors.append(exc)
         finally:
@@ -255,25 +269,26 @@ def main(argv: list[str] | None = None) -> None:
 
     def lane_target():
         try:
-            t_sft = sft("target-sft", build_tiny("target", args.seed + 1, work / "init-target"), args.target_sft_steps,
-                        "1.5e-3", args.seed + 1)
-            if args.target_sft2_steps:
-                t_sft = sft("target-sft2", t_sft, args.target_sft2_steps, "1.0e-3", args.seed + 2, warmup=50)
-            t = rl("target-grpo", "grpo", t_sft, args.grpo_steps, lr=args.target_grpo_lr) if args.grpo_steps else t_sft
+            t = stage("target-sft", build_tiny("target", args.seed + 1, work / "init-target"))
+            if "target-sft2" not in skip:
+                t = stage("target-sft2", t)
+            if "target-grpo" not in skip:
+                t = stage("target-grpo", t)
             export(t, out / "models" / "target")
             if not acc_cache.exists() or len(acc_cache.read_text().splitlines()) < args.n_jrl:
-                _presample(args, jrl_data, out / "models" / "target", acc_cache, work)
+                _presample(jrl_data, out / "models" / "target", acc_cache, work, overrides)
             draft_ready.wait()
             if not draft:
                 raise RuntimeError("no draft to start JRL from: lane D failed or has not run (--lanes D)")
-            export(rl("jrl", "jrl", draft[0], args.jrl_steps, str(jrl_data), ["--acc-tgt-cache", str(acc_cache)],
-                      lr=args.jrl_lr), out / "models" / "jrl")
+            export(stage("jrl", draft[0], data_path=str(jrl_data), extra=["--acc-tgt-cache", str(acc_cache)]),
+                   out / "models" / "jrl")
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
     if "D" not in args.lanes:  # lane T alone: JRL starts from the draft lane D built before
-        done = [final_ckpt(work / "draft-grpo", args.grpo_steps)] if args.grpo_steps else []
-        draft.extend(p for p in done if p.exists())
+        name = "draft-grpo" if "draft-grpo" not in skip else "draft-sft-random"
+        done = work / name
+        draft.extend([done] if any(done.glob("ckpt-*")) else [])  # a run folder: train.py takes its latest ckpt
         draft_ready.set()
     t0 = time.time()
     lanes = [threading.Thread(target=fn) for key, fn in (("T", lane_target), ("D", lane_draft)) if key in args.lanes]
@@ -287,11 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     log("accuracy per level, ratings and ablations: python benchmarks/reproduce_demo.py --work " + args.work)
 
 
-def _presample(args, jrl_data: Path, target: Path, cache: Path, work: Path) -> None:
+def _presample(jrl_data: Path, target: Path, cache: Path, work: Path, overrides: dict[str, dict[str, str]]) -> None:
     """Alg. 2 l.1-7 with train.py's presample mode: M samples of the trained target per JRL record."""
-    cmd = [PY, "train.py", *COMMON, "--mode", "presample", "--train-data", str(jrl_data), "--target-model", str(target),
-           "--acc-tgt-cache", str(cache), "--output-dir", str(work / "presample"),
-           "--set", f"presample_m={args.presample_m}", "--set", "presample_batch_size=16", "--set", "temperature=1.0"]
+    cmd = [PY, "train.py", "--config", str(CONFIGS / "presample.yaml"), "--train-data", str(jrl_data),
+           "--target-model", str(target), "--acc-tgt-cache", str(cache), "--output-dir", str(work / "presample"),
+           *stage_sets("presample", overrides)]
     log("presample: " + " ".join(cmd[1:]))
     (work / "logs").mkdir(parents=True, exist_ok=True)
     with (work / "logs" / "presample.log").open("a") as f:

@@ -153,6 +153,111 @@ def test_sft_random_ratings_vary_and_replay(tmp_path):
     assert ratings(0) == first and ratings(1) != first
 
 
+def _check_embedded_default(first_line: str, out: Path) -> None:
+    assert first_line.startswith("train.py: embedded default (the shipped demo draft demo/models/draft")
+    assert "--config configs/drl.yaml --model DIR --train-data FILE" in first_line
+    assert (out / "ckpt-1" / "model.safetensors").exists() and (out / "data" / "train.jsonl").exists()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"].endswith("demo/models/draft") and saved["learning_rate"] == 2e-4  # the demo's DRL recipe
+    assert saved["train_data"] == "synthetic:16" and _metrics(out)[0]["reward/format"] is not None
+
+
+_NEEDS_DEMO = pytest.mark.skipif(not (ROOT / "demo" / "models" / "draft" / "config.json").exists(),
+                                 reason="demo checkpoints not built (python scripts/build_demo.py --out demo)")
+
+
+@_NEEDS_DEMO
+def test_embedded_default_trains_with_no_config_and_no_model(tmp_path, monkeypatch, capsys):
+    """`train.py --mode drl` alone (in-process; the step count capped by PRP_DEFAULT_STEPS): the shipped demo
+    draft on generated synthetic data into ./runs/train-drl/, and a first line saying so."""
+    from train import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRP_DEFAULT_STEPS", "1")
+    assert main(["--mode", "drl"]) == Path("runs/train-drl/ckpt-1")
+    _check_embedded_default(capsys.readouterr().out.splitlines()[0], tmp_path / "runs" / "train-drl")
+
+
+@pytest.mark.slow
+@_NEEDS_DEMO
+def test_embedded_default_as_a_command(tmp_path):
+    """`python train.py --mode drl`, exactly as a user types it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PRP_DEFAULT_STEPS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--mode", "drl"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_embedded_default(proc.stdout.splitlines()[0], tmp_path / "runs" / "train-drl")
+
+
+def test_tensorboard_events_read_back(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train import main
+
+    main(["--mode", "drl", "--config", TINY, "--max-steps", "2", "--output-dir", str(tmp_path),
+          "--report-to", "tensorboard", "--set", "gradient_accumulation_steps=1"])
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    rows = _metrics(tmp_path)
+    assert {"reward/format", "reward/rating_d", "rating_d_std", "dss_d_rate", "advantage/d_abs_mean", "loss", "lr",
+            "completion_len_mean", "tokens_per_s", "skipped/prompt_too_long"} <= tags
+    for key in {k for r in rows for k in r} - {"step", "skipped"}:  # the same values as metrics.jsonl
+        expected = [(r["step"], r[key]) for r in rows if r[key] is not None]  # null (e.g. no valid rating): no point
+        got = [(e.step, e.value) for e in acc.Scalars(key)] if key in tags else []
+        assert [s for s, _ in got] == [s for s, _ in expected], key
+        assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-6), key
+    texts = acc.Tags()["tensors"]  # add_text is stored as a tensor summary
+    assert any(t.startswith("samples") for t in texts) and any(t.startswith("config") for t in texts)
+
+
+def test_learning_rate_inf_is_refused_before_training(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"extends: {TINY}\nlearning_rate: inf\n")
+    proc = _run(["--config", str(cfg), "--output-dir", str(tmp_path / "out")], timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["train.py: error: learning_rate must be a finite number > 0, got inf"]
+    assert not list((tmp_path / "out").glob("ckpt-*")) if (tmp_path / "out").exists() else True
+
+
+@pytest.mark.parametrize(("lr", "step", "what"), [
+    ("1e20", 3, "the sampling probabilities are not finite"),  # the weights overflow the logits at step 3
+    ("1e38", 1, "the update overflows"),  # AdamW's step size itself overflows float
+])
+def test_divergence_stops_with_a_clear_error_and_no_checkpoint(tmp_path, lr, step, what):
+    """A finite but absurd learning rate: the run stops with NonFiniteError at the step where the numbers
+    break, and writes no checkpoint of the broken weights."""
+    from prp.train.policy import NonFiniteError
+    from train import main
+
+    with pytest.raises(NonFiniteError, match=rf"training diverged: {what}.* at step {step} .*lower learning_rate"):
+        main(["--mode", "drl", "--config", TINY, "--max-steps", "4", "--output-dir", str(tmp_path),
+              "--set", f"learning_rate={lr}", "--set", "save_every=4", "--set", "gradient_accumulation_steps=1"])
+    assert not list(tmp_path.glob("ckpt-*"))
+    rows = _metrics(tmp_path) if (tmp_path / "metrics.jsonl").exists() else []
+    assert [r["step"] for r in rows] == list(range(1, step))
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    """Malformed lines, a missing and a corrupt image, an unparsable gold answer: dropped at load, counted
+    in every metrics row; an image that breaks after loading is counted at run time; no crash."""
+    from prp.toy.synthetic import build_benchmark
+    from train import main
+
+    data = build_benchmark(tmp_path / "data", seed=0, sizes={"train": 8})["train"]
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    (tmp_path / "data" / "corrupt.png").write_bytes(b"not a png")
+    extra = ["{not json", json.dumps({**rows[0], "id": "m1", "image": "missing.png"}),
+             json.dumps({**rows[0], "id": "c1", "image": "corrupt.png"})]
+    data.write_text("".join(x + "\n" for x in [*map(json.dumps, rows), *extra]))
+    final = main(["--mode", "drl", "--config", TINY, "--max-steps", "1", "--output-dir", str(tmp_path / "out"),
+                  "--train-data", str(data), "--set", "gradient_accumulation_steps=1"])
+    assert final == tmp_path / "out" / "ckpt-1"
+    skipped = _metrics(tmp_path / "out")[0]["skipped"]
+    assert sum(skipped.values()) == 3 and skipped.get("missing_image") == 1, skipped
+
+
 # ---------------------------------------------------------------- slow
 
 

@@ -6,20 +6,25 @@ import io
 import json
 import math
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from prp.train import checkpoint as ckpt_io
 from prp.core.data import drop_unparsable_gold, load_chartqa_train, load_jsonl, load_mmk12
-from prp.train.loss import Segment, token_advantage_map
 from prp.core.parsing import parse_completion
+from prp.train import checkpoint as ckpt_io
+from prp.train.config import ConfigError, TrainConfig, load_config, parse_set
+from prp.train.groups import apply_substitution, completion_segments, compute_advantages
+from prp.train.logs import trim_jsonl
+from prp.train.loss import Segment, token_advantage_map
+from prp.train.modes import get_mode
 from prp.train.presample import openai_sampler, presample, read_cache
 from prp.train.rollout import PromptBatch, build_batch, format_score, rewrite_score, trim_at_eos
-from prp.train.config import TrainConfig, load_config, parse_set
-from prp.train.groups import apply_substitution, completion_segments, compute_advantages
 from prp.train.sampler import epoch_order
+
+ROOT = Path(__file__).resolve().parent.parent
 
 JRL = "<target>0.42</target><confidence>0.9</confidence><think>3+5=8</think><answer>$8$</answer>"
 
@@ -183,6 +188,110 @@ def test_config_errors():
         load_config(overrides={"model": "m", "train_data": "d", "max_steps": "x"})
     with pytest.raises(ValueError, match="unknown mode"):
         load_config(overrides={"model": "m", "train_data": "d", "mode": "ppo"})
+
+
+_OK = {"model": "m", "train_data": "d"}
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("learning_rate", "inf", "learning_rate must be a finite number > 0, got inf"),
+    ("learning_rate", "nan", "learning_rate must be a finite number > 0, got nan"),
+    ("learning_rate", "0", "learning_rate must be a finite number > 0, got 0.0"),
+    ("learning_rate", "-1e-5", "learning_rate must be a finite number > 0"),
+    ("max_steps", "-1", "max_steps must be a finite number >= 0, got -1"),
+    ("num_epochs", "0", "num_epochs must be a finite number > 0"),
+    ("save_every", "0", "save_every must be a finite number >= 1, got 0"),
+    ("gradient_accumulation_steps", "0", "gradient_accumulation_steps must be a finite number >= 1"),
+    ("temperature", "0", "temperature must be a finite number > 0"),
+    ("top_p", "1.5", "top_p must be in [0, 1.0], got 1.5"),
+    ("warmup_ratio", "1", "warmup_ratio must be in [0, 1.0), got 1.0"),
+    ("data_format", "csv", "data_format 'csv' is not one of jsonl, mmk12, chartqa"),
+    ("report_to", "mlflow", "report_to 'mlflow' is not one of tensorboard, wandb"),
+])
+def test_config_values_checked_up_front(key, value, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides={**_OK, key: value})
+    assert message in str(err.value)
+
+
+def test_config_modes_table_names_and_extends(tmp_path):
+    (tmp_path / "base.yaml").write_text("learning_rate: 1.0e-3\nalpha: 3\nmodes:\n  drl: {alpha: 4, beta: 2}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nmodel: m\ntrain_data: d\nalpha: 5\n"
+                                         "modes:\n  drl: {beta: 7}\n")
+    cfg = load_config(tmp_path / "child.yaml", mode="drl")
+    # base top < child top < base modes.drl < child modes.drl
+    assert (cfg.learning_rate, cfg.alpha, cfg.beta) == (1e-3, 4.0, 7.0)
+    assert load_config(tmp_path / "child.yaml", mode="grpo").alpha == 5.0
+    (tmp_path / "typo.yaml").write_text("model: m\ntrain_data: d\nmodes:\n  dlr: {alpha: 2}\n")
+    with pytest.raises(ConfigError, match="unknown mode 'dlr' in the `modes:` table"):
+        load_config(tmp_path / "typo.yaml")
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
+    with pytest.raises(ConfigError, match="does not exist; pass --config FILE"):
+        load_config(tmp_path / "missing.yaml")
+    # report_to as a YAML list
+    (tmp_path / "tb.yaml").write_text("model: m\ntrain_data: d\nreport_to: [tensorboard, wandb]\n")
+    assert load_config(tmp_path / "tb.yaml").reporters == ["tensorboard", "wandb"]
+
+
+def test_paper_config_is_one_table_and_rl_modes_start_from_grpo():
+    """One file, the per-mode files only preselect the mode; DRL, JRL and sft-cn start from the GRPO run."""
+    for mode in ("grpo", "drl", "jrl", "sft", "sft-cn", "presample"):
+        assert load_config(f"configs/{mode}.yaml") == load_config("configs/paper.yaml", mode=mode)
+    assert load_config("configs/paper.yaml", mode="grpo").output_dir == "runs/grpo"
+    for mode in ("drl", "jrl", "sft-cn"):
+        assert load_config("configs/paper.yaml", mode=mode).model == "runs/grpo"
+    assert load_config("configs/paper.yaml", mode="grpo").model == "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def test_model_path_may_be_a_run_folder(tmp_path):
+    from prp.train.dist import Dist
+    from prp.train.policy import resolve_model
+
+    for step in (2, 10):
+        (tmp_path / "grpo" / f"ckpt-{step}").mkdir(parents=True)
+    (tmp_path / "grpo" / "ckpt-12.tmp").mkdir()  # a killed save: never picked
+    assert resolve_model(str(tmp_path / "grpo"), tmp_path, seed=0, d=Dist()) == str(tmp_path / "grpo" / "ckpt-10")
+    with pytest.raises(ConfigError, match="pass --model DIR"):
+        resolve_model(str(tmp_path / "nope"), tmp_path, seed=0, d=Dist())
+
+
+@pytest.mark.parametrize("stage", sorted(p.stem for p in (ROOT / "configs" / "demo").glob("*.yaml") if p.stem != "base"))
+def test_demo_stage_configs_load(stage):
+    cfg = load_config(ROOT / "configs" / "demo" / f"{stage}.yaml", overrides=_OK)
+    assert cfg.num_threads == 1 and not cfg.bf16 and cfg.max_completion_length == 64 and cfg.keep_last == 1
+    if cfg.mode != "presample":
+        assert cfg.max_steps >= 40 and cfg.per_device_batch_size == 32
+
+
+def test_demo_drl_stage_recipe():
+    """The DRL stage as the demo was built: batch 32 = 8 prompts x N 4, LR 2e-4, 300 steps, 20 warm-up steps."""
+    cfg = load_config(ROOT / "configs" / "demo" / "drl.yaml", overrides=_OK)
+    assert (cfg.mode, cfg.learning_rate, cfg.max_steps, cfg.num_generations) == ("drl", 2e-4, 300, 4)
+    assert round(cfg.warmup_ratio * cfg.max_steps) == 20 and cfg.lr_scheduler == "cosine"
+    ablation = load_config(ROOT / "configs" / "demo" / "drl-ablation.yaml", overrides=_OK)
+    assert (ablation.max_steps, round(ablation.warmup_ratio * ablation.max_steps), ablation.learning_rate) == (150, 20, 2e-4)
+
+
+def test_mode_registry():
+    assert get_mode("grpo").ratings == () and get_mode("drl").ratings == ("d",)
+    assert get_mode("jrl").needs_acc_tgt and not get_mode("drl").needs_acc_tgt
+    assert get_mode("sft-cn").prompt == "target" and get_mode("drl").prompt == "drl"
+    assert not get_mode("presample").trains and get_mode("sft").objective.value == "ce"
+    with pytest.raises(ValueError, match="unknown mode 'ppo'"):
+        get_mode("ppo")
+
+
+# ---------------------------------------------------------------- run log
+
+
+def test_trim_jsonl_keeps_steps_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"step": 1, "id": "a"}\n{"step": 2, "id": "b"}\n{"step": 3, "id": "c"}\n{"step": 4, "i')
+    assert trim_jsonl(path, 2) == 2  # step 3 and the torn line
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b"]
+    assert trim_jsonl(tmp_path / "none.jsonl", 2) == 0
 
 
 # ---------------------------------------------------------------- data: skipped and counted

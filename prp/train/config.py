@@ -27,6 +27,17 @@ import yaml
 from prp.train.modes import MODES
 
 DATA_FORMATS = ("jsonl", "mmk12", "chartqa")
+
+
+try:
+    from prp.core.cli import UserError as _UserError
+except ImportError:  # prp.core.cli arrives with the shared CLI error handling
+    _UserError = Exception
+
+
+class ConfigError(_UserError, ValueError):
+    """A user-facing problem with the config, the data or the model paths: train.py prints the message
+    (one line naming the value and the fix) and exits with status 2, no traceback."""
 REPORTERS = ("tensorboard", "wandb")
 
 
@@ -54,6 +65,7 @@ class TrainConfig:
     presample_batch_size: int = 4  # records per generate call when the target is local
     temperature: float = 1.0
     top_p: float = 1.0
+    rollout_engine: str = "hf"  # hf: HF generate on the policy | engine: decode engine on a bf16 (GPU) copy
     max_prompt_length: int = 3000  # tokens; longer prompts are not trained on (counted)
     max_completion_length: int = 2048
     max_pixels: int = 501760
@@ -73,7 +85,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
-    freeze_vision_biases: bool = False  # tiny models only (see notes/tiny-vlm-training.md)
+    freeze_vision_biases: bool = False  # tiny models only (prp.toy.tiny.freeze_vision_biases)
     seed: int = 0
 
     # ---- PRP (Sec. 3, Appendix C)
@@ -92,6 +104,7 @@ class TrainConfig:
     output_dir: str = "runs/train"
     save_every: int = 100  # optimizer steps
     keep_last: int = 2
+    resume_weights_only: bool = False  # --resume from a checkpoint's weights, step and schedule; fresh optimizer
     sample_every: int = 10  # write sample completions every K steps
     num_samples_logged: int = 2
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
@@ -105,29 +118,31 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+            raise ConfigError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
         _check_numbers(self)
         if self.data_format not in DATA_FORMATS:
-            raise ValueError(f"data_format {self.data_format!r} is not one of {', '.join(DATA_FORMATS)}")
+            raise ConfigError(f"data_format {self.data_format!r} is not one of {', '.join(DATA_FORMATS)}")
         for name in self.reporters:
             if name not in REPORTERS:
-                raise ValueError(f"report_to {name!r} is not one of {', '.join(REPORTERS)} (or none)")
+                raise ConfigError(f"report_to {name!r} is not one of {', '.join(REPORTERS)} (or none)")
         if self.mode in ("grpo", "drl", "jrl", "sft-cn"):
             if self.num_generations < 2 and self.mode != "sft-cn":
-                raise ValueError("GRPO needs num_generations >= 2")
+                raise ConfigError("GRPO needs num_generations >= 2")
             if self.per_device_batch_size % self.num_generations:
-                raise ValueError(
+                raise ConfigError(
                     f"per_device_batch_size ({self.per_device_batch_size}) must be a multiple of "
                     f"num_generations ({self.num_generations}): each rank generates whole groups"
                 )
         if self.sft_rating not in ("none", "drl", "jrl", "mixed"):
-            raise ValueError("sft_rating must be none, drl, jrl or mixed")
+            raise ConfigError("sft_rating must be none, drl, jrl or mixed")
         if self.lr_scheduler not in ("constant", "linear", "cosine"):
-            raise ValueError("lr_scheduler must be constant, linear or cosine")
+            raise ConfigError("lr_scheduler must be constant, linear or cosine")
+        if self.rollout_engine not in ("hf", "engine"):
+            raise ConfigError("rollout_engine must be hf or engine")
         if not self.model and self.mode != "presample":
-            raise ValueError("config needs `model`: pass --model DIR (a local Hugging Face model folder)")
+            raise ConfigError("config needs `model`: pass --model DIR (a local Hugging Face model folder)")
         if not self.train_data:
-            raise ValueError("config needs `train_data`: pass --train-data FILE (JSONL with id, image, question, answer)")
+            raise ConfigError("config needs `train_data`: pass --train-data FILE (JSONL with id, image, question, answer)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,24 +171,24 @@ def _check_numbers(cfg: TrainConfig) -> None:
     >>> _check_numbers(TrainConfig(learning_rate=float("inf")))
     Traceback (most recent call last):
     ...
-    ValueError: learning_rate must be a finite number > 0, got inf
+    prp.train.config.ConfigError: learning_rate must be a finite number > 0, got inf
     """
     for name, low, inclusive in _LOWER_BOUNDS:
         value = getattr(cfg, name)
         if not math.isfinite(value) or value < low or (value == low and not inclusive):
-            raise ValueError(f"{name} must be a finite number {'>=' if inclusive else '>'} {low:g}, got {value}")
+            raise ConfigError(f"{name} must be a finite number {'>=' if inclusive else '>'} {low:g}, got {value}")
     for name, high in (("top_p", 1.0), ("warmup_ratio", 1.0), ("adam_beta1", 1.0), ("adam_beta2", 1.0)):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and 0.0 <= value and (value <= high if name == "top_p" else value < high)):
-            raise ValueError(f"{name} must be in [0, {high}{']' if name == 'top_p' else ')'}, got {value}")
+            raise ConfigError(f"{name} must be in [0, {high}{']' if name == 'top_p' else ')'}, got {value}")
     if cfg.min_pixels > cfg.max_pixels:
-        raise ValueError(f"min_pixels ({cfg.min_pixels}) > max_pixels ({cfg.max_pixels})")
+        raise ConfigError(f"min_pixels ({cfg.min_pixels}) > max_pixels ({cfg.max_pixels})")
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Type a value by the field's default: YAML and `--set` strings become bool/int/float/str."""
     if name not in _FIELDS:
-        raise ValueError(f"unknown config key {name!r}")
+        raise ConfigError(f"unknown config key {name!r}")
     default = _FIELDS[name].default
     if isinstance(value, str) and not isinstance(default, str):
         value = yaml.safe_load(value)
@@ -181,13 +196,13 @@ def _coerce(name: str, value: Any) -> Any:
         value = ",".join(str(v) for v in value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true/false, got {value!r}")  # noqa: TRY004 - a config value error
+            raise ConfigError(f"{name} must be true/false, got {value!r}")
         return value
     if isinstance(default, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004 - a config value error
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
         return value
     if isinstance(default, float):
         if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
@@ -196,7 +211,7 @@ def _coerce(name: str, value: Any) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004 - a config value error
+            raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
     return "" if value is None else str(value)
 
@@ -205,18 +220,23 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str,
     """(top-level values, modes table) of a YAML config, with its `extends:` chain applied."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config {path} does not exist; pass --config FILE (see configs/*.yaml)")
+        raise ConfigError(f"config {path} does not exist; pass --config FILE (see configs/*.yaml)")
     if path.resolve() in _seen:
-        raise ValueError(f"{path}: `extends` loops back to itself")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"{path}: `extends` loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:  # a syntax error: one line naming the file and the place
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or "syntax error"
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix the file there") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level")
     per_mode = raw.pop("modes", None) or {}
     if not isinstance(per_mode, dict) or not all(isinstance(v, dict) or v is None for v in per_mode.values()):
-        raise ValueError(f"{path}: `modes:` must map a mode name to a table of values")
+        raise ConfigError(f"{path}: `modes:` must map a mode name to a table of values")
     unknown = sorted(set(per_mode) - set(MODES))
     if unknown:
-        raise ValueError(f"{path}: unknown mode {unknown[0]!r} in the `modes:` table; expected one of {', '.join(MODES)}")
+        raise ConfigError(f"{path}: unknown mode {unknown[0]!r} in the `modes:` table; expected one of {', '.join(MODES)}")
     values: dict[str, Any] = {}
     modes: dict[str, dict] = {}
     base = raw.pop("extends", None)
@@ -251,7 +271,7 @@ def parse_set(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = value
     return out
@@ -261,4 +281,4 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["MODES", "TrainConfig", "dump_config", "load_config", "parse_set", "read_yaml"]
+__all__ = ["MODES", "ConfigError", "TrainConfig", "dump_config", "load_config", "parse_set", "read_yaml"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from prp.train.config import TrainConfig
+from prp.train.config import ConfigError, TrainConfig
 
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ds_zero3.json"
 
@@ -74,7 +74,7 @@ def ds_config_for(cfg: TrainConfig, world: int) -> dict:
     """The DeepSpeed JSON with the batch/accumulation/precision fields filled from the TrainConfig."""
     path = Path(cfg.deepspeed_config) if cfg.deepspeed_config else DEFAULT_DS_CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"deepspeed_config {path} does not exist; pass --deepspeed-config FILE "
+        raise ConfigError(f"deepspeed_config {path} does not exist; pass --deepspeed-config FILE "
                                 f"(default {DEFAULT_DS_CONFIG})")
     ds = json.loads(path.read_text())
     ds["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size

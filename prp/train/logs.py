@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prp.train.config import ConfigError
+
 log = logging.getLogger("prp.train")
 
 REPORTERS = ("tensorboard", "wandb")
@@ -64,7 +66,7 @@ def check_reporters(names: list[str]) -> None:
             __import__(module)
         except ImportError:
             extra = "tensorboard" if name == "tensorboard" else "wandb"
-            raise ValueError(f"report_to {name}: the `{module}` package is not installed; "
+            raise ConfigError(f"report_to {name}: the `{module}` package is not installed; "
                              f"pip install -e .[{extra}] (or drop it from report_to)") from None
 
 

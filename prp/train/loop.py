@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from prp.train import checkpoint as ckpt_io
-from prp.train.config import TrainConfig, dump_config
+from prp.train.config import ConfigError, TrainConfig, dump_config
 from prp.train.dist import local_device, setup_dist
 from prp.train.logs import RunLog, step_row
 from prp.train.modes import get_mode
@@ -83,8 +83,9 @@ class Trainer:
         self.sampler = Sampler(self.records, prompts_per_rank=prompts_per_rank, d=self.d, seed=cfg.seed)
         per_epoch = self.sampler.micro_per_epoch
         self.total_steps = cfg.max_steps or max(1, int(cfg.num_epochs * per_epoch) // cfg.gradient_accumulation_steps)
-        if resume:
-            self.resume_from = ckpt_io.latest_checkpoint(self.out)
+        resume_point = ckpt_io.find_resume_point(self.out, deepspeed=self.d.deepspeed,
+                                                 weights_only=cfg.resume_weights_only) if resume else None
+        self.resume_from = resume_point.path if resume_point else None
         if self.d.main:
             ckpt_io.remove_stale_tmp(self.out)
         model_path = str(self.resume_from) if self.resume_from else resolve_model(cfg.model, self.out, seed=cfg.seed,
@@ -93,7 +94,7 @@ class Trainer:
         self.ctx = StepContext(cfg=cfg, mode=self.mode, d=self.d, policy=policy, acc_tgt=self.acc_tgt,
                                skipped=self.skipped)
         if self.resume_from:
-            self.start_step = load_training_state(policy, self.resume_from)["step"]
+            self.start_step = load_training_state(policy, resume_point)
             if self.d.main:
                 log.info("resumed from %s at step %d", self.resume_from, self.start_step)
 
@@ -106,7 +107,7 @@ class Trainer:
             return read_cache(cfg.acc_tgt_cache)
         cache = Path(cfg.acc_tgt_cache or self.out / "acc_tgt.jsonl")
         if not cfg.target_model:
-            raise ValueError(f"{cfg.mode} needs Acc_tgt: pass --acc-tgt-cache FILE (from --mode presample) "
+            raise ConfigError(f"{cfg.mode} needs Acc_tgt: pass --acc-tgt-cache FILE (from --mode presample) "
                              "or --target-model DIR to presample with")
         target = cfg.target_model
         if not target.startswith("openai:"):
@@ -149,21 +150,20 @@ class Trainer:
                 t0 = time.perf_counter()
                 metrics: dict = defaultdict(list)
                 samples: list = []
-                for k in range(cfg.gradient_accumulation_steps):
-                    micro = step * cfg.gradient_accumulation_steps + k
-                    out = self.micro_step(micro)  # steps 2-6
-                    try:
-                        loss = forward_backward(policy, out.batch, out.weights, out.objective,  # step 7
-                                                temperature=out.temperature, d=d, bf16=cfg.bf16,
-                                                accumulation=cfg.gradient_accumulation_steps)
-                    except NonFiniteError as exc:
-                        raise NonFiniteError(self._diverged(f"{exc} at step {step + 1}")) from None
-                    metrics["loss"].append(loss)
-                    for key, values in out.metrics.items():
-                        metrics[key].extend(values)
-                    samples.extend(out.samples)
-                lr = policy.scheduler.get_last_lr()[0]
-                grad_norm = optimizer_step(policy, cfg.max_grad_norm)  # step 8
+                try:
+                    for k in range(cfg.gradient_accumulation_steps):
+                        micro = step * cfg.gradient_accumulation_steps + k
+                        out = self.micro_step(micro)  # steps 2-6
+                        metrics["loss"].append(forward_backward(  # step 7
+                            policy, out.batch, out.weights, out.objective, temperature=out.temperature, d=d,
+                            bf16=cfg.bf16, accumulation=cfg.gradient_accumulation_steps))
+                        for key, values in out.metrics.items():
+                            metrics[key].extend(values)
+                        samples.extend(out.samples)
+                    lr = policy.scheduler.get_last_lr()[0]
+                    grad_norm = optimizer_step(policy, cfg.max_grad_norm)  # step 8
+                except NonFiniteError as exc:
+                    raise NonFiniteError(self._diverged(f"{exc} at step {step + 1}")) from None
                 dt = time.perf_counter() - t0
                 if d.main:
                     epoch = (step + 1) * cfg.gradient_accumulation_steps / self.sampler.micro_per_epoch

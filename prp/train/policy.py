@@ -18,7 +18,7 @@ import torch
 
 from prp.core.prompts import CN_TOKEN, UN_TOKEN
 from prp.train import checkpoint as ckpt_io
-from prp.train.config import TrainConfig
+from prp.train.config import ConfigError, TrainConfig
 from prp.train.dist import Dist, ds_config_for
 from prp.train.loss import prp_loss
 from prp.train.modes import Objective, StepKind, get_mode
@@ -27,8 +27,9 @@ from prp.train.rollout import TrainBatch, completion_logprobs
 log = logging.getLogger("prp.train")
 
 
-class NonFiniteError(RuntimeError):
-    """The loss or the weights became NaN/inf: training stops before anything is saved."""
+class NonFiniteError(ConfigError):
+    """The loss or the weights became NaN/inf: training stops before anything is saved (the fix is in the
+    config: a lower learning rate), one line and exit status 2 from train.py."""
 
 
 def resolve_model(spec: str, out_dir: Path, *, seed: int, d: Dist, what: str = "model") -> str:
@@ -54,7 +55,7 @@ def resolve_model(spec: str, out_dir: Path, *, seed: int, d: Dist, what: str = "
     latest = ckpt_io.latest_checkpoint(path)
     if latest is not None:
         return str(latest)
-    raise FileNotFoundError(f"{what} {spec}: not a model folder (no config.json) nor a run folder with ckpt-N "
+    raise ConfigError(f"{what} {spec}: not a model folder (no config.json) nor a run folder with ckpt-N "
                             f"checkpoints; pass --{what.replace('_', '-')} DIR (a local Hugging Face model folder, "
                             "or a finished run's output dir such as runs/grpo)")
 
@@ -109,7 +110,7 @@ def build_policy(cfg: TrainConfig, path: str, *, d: Dist, device: torch.device, 
         if len(tok) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
     if cfg.freeze_vision_biases:
-        from prp.toy.tiny import freeze_vision_biases  # the tiny-model recipe (notes: tiny-vlm-training)
+        from prp.toy.tiny import freeze_vision_biases  # the tiny-model recipe
 
         freeze_vision_biases(model)  # requires_grad is not saved: re-applied on every load
     if cfg.gradient_checkpointing:
@@ -160,37 +161,42 @@ def forward_backward(policy: Policy, batch: TrainBatch, weights: torch.Tensor, o
 def optimizer_step(policy: Policy, max_grad_norm: float) -> float:
     """Step 8: one update per `gradient_accumulation_steps` rollouts; returns the gradient norm."""
     if policy.engine is not None:  # the engine already stepped at the boundary (forward_backward)
-        norm = policy.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        raw = policy.engine.get_global_grad_norm()  # None before the first boundary
+        norm = float(raw) if raw is not None else float("nan")
+        if raw is not None and not math.isfinite(norm):  # the same global norm on every rank: all stop
+            raise NonFiniteError(f"the gradient norm is {norm}")
+        return norm
     params = [p for p in policy.model.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    policy.optimizer.step()
+    if not math.isfinite(grad_norm):  # stop before the update: the weights are still the last good ones
+        raise NonFiniteError(f"the gradient norm is {grad_norm}")
+    try:
+        policy.optimizer.step()
+    except RuntimeError as exc:  # AdamW's step size lr / bias correction overflows float (lr near 1e38)
+        if "overflow" in str(exc):
+            raise NonFiniteError(f"the update overflows ({exc})") from exc
+        raise
     policy.optimizer.zero_grad(set_to_none=True)
     policy.scheduler.step()
+    bad = first_nonfinite(policy.model.named_parameters())  # one cheap pass; DeepSpeed's are checked at save
+    if bad is not None:
+        raise NonFiniteError(f"weight {bad} became non-finite in the update")
     return grad_norm
 
 
+@torch.no_grad()
 def first_nonfinite(tensors) -> str | None:
     """The name of the first tensor with a NaN/inf in (name, tensor) pairs, else None."""
     for name, t in tensors:
-        if t is not None and t.is_floating_point() and not torch.isfinite(t).all():
+        if t is not None and t.is_floating_point() and t.numel() and not torch.isfinite(t).all():
             return name
     return None
 
 
-def load_training_state(policy: Policy, ckpt: Path) -> dict:
-    """Optimizer / scheduler / RNG state of a checkpoint into the policy; returns its trainer_state."""
-    state, training, rng = ckpt_io.read_state(ckpt)
-    if policy.engine is not None:
-        policy.engine.load_checkpoint(str(ckpt / "ds"), tag="ds", load_optimizer_states=True,
-                                      load_lr_scheduler_states=False)
-    if training is not None:
-        if policy.engine is None:
-            policy.optimizer.load_state_dict(training["optimizer"])
-        if training.get("scheduler") is not None:
-            policy.scheduler.load_state_dict(training["scheduler"])
-    ckpt_io.set_rng_state(rng)
-    return state
+def load_training_state(policy: Policy, point: ckpt_io.ResumePoint) -> int:
+    """Optimizer / scheduler / RNG state of a checked checkpoint into the policy (DeepSpeed's files through
+    the safe loader); returns the step to continue from."""
+    return ckpt_io.restore(point, optimizer=policy.optimizer, scheduler=policy.scheduler, engine=policy.engine)
 
 
 def save_checkpoint(policy: Policy, out: Path, step: int, *, d: Dist, trainer_state: dict, keep_last: int) -> Path:

@@ -20,7 +20,7 @@ from prp.core.data import (
     load_jsonl,
     load_mmk12,
 )
-from prp.train.config import TrainConfig
+from prp.train.config import ConfigError, TrainConfig
 from prp.train.dist import Dist
 from prp.train.rollout import step_seed
 
@@ -34,7 +34,7 @@ def resolve_data(cfg: TrainConfig, d: Dist) -> Path:
     if not cfg.train_data.startswith("synthetic:"):
         path = Path(cfg.train_data)
         if not path.exists():
-            raise FileNotFoundError(f"train_data {path} does not exist; pass --train-data FILE "
+            raise ConfigError(f"train_data {path} does not exist; pass --train-data FILE "
                                     "(JSONL with id, image, question, answer; or synthetic:<n>)")
         return path
     n = int(cfg.train_data.split(":", 1)[1])
@@ -89,7 +89,7 @@ class Sampler:
         self.records, self.ppd, self.d, self.seed = records, prompts_per_rank, d, seed
         self.micro_per_epoch = len(records) // (prompts_per_rank * d.world)
         if self.micro_per_epoch == 0:
-            raise ValueError(f"{len(records)} usable records < one global batch of {prompts_per_rank * d.world} "
+            raise ConfigError(f"{len(records)} usable records < one global batch of {prompts_per_rank * d.world} "
                              "prompts; add data or lower per_device_batch_size")
         self._epoch, self._order = -1, []
 

@@ -27,9 +27,17 @@ from prp.train.dist import Dist
 from prp.train.groups import GroupAdvantages, apply_substitution, completion_segments, compute_advantages
 from prp.train.loss import Segment, token_advantage_map
 from prp.train.modes import Mode, Objective, StepKind
-from prp.train.policy import Policy
+from prp.train.policy import NonFiniteError, Policy
 from prp.train.rewards import accuracy_reward, overlong_reward
-from prp.train.rollout import PromptBatch, Rollout, TrainBatch, build_batch, build_prompts, format_score, step_seed
+from prp.train.rollout import (
+    PromptBatch,
+    Rollout,
+    TrainBatch,
+    build_batch,
+    build_prompts,
+    format_score,
+    step_seed,
+)
 from prp.train.sampler import safe_image
 
 SFT_FORMATS = ("none", "drl", "jrl")  # sft_rating=mixed picks one per record
@@ -76,11 +84,16 @@ def rollout(ctx: StepContext, prompts: PromptBatch, micro: int, suppress: tuple[
     from prp.train import rollout as ro  # looked up at call time: tests replace generate_rollout
 
     cfg = ctx.cfg
-    return ro.generate_rollout(
-        ctx.policy.model, ctx.policy.processor, prompts, max_new_tokens=cfg.max_completion_length,
-        temperature=cfg.temperature, top_p=cfg.top_p, seed=step_seed(cfg.seed, "rollout", micro, ctx.d.rank),
-        synced_gpus=ctx.d.deepspeed, suppress=suppress,
-    )
+    try:
+        return ro.generate_rollout(
+            ctx.policy.model, ctx.policy.processor, prompts, max_new_tokens=cfg.max_completion_length,
+            temperature=cfg.temperature, top_p=cfg.top_p, seed=step_seed(cfg.seed, "rollout", micro, ctx.d.rank),
+            synced_gpus=ctx.d.deepspeed, suppress=suppress,
+        )
+    except RuntimeError as exc:  # torch.multinomial's refusal: finite but huge weights overflow the logits
+        if "inf" in str(exc) and "nan" in str(exc):
+            raise NonFiniteError(f"the sampling probabilities are not finite ({exc})") from exc
+        raise
 
 
 def rl_micro(ctx: StepContext, micro: int, records: list[Record]) -> MicroStepResult:
