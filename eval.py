@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not rows:
         raise SystemExit(f"no evaluated instances in {table}")
     paths = build_report(rows, p_t_list=args.p_t, out_dir=out_dir, title=f"PRP on {args.bench}")
-    from prp.eval.html import write_eval_html  # the per-query browser (docs/report.md)
+    from prp.eval.html import bench_records, write_eval_html  # the per-query browser (docs/report.md)
 
-    paths["html"] = write_eval_html(out_dir, rows, report=paths["json"], records=getattr(args, "records", None),
+    records = getattr(args, "records", None) or bench_records(args.bench, args.data_dir)  # --table: reread
+    paths["html"] = write_eval_html(out_dir, rows, report=paths["json"], records=records,
                                     models=vars(args), p_t=max(args.p_t))
     draft_acc = sum(r["draft_correct"] for r in rows) / len(rows)
     target_acc = sum(r["target_correct"] for r in rows) / len(rows)

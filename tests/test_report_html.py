@@ -32,7 +32,7 @@ XSS_IMG = '<img src=x onerror="window.__pwned=1">'
 
 
 # ---- adapters: hand-worked values -----------------------------------------------------------
-def _eval_row(rid, score, dc, tc, **kw):
+def _eval_row(rid, keep, dc, tc, **kw):
     row = {
         "id": rid,
         "split": "s",
@@ -41,7 +41,7 @@ def _eval_row(rid, score, dc, tc, **kw):
         "t": None,
         "ipr_d": 0.01,
         "ipr_t": None,
-        "scores": {"prp": score},
+        "scores": {"prp": keep},
         "draft_answer": "1",
         "draft_correct": dc,
         "target_answer": "2",
@@ -75,6 +75,16 @@ def test_eval_queries_route_correct_latency():
     views = H.eval_queries(FOUR, p_t=0.7)
     assert [v["route"] for v in views] == ["draft", "target", "target", "target"]
     assert views[3]["correct"] is True and views[3]["latency_s"] == 3.5
+
+
+def test_eval_queries_route_by_keep_score_show_the_rules_score():
+    # target-first rule: keep = -s, so the higher s goes to the target; n = 2, p_t = 0.5: k = floor(1.5) = 1
+    rows = [
+        _eval_row("x", -0.9, 1, 1, score=0.9),
+        _eval_row("y", -0.1, 1, 1, score=0.1),
+    ]
+    views = H.eval_queries(rows, p_t=0.5)
+    assert [(v["route"], v["score"]) for v in views] == [("target", 0.9), ("draft", 0.1)]
 
 
 def test_eval_queries_join_records_by_id():
@@ -187,13 +197,16 @@ def test_provenance_names_the_model_of_each_baseline():
     assert re.search(r"signal p1</td><td>draft \(D\)", page)  # no --p1-model: the routing draft's answers
     page = H.provenance_html(["p1"], {"draft": "D", "p1_model": "G"})
     assert re.search(r"signal p1</td><td>p1_model \(G\)", page)
+    # the table's own record of who answered wins over the arguments
+    page = H.provenance_html(["p1"], {"draft": "D"}, {"p1": "grpo-7b"})
+    assert re.search(r"signal p1</td><td>grpo-7b \(recorded in the table\)", page)
 
 
 # ---- the page in a real browser -------------------------------------------------------------
 def _demo_records(n: int):
     from prp.eval.bench.registry import get_benchmark
 
-    return get_benchmark("demo").load(str(DEMO_DATA)).records[:n]
+    return get_benchmark("demo").load(str(DEMO_DATA / "test.jsonl")).records[:n]
 
 
 def demo_rows(records) -> list[dict]:

@@ -12,6 +12,7 @@ lines of ``route.py --out``, RouteRow fields); :func:`write_eval_html` and
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 from prp.eval import metrics as M
 from prp.eval.html_page import attach_images, esc, html_table, plots_html, query_view, render_page
+
+log = logging.getLogger(__name__)
 
 # which model produced each signal column (a baseline ranks, and is judged on, the answers of the
 # model it was computed on): (key in `models`, its fallback, rule)
@@ -73,8 +76,9 @@ def eval_queries(
 ) -> list[dict]:
     """Query views of eval.py's instance table.  Both models answered every query there, so the
     route shown is the one ``signal`` takes at share ``p_t`` (metrics' rule: the
-    ``floor(p_t n + 0.5)`` lowest scores go to the target, NaN lowest, stable ties); ``correct``
-    and ``latency_s`` are those of that route (proactive latency: prefix + target when routed).
+    ``floor(p_t n + 0.5)`` lowest keep scores go to the target, NaN lowest, stable ties);
+    ``correct`` and ``latency_s`` are those of that route (proactive latency: prefix + target when
+    routed).  ``score`` is the rule's s where the row has it (RatingRow), else the keep score.
     """
     insts = M.as_instances(rows)
     routed = set(M.target_order(M.signal_values(insts, signal))[: M.n_routed(p_t, len(insts))].tolist())
@@ -83,7 +87,8 @@ def eval_queries(
     for i, (row, inst) in enumerate(zip(rows, insts)):
         rec = extra.get(str(row["id"]), {})
         to_target = i in routed
-        score = inst.signal(signal)
+        keep = inst.signal(signal)
+        score = row["score"] if signal == "prp" and "score" in row else None if math.isnan(keep) else keep
         views.append(
             query_view(
                 i,
@@ -95,7 +100,7 @@ def eval_queries(
                 t=row.get("t"),
                 ipr_d=row.get("ipr_d"),
                 ipr_t=row.get("ipr_t"),
-                score=None if math.isnan(score) else score,
+                score=score,
                 route="target" if to_target else "draft",
                 draft_answer=_text(row.get("draft_answer")),
                 target_answer=_text(row.get("target_answer")),
@@ -154,6 +159,25 @@ def route_queries(
         )
         views[-1]["_image"] = rec.get("image", row.get("image"))
     return views
+
+
+def bench_records(bench: str, data_dir: str | Path | None) -> list | None:
+    """A benchmark's records, for the questions and images of a report rebuilt from a saved table
+    (``eval.py --table``): from ``data_dir``, or the embedded demo's test set for ``demo``.  None
+    (logged) when they cannot be read: the page then shows ids and answers only."""
+    from prp.eval.bench.registry import get_benchmark
+
+    try:
+        if data_dir is None and bench == "demo":
+            from prp.route.run import DEFAULT_DEMO, ensure_default_demo
+
+            data_dir = ensure_default_demo(DEFAULT_DEMO)["data"]
+        if data_dir is None:
+            return None
+        return get_benchmark(bench).load(str(data_dir), require_images=False).records
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("report.html without questions and images: cannot read %s records (%s)", bench, exc)
+        return None
 
 
 def route_mislabel_ids(views: Sequence[Mapping], *, min_rating: float = 0.9) -> list[str]:
@@ -232,9 +256,28 @@ def eval_summary_html(report: Mapping) -> str:
     return "\n".join(parts)
 
 
-def provenance_html(signals: Iterable[str], models: Mapping[str, Any] | None) -> str:
-    """Which model produced each column: answers and every baseline signal."""
-    models = models or {}
+def recorded_signal_models(rows: Sequence[Mapping]) -> dict[str, str]:
+    """{signal: model} as eval.py records it (``signal_answers[signal]["model"]``: a baseline is
+    judged on the answers of the model that produced its signal).
+
+    >>> recorded_signal_models([{"signal_answers": {"p1": {"model": "grpo-7b"}}}])
+    {'p1': 'grpo-7b'}
+    """
+    out: dict[str, str] = {}
+    for row in rows:
+        for name, own in (row.get("signal_answers") or {}).items():
+            if isinstance(own, Mapping) and own.get("model"):
+                out.setdefault(name, str(own["model"]))
+    return out
+
+
+def provenance_html(
+    signals: Iterable[str], models: Mapping[str, Any] | None, recorded: Mapping[str, str] | None = None
+) -> str:
+    """Which model produced each column: answers and every baseline signal.  ``models``: the run's
+    model arguments (draft, target, sft_cn, p1_model); ``recorded``: names the table itself holds,
+    which win."""
+    models, recorded = models or {}, recorded or {}
 
     def who(key, fallback=None):
         if models.get(key):
@@ -247,11 +290,17 @@ def provenance_html(signals: Iterable[str], models: Mapping[str, Any] | None) ->
     ]
     for name in signals:
         key, fallback, rule = SIGNAL_SOURCES.get(name, (None, None, "not recorded"))
-        rows.append([f"signal {name}", who(key, fallback) if key else "-", rule])
+        model = (
+            f"{recorded[name]} (recorded in the table)"
+            if name in recorded
+            else who(key, fallback)
+            if key
+            else "-"
+        )
+        rows.append([f"signal {name}", model, rule])
     rows += [["random, oracle", "-", "computed from the two correctness columns (no model)"]]
-    return "<h2>Which model produced each column</h2>" + html_table(
-        ["column", "model", "rule"], rows, cls="", id="provenance"
-    )
+    table = html_table(["column", "model", "rule"], rows, cls="", id="provenance")
+    return f"<details open><summary><h2>Which model produced each column</h2></summary>{table}</details>"
 
 
 def route_summary_html(summary: Mapping) -> str:
@@ -285,7 +334,11 @@ def write_eval_html(
         f"correct and latency are those of that route)."
         + (f" {failed} images could not be previewed." if failed else "")
     )
-    sections = [eval_summary_html(data), provenance_html(data["signals"], models), plots_html(plots)]
+    sections = [
+        eval_summary_html(data),
+        provenance_html(data["signals"], models, recorded_signal_models(rows)),
+        plots_html(plots),
+    ]
     page = render_page(
         title=title or data.get("title", "PRP report"),
         queries=views,

@@ -20,6 +20,7 @@ table.num td { text-align: right; } table.num td:first-child { text-align: left;
 #queries th.asc::after { content: " \\2191"; color: #222; }
 #queries th.desc::after { content: " \\2193"; color: #222; }
 #queries td.text { max-width: 22em; white-space: pre-wrap; word-break: break-word; }
+#queries th { white-space: nowrap; }
 #queries img { max-height: 64px; max-width: 96px; }
 tr.route-target td.route { color: #8a4b00; } tr.route-fallback td.route { color: #b00; font-weight: bold; }
 td.ok { color: #176b2c; } td.bad { color: #b00; }
@@ -48,6 +49,8 @@ JS = r"""
     return e;
   }
   function num(x, digits) { return (typeof x === "number") ? x.toFixed(digits) : "-"; }
+  // IPR terms are often tiny (1e-4): two significant digits instead of a row of zeros
+  function small(x) { return (typeof x === "number" && x !== 0 && Math.abs(x) < 0.01) ? x.toExponential(1) : num(x, 3); }
   function yesNo(c) { return c === true ? "yes" : (c === false ? "no" : "-"); }
   // only embedded images and relative links: nothing on the page can reach the network
   function safeSrc(s) { return (typeof s === "string" && s.indexOf("data:image/") === 0) ? s : null; }
@@ -115,7 +118,7 @@ JS = r"""
     tr.appendChild(el("td", q.gold, "text"));
     tr.appendChild(el("td", num(q.d, 2)));
     tr.appendChild(el("td", num(q.t, 2)));
-    tr.appendChild(el("td", num(q.ipr_d, 3) + " / " + num(q.ipr_t, 3)));
+    tr.appendChild(el("td", small(q.ipr_d) + " / " + small(q.ipr_t)));
     tr.appendChild(el("td", num(q.score, 3)));
     tr.appendChild(el("td", q.route || "-", "route"));
     tr.appendChild(el("td", q.draft_answer, "text draft-answer"));
