@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=224)
     ap.add_argument("--engine", default=None, help="compiled engine kind (default compiled; CPU: static)")
     ap.add_argument("--skip", default="", help="comma-separated rows to skip: hf_static,train")
+    ap.add_argument("--hf-static-batches", default=None, help="batches for HF static (default: all; each compiles)")
+    ap.add_argument("--save-model", default=None, help="write the benchmark's model + processor to DIR and exit")
     ap.add_argument("--out", default="bench_decode.json")
     args = ap.parse_args(argv)
 
@@ -91,6 +93,12 @@ def main(argv=None) -> int:
 
     model, proc = build(args.size, device, dtype)
     tok = proc.tokenizer
+    if args.save_model:  # e.g. the 3B-shape draft for scripts/gpu_check.sh's training run
+        model.save_pretrained(args.save_model, safe_serialization=True)
+        proc.save_pretrained(args.save_model)
+        return 0
+    static_batches = set(batches) if args.hf_static_batches is None else \
+        {int(b) for b in args.hf_static_batches.split(",")}
     no_eos = sorted(gen.eos_ids_of(model, tok))
     results: dict = {"size": args.size, "device": torch.cuda.get_device_name() if cuda else "cpu",
                      "dtype": str(dtype), "new_tokens": n_new, "rows": []}
@@ -99,19 +107,26 @@ def main(argv=None) -> int:
     def add(name, batch, value, unit):
         rows.append({"row": name, "batch": batch, "value": value, "unit": unit})
         print(f"  {name} b={batch}: {value:.4g} {unit}", flush=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))  # a run cut short keeps its rows
 
     # ---- decode throughput
     for b in batches:
         inputs = batch_inputs(proc, b, prompt_tokens, device)
+        tokens = {}
         for kind in ("eager", fast_kind):
             set_engine(model, kind)
-            run = lambda: gen.generate(model, tok, inputs, max_new_tokens=n_new, suppress=no_eos)  # noqa: E731
+            run = lambda: tokens.__setitem__(kind, gen.generate(  # noqa: E731
+                model, tok, inputs, max_new_tokens=n_new, suppress=no_eos))
             if kind != "eager":
                 timed(run, sync)  # compile / warm the bucket
             add(f"engine {kind}", b, b * n_new / timed(run, sync), "tok/s")
+        # greedy agreement with the eager loop: exact in fp32; bf16 may drift after a near-tie
+        same = [next((i for i, (x, y) in enumerate(zip(r, q)) if x != y), len(r))
+                for r, q in zip(tokens["eager"], tokens[fast_kind])]
+        add(f"tokens equal to the eager loop before the first difference ({fast_kind})", b, min(same), "tokens")
         set_engine(model, "eager")
         for impl in ("dynamic", "static"):
-            if impl == "static" and "hf_static" in skip:
+            if impl == "static" and ("hf_static" in skip or b not in static_batches):
                 continue
             extra = {"cache_implementation": "static"} if impl == "static" else {}
             run = lambda: model.generate(**inputs, do_sample=False, max_new_tokens=n_new,  # noqa: E731
