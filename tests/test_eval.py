@@ -140,3 +140,45 @@ def test_mean_token_prob_is_s1_over_the_answer_tokens(pair):
     p = inputs["input_ids"].shape[1]
     probs = [torch.softmax(logits[p + j - 1], -1)[completion[j]].item() for j in range(k, len(completion))]
     assert s1 == pytest.approx(sum(probs) / len(probs), rel=1e-4)
+
+
+@pytest.mark.slow  # three tiny models (~4 s alone); the hand-worked P2 values are in tests/test_report.py
+def test_p2_row_uses_the_sft_cn_models_own_answers(tmp_path, pair):
+    """P2's answer, correctness and latency in an instance row are the sft-cn model's (its s_2 is
+    read off its own answer), not the routing draft's; both baselines decide post hoc."""
+    from transformers import AutoModelForImageTextToText
+
+    from prp.core.modeling import load_model
+    from prp.eval.bench.records import BenchRecord
+    from prp.eval.bench.registry import get_benchmark
+    from prp.eval.run import Baselines, evaluate_batch, special_token_answers
+    from prp.route.router import LocalTarget, Query, Router, RouterConfig
+    from prp.toy.tiny import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "cn", size="test", seed=5)
+    cn_model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    _, cn_proc = load_model(path)
+    cn_proc.tokenizer.add_special_tokens({"additional_special_tokens": ["[CN]", "[UN]"]})
+    cn_model.resize_token_embeddings(len(cn_proc.tokenizer))
+    draft, dproc = load_model(pair["draft"])
+    tmodel, tproc = load_model(pair["target"])
+    router = Router(draft, dproc, LocalTarget(tmodel, tproc, max_new_tokens=3),
+                    RouterConfig(mode="jrl", rating="forced", max_new_tokens=3))
+    bench = get_benchmark("demo")
+    images = [render([2, 3]), render([4, 5])]
+    records = [BenchRecord(id=f"r{i}", question="What is the sum of the numbers in the image?", image=None,
+                           answer=str(a)) for i, a in enumerate((5, 9))]
+    rows = evaluate_batch(router, bench, records, images,
+                          baselines=Baselines(sft_cn_model=cn_model, sft_cn_processor=cn_proc, sft_cn_name="cn",
+                                              max_new_tokens=3))
+    queries = [Query(id=r.id, question=r.question, image=im) for r, im in zip(records, images)]
+    bodies, s2 = special_token_answers(cn_model, cn_proc, queries, max_new_tokens=3)
+    for row, rec, body, s in zip(rows, records, bodies, s2):
+        own = row["signal_answers"]["p2"]
+        assert own["answer"] == bench.extract(cn_proc.tokenizer.decode(body, skip_special_tokens=True))
+        assert own["correct"] == bench.judge(rec, own["answer"]) and own["model"] == "cn"
+        assert own["decision"] == "post_hoc" and own["latency_s"] > 0
+        assert row["scores"]["p2"] == pytest.approx(s, rel=1e-4)
+        p1 = row["signal_answers"]["p1"]  # no --p1-model: the routing draft's own answers, labelled so
+        assert p1["model"] == "routing draft" and p1["answer"] == row["draft_answer"]
+        assert p1["latency_s"] == pytest.approx(row["draft_latency_s"])

@@ -141,7 +141,7 @@ def _own_answers(model_name: str, answer: str | None, correct: bool, latency_s: 
 def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord], images: list, *,
                    baselines: Baselines) -> list[dict]:
     """Steps 1-5 for one batch of records and their decoded images."""
-    extract_answer = bench.extract  # the benchmark's own answer extraction, then its own judge
+    extract = bench.extract  # the benchmark's own answer extraction, then its own judge
 
     queries = [Query(id=r.id, question=r.question, image=im, gold=r.answer) for r, im in zip(records, images)]
     n, cfg, rule = len(queries), router.cfg, router.rule
@@ -151,7 +151,7 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
     draft_ids = [prefix.tokens[i] + continued.get(i, []) for i in range(n)]
     decode = router.tokenizer.decode
     # the answer comes from after the rating: a last-number fallback must not read "0.87"
-    draft_answers = [extract_answer(decode(continued.get(i, []), skip_special_tokens=True)) for i in range(n)]
+    draft_answers = [extract(decode(continued.get(i, []), skip_special_tokens=True)) for i in range(n)]
     draft_correct = [bool(bench.judge(rec, a)) for rec, a in zip(records, draft_answers)]  # step 5
     draft_lat = [r.prefix_latency_s + continue_s / n for r in ratings]
 
@@ -160,7 +160,7 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
         p1_ids, p1_s = plain_answers(baselines.p1_model, baselines.p1_processor, queries,
                                      max_new_tokens=baselines.max_new_tokens)
         p1 = mean_token_prob(baselines.p1_model, baselines.p1_processor, queries, p1_ids, mode="target")
-        p1_answers = [extract_answer(baselines.p1_processor.tokenizer.decode(ids, skip_special_tokens=True))
+        p1_answers = [extract(baselines.p1_processor.tokenizer.decode(ids, skip_special_tokens=True))
                       for ids in p1_ids]
         p1_own = [_own_answers(baselines.p1_name, a, bench.judge(rec, a), p1_s / n)
                   for rec, a in zip(records, p1_answers)]
@@ -177,13 +177,13 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
                                            max_new_tokens=baselines.max_new_tokens)
         p2_s = time.perf_counter() - start
         tok = baselines.sft_cn_processor.tokenizer
-        p2_answers = [extract_answer(tok.decode(b, skip_special_tokens=True)) for b in bodies]
+        p2_answers = [extract(tok.decode(b, skip_special_tokens=True)) for b in bodies]
         p2_own = [_own_answers(baselines.sft_cn_name, a, bench.judge(rec, a), p2_s / n)
                   for rec, a in zip(records, p2_answers)]
 
     rows = []
     for i, (record, rating, target) in enumerate(zip(records, ratings, targets)):
-        target_answer = extract_answer(target.text) if target.text is not None else None
+        target_answer = extract(target.text) if target.text is not None else None
         rows.append({
             "id": record.id, "split": record.split or None, "gold": record.answer,
             **rating.to_json(), "mode": cfg.mode, "rule": rule.name,

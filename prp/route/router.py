@@ -234,7 +234,7 @@ class Router:
     def check_policy(self, policy) -> None:
         """A policy that knows its rule must use the router's (the direction belongs to the rule)."""
         rule = getattr(policy, "rule", None)
-        if rule is not None and get_rule(rule, mode=self.cfg.mode).name != self.rule.name:
+        if rule is not None and getattr(rule, "name", rule) != self.rule.name:  # DRL's rule is draft-first
             raise ValueError(f"the decision policy ranks by the {rule!r} rule but the router scores with "
                              f"{self.rule.name!r}: thresholds and scores must come from the same rule")
 
@@ -261,14 +261,15 @@ class Router:
         # step 4: a remote target works while the draft continues; a local one after it (one device)
         pool = ThreadPoolExecutor(max_workers=1) if self.target.remote else None
         future = pool.submit(self.target.answer, [queries[i] for i in to_target]) if pool else None
-        draft_new, draft_s = self.continue_draft(prefix, to_draft)
+        caps = [q.max_new_tokens or self.cfg.max_new_tokens for q in queries]  # each request's max_tokens
+        draft_new, draft_s = self.continue_draft(prefix, to_draft, [caps[i] for i in to_draft])
         answers = future.result() if future else self.target.answer([queries[i] for i in to_target])
         if pool:
             pool.shutdown()
         target_by_row = dict(zip(to_target, answers))
         # failures lose nothing: the draft answers from its cache
         failed = [i for i in range(n) if not keep[i] and target_by_row[i].text is None and i not in draft_new]
-        fb_new, fb_s = self.continue_draft(prefix, failed)
+        fb_new, fb_s = self.continue_draft(prefix, failed, [caps[i] for i in failed])
         draft_new.update(fb_new)
         # per-query shares of each batched call (docs/routing.md)
         draft_each = draft_s / len(to_draft) if to_draft else 0.0
