@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from prp.core.cli import UserError, run_main
 from prp.route.run import add_router_arguments
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-resume", action="store_true", help="start the instance cache afresh")
     ap.add_argument("--allow-missing-images", action="store_true", help="keep records whose image is missing")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("-v", "--verbose", action="store_true", help="also print the traceback of a user error")
     add_router_arguments(ap, title="models (all of --data-dir, --draft, --target omitted with --bench demo: the embedded demo)")
     return ap
 
@@ -116,9 +118,14 @@ def run_models(args, out_dir: Path) -> Path:
         args.data_dir, args.draft, args.target = str(paths["data"]), str(paths["draft"]), str(paths["target"])
         args.rating = args.rating or DEFAULT_DEMO.rating
         args.max_new_tokens = args.max_new_tokens or DEFAULT_DEMO.max_new_tokens
-    if not (args.data_dir and args.draft and args.target):
-        raise SystemExit("give --data-dir, --draft and --target (or --table, or --score)")
-    loaded = bench.load(args.data_dir, require_images=not args.allow_missing_images)
+    check_inputs(args)
+    try:
+        loaded = bench.load(args.data_dir, require_images=not args.allow_missing_images)
+    except FileNotFoundError as exc:  # the loaders open only files under the user's --data-dir
+        raise data_error(args, f"no data at {args.data_dir} ({exc})") from exc
+    if not loaded.records:
+        raise data_error(args, f"no usable records in {args.data_dir} (skipped: {dict(loaded.skipped)}; "
+                               "--allow-missing-images keeps records whose image file is missing)")
     records = loaded.records[: args.limit] if args.limit else loaded.records
     args.records = records  # report.html shows each query's question and image
     if loaded.skipped:
@@ -140,5 +147,26 @@ def run_models(args, out_dir: Path) -> Path:
     return table
 
 
+def data_error(args, problem: str) -> UserError:
+    """A user error about --bench's data, with the benchmark's layout and source underneath."""
+    from prp.eval.bench.registry import DATA_SOURCES, missing_data_details
+
+    details = missing_data_details(args.bench) if args.bench in DATA_SOURCES else ""
+    return UserError(f"--bench {args.bench}: {problem}", details=details)
+
+
+def check_inputs(args) -> None:
+    """Issue 17: without its data a real benchmark says which files, in which layout, from where."""
+    if args.bench == "demo" and not args.data_dir:
+        raise UserError("--bench demo: give --data-dir with --draft and --target, or none of the three "
+                        "for the embedded default")
+    if not args.data_dir:
+        raise data_error(args, "its files are not part of this project: download them and pass --data-dir DIR "
+                               "laid out as below (with --draft and --target)")
+    if not (args.draft and args.target):
+        raise UserError(f"--bench {args.bench} needs --draft DIR (a DRL/JRL-trained draft) and --target "
+                        "DIR_OR_URL; python eval.py --bench demo runs the embedded default")
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

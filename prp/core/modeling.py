@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from transformers import (
     ProcessorMixin,
     Qwen2_5_VLProcessor,
 )
+
+from prp.core.cli import UserError
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
@@ -72,6 +75,33 @@ def pick_attn_implementation(device: torch.device | str | None) -> str:
     return "flash_attention_2" if on_cuda and _flash_attn_available() else "sdpa"
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name": resolved by from_pretrained
+
+
+def check_model_dir(path: str | Path) -> None:
+    """A UserError naming the fix unless `path` is a model folder (config.json + *.safetensors).
+
+    A path that does not exist and reads as a hub id ("Qwen/Qwen2.5-VL-7B-Instruct", its first part
+    not a local folder) is left to from_pretrained.  A training output folder gets its latest
+    checkpoint named in the message.
+    """
+    p = Path(path)
+    fix = "give a folder saved by save_pretrained (config.json + *.safetensors), e.g. a train.py checkpoint"
+    if not p.exists():
+        if _HUB_ID.match(str(path)) and not Path(p.parts[0]).is_dir():
+            return
+        raise UserError(f"model folder {path} does not exist; {fix}")
+    if not p.is_dir():
+        raise UserError(f"{path} is a file, not a model folder; {fix}")
+    if not (p / "config.json").is_file():
+        ckpts = sorted((c for c in p.glob("ckpt-*") if c.name.removeprefix("ckpt-").isdigit()),
+                       key=lambda c: int(c.name.removeprefix("ckpt-")))
+        hint = f" (a training run: its latest checkpoint is {ckpts[-1]})" if ckpts else ""
+        raise UserError(f"{path} is not a model folder: no config.json{hint}; {fix}")
+    if not any(p.glob("*.safetensors")):
+        raise UserError(f"{path} has config.json but no *.safetensors weights; {fix} (pickle weights are not loaded)")
+
+
 def load_model(
     path: str | Path,
     *,
@@ -81,6 +111,7 @@ def load_model(
     attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """(model in eval mode, processor) from an HF dir.  safetensors only: no pickle loading."""
+    check_model_dir(path)
     attn = attn_implementation or pick_attn_implementation(device)
     kwargs: dict = {"use_safetensors": True, "trust_remote_code": trust_remote_code, "attn_implementation": attn}
     if dtype is not None:
