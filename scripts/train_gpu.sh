@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's runs on a GPU box (Appendix C.2: 8 GPUs, 7 train + 1 for sampling; here all 8 can train).
-# Edit model / data paths in configs/*.yaml first; nothing is downloaded at run time.
+# Edit model / data paths in configs/paper.yaml first (or pass --model / --train-data); nothing is downloaded at run time.
 #   scripts/train_gpu.sh presample   # Acc_tgt cache with the target (local dir or openai:<model> endpoint)
 #   scripts/train_gpu.sh drl         # or grpo / jrl / sft / sft-cn
 # Resume an interrupted run: append --resume (same --output-dir).

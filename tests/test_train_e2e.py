@@ -328,5 +328,9 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     a, b = load_file(tmp_path / "ref" / "ckpt-6" / "model.safetensors"), load_file(out / "ckpt-6" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4, 5, 6]
+    # samples.jsonl trimmed like metrics.jsonl: each step's samples once (tiny.yaml: 2 per micro-step, 2 micro-steps)
+    steps = [json.loads(x)["step"] for x in (out / "samples.jsonl").read_text().splitlines()]
+    ref_steps = [json.loads(x)["step"] for x in (tmp_path / "ref" / "samples.jsonl").read_text().splitlines()]
+    assert steps == ref_steps == [s for s in range(1, 7) for _ in range(4)]
     init = load_file(next((tmp_path / "ref").glob("tiny-test-seed0")) / "model.safetensors")
     assert any(not torch.equal(init[k], a[k]) for k in a)
