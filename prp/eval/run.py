@@ -202,23 +202,34 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
 
 def run_benchmark(router: Router, bench: Benchmark, records: list[BenchRecord], cache: str | Path, *,
                   batch_size: int = 8, resume: bool = True, baselines: Baselines | None = None) -> list[dict]:
-    """Evaluate every record into `cache` (resumable); returns all rows of the cache."""
+    """Evaluate every record into `cache` (resumable); returns all rows of the cache.
+
+    Each row carries `line`, the record's 1-based position in `records` (the cache's key, as in
+    route.py's batch files); a resume skips the positions already written for the same id and
+    refuses a cache written for other records.
+    """
     baselines = baselines or Baselines()
     sink = JsonlSink(cache, resume=resume)
-    todo = [r for r in records if r.id not in sink.done]
+    for line, rid in sink.done.items():
+        if line > len(records) or records[line - 1].id != rid:
+            sink.close()
+            raise SystemExit(f"{cache}: line {line} holds id {rid!r}, not this benchmark's record there; "
+                             "evaluate into a new --out-dir or pass --no-resume")
+    todo = [(line, r) for line, r in enumerate(records, 1) if line not in sink.done]
     try:
         with tqdm(total=len(records), initial=len(records) - len(todo), desc=f"eval {bench.name}") as bar:
             for i in range(0, len(todo), batch_size):
-                batch, ok, images = todo[i: i + batch_size], [], []
-                for record in batch:
+                batch, ok, lines, images = todo[i: i + batch_size], [], [], []
+                for line, record in batch:
                     try:
                         images.append(_image_of(record))
                         ok.append(record)
+                        lines.append(line)
                     except ImageError as exc:  # counted in the report, never a crash
-                        sink.write({"id": record.id, "error": str(exc)})
+                        sink.write({"id": record.id, "line": line, "error": str(exc)})
                 if ok:
-                    for row in evaluate_batch(router, bench, ok, images, baselines=baselines):
-                        sink.write(row)
+                    for line, row in zip(lines, evaluate_batch(router, bench, ok, images, baselines=baselines)):
+                        sink.write({"line": line, **row})
                 bar.update(len(batch))
     finally:
         sink.close()
