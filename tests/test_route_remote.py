@@ -18,6 +18,15 @@ from prp.route.router import RemoteTarget, Router, RouterConfig
 
 
 @pytest.fixture(scope="module")
+def faulty_canned():
+    """The HTTP layer alone (no model, starts in a second), failing 30% of requests."""
+    proc, url = start(["-m", "prp.serve", "--canned", "42", "--port", "0"],
+                      {"PRP_SERVE_FAULTS": "rate=0.3,kinds=503+close,seed=1"})
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
 def faulty_server(pair):
     """The tiny target behind the model server, failing 30% of requests (503 / dropped / too slow)."""
     proc, url = start(["-m", "prp.serve", "--model", str(pair["target"]), "--port", "0", "--max-new-tokens", "4",
@@ -48,6 +57,7 @@ def _remote_router(pair, url: str, *, tries: int, timeout_s: float) -> Router:
     return Router(model, proc, RemoteTarget(client, concurrency=8), cfg)
 
 
+@pytest.mark.slow
 def test_remote_with_injected_failures_loses_nothing(pair, faulty_server, tmp_path):
     data = _many_queries(tmp_path, 100)
     # 3 s per attempt (total): a queue of 8 on one busy CPU model must fit; the injected delay does not
@@ -77,9 +87,9 @@ def test_refused_connection_falls_back_to_draft(pair, tmp_path):
     assert not any(r["fallback"] for r in rows if r["route"] == "draft")
 
 
-def test_client_does_not_retry_4xx_and_never_leaks_key(faulty_server, monkeypatch):
+def test_client_does_not_retry_4xx_and_never_leaks_key(faulty_canned, monkeypatch):
     monkeypatch.setenv("PRP_TEST_KEY", "sk-secret-123")
-    client = OpenAIClient(faulty_server, "m", api_key_env="PRP_TEST_KEY", retry=RetryPolicy(tries=3, backoff_s=0.01))
+    client = OpenAIClient(faulty_canned, "m", api_key_env="PRP_TEST_KEY", retry=RetryPolicy(tries=3, backoff_s=0.01))
     bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://example.com/x.png"}}]}]
     with pytest.raises(RemoteError) as exc:
         for _ in range(20):  # the server may inject a 503 first; a 400 is never retried
@@ -124,6 +134,13 @@ def test_redirect_is_not_followed_with_the_key(monkeypatch):
         redirect.close()
 
 
+def test_client_retries_drops_and_503s_of_a_real_server(faulty_canned):
+    client = OpenAIClient(faulty_canned, "m", retry=RetryPolicy(tries=6, timeout_s=5, backoff_s=0.01))
+    answers = [client.chat([{"role": "user", "content": "hi"}]) for _ in range(20)]
+    assert all(a.text == "42" for a in answers)
+    assert sum(a.attempts for a in answers) > 20  # some first attempts were dropped or refused
+
+
 def test_response_size_is_capped():
     target = HostileTarget("huge", size=3 * 1024 * 1024)
     try:
@@ -135,6 +152,7 @@ def test_response_size_is_capped():
         target.close()
 
 
+@pytest.mark.slow
 def test_router_server_answers_through_fallback_when_target_trickles(pair):
     """route.py --serve in front of a trickling target: the draft answers within timeout x tries
     + backoff + 5 s, the response never shows the target's address, and /health reflects the worker."""

@@ -8,10 +8,12 @@ at load time when `check_images=True`.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import stat
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -86,11 +88,19 @@ def check_image_header(image: Image.Image, limits: ImageLimits = DEFAULT_IMAGE_L
     return None
 
 
+@contextlib.contextmanager
+def _quiet_bomb_warning():
+    """PIL warns about a huge image as it reads the header; the limits refuse it by name instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _decode(fp, label: str, limits: ImageLimits) -> Image.Image:
     """Open (header only), check the limits, then decode to RGB.  PIL's own decompression-bomb
     guard stays on as a second line; its error is not an OSError, so it is named here."""
     try:
-        with Image.open(fp) as image:
+        with _quiet_bomb_warning(), Image.open(fp) as image:
             problem = check_image_header(image, limits)
             if problem:
                 raise ImageError(problem)
@@ -150,7 +160,7 @@ def _check_image(path: Path, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> str 
     fails to decode later is caught where the image is used."""
     try:
         _regular_file(path, limits)
-        with Image.open(path) as image:
+        with _quiet_bomb_warning(), Image.open(path) as image:
             problem = check_image_header(image, limits)
             if problem:
                 return image_error_reason(ImageError(problem))

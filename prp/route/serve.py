@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not args.model and args.canned is None:
         ap.error("--model is required unless --canned is given")
-    import torch
+    if args.model:  # a canned server never loads torch (it starts in a second)
+        import torch
 
-    torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     faults = parse_faults(os.environ.get("PRP_SERVE_FAULTS"))
     if faults["rate"]:

@@ -30,7 +30,7 @@ class ParsedChat:
     messages: list[dict]  # processor-style: [{"role", "content": [{"type": "text"|"image", ...}]}]
     images: list[Image.Image]  # in order of appearance
     question: str  # the text of the last user turn (what the router routes)
-    max_tokens: int  # validated: 1 <= max_tokens <= limits.max_tokens
+    max_tokens: int  # 1 <= max_tokens <= limits.max_tokens (a larger request is lowered to the cap)
 
 
 def decode_data_url(url: str, limits: ServeLimits, param: str) -> Image.Image:
@@ -54,9 +54,9 @@ def parse_chat(req: ChatRequest, limits: ServeLimits) -> ParsedChat:
                    for p in m.content if p.type == "image_url")
     if n_images > limits.max_images:
         raise RequestError(400, f"{n_images} images in one request > the limit {limits.max_images}", "messages")
+    # above the server's cap, max_tokens is lowered to it (as OpenAI-style servers do for their
+    # context): clients and SDKs often send large defaults, and the cap already bounds the work
     wanted = req.requested_tokens()
-    if wanted is not None and wanted > limits.max_tokens:
-        raise RequestError(400, f"max_tokens {wanted} > this server's limit {limits.max_tokens}", "max_tokens")
     messages, images, question = [], [], ""
     for i, m in enumerate(req.messages):
         if isinstance(m.content, str):
@@ -72,7 +72,7 @@ def parse_chat(req: ChatRequest, limits: ServeLimits) -> ParsedChat:
         messages.append({"role": m.role, "content": parts})
         if m.role == "user":
             question = "\n".join(p["text"] for p in parts if p["type"] == "text")
-    return ParsedChat(messages=messages, images=images, question=question, max_tokens=wanted or limits.max_tokens)
+    return ParsedChat(messages=messages, images=images, question=question, max_tokens=min(wanted or limits.max_tokens, limits.max_tokens))
 
 
 def image_tokens(processor, image: Image.Image) -> int:

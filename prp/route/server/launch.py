@@ -57,12 +57,26 @@ class HeaderDeadlineH11Protocol(H11Protocol):
             self.transport.close()
 
 
+def exposure_warning(host: str, *, api_key_set: bool) -> str | None:
+    """The warning for binding a non-loopback address without a key.
+
+    >>> exposure_warning("127.0.0.1", api_key_set=False) is None, exposure_warning("0.0.0.0", api_key_set=True)
+    (True, None)
+    >>> exposure_warning("0.0.0.0", api_key_set=False).split(":")[0]
+    'serving on 0.0.0.0 without an API key'
+    """
+    if is_loopback(host) or api_key_set:
+        return None
+    return (f"serving on {host} without an API key: anyone who can reach this address can use the models "
+            "(set one with --api-key-env / --serve-api-key-env)")
+
+
 def serve(app, limits: ServeLimits, host: str, port: int, *, api_key_set: bool) -> None:
     import uvicorn
 
-    if not is_loopback(host) and not api_key_set:
-        log.warning("serving on %s without an API key: anyone who can reach this address can use the models "
-                    "(set one with --api-key-env / --serve-api-key-env)", host)
+    warning = exposure_warning(host, api_key_set=api_key_set)
+    if warning:
+        log.warning(warning)
     protocol = type("Protocol", (HeaderDeadlineH11Protocol,), {"header_timeout_s": limits.header_timeout_s})
     config = uvicorn.Config(
         app, host=host, port=port, http=protocol, lifespan="off", backlog=limits.backlog,

@@ -23,7 +23,7 @@ class ServeLimits:
     max_image_pixels: int = 4096 * 4096  # width x height, read from the image header before decoding
     max_aspect_ratio: float = 200.0  # long side / short side (the Qwen2-VL processor raises above 200)
     max_prompt_tokens: int | None = None  # None: the model's positions minus the generation budget
-    max_tokens: int = 1024  # cap on a request's max_tokens (400 above); also the default
+    max_tokens: int = 1024  # cap on a request's max_tokens (a larger one is lowered to it); also the default
     max_queue: int = 256  # requests waiting for the model; 503 when full
     request_timeout_s: float = 300.0  # queue + work for one request; 504 after
     body_timeout_s: float = 30.0  # to receive the whole body; 408 after

@@ -1,0 +1,78 @@
+"""The model worker on its own: isolation of a bad item, cancellation of queued work, health."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from prp.route.isolate import run_isolated
+from prp.route.server.worker import QueueFull, Worker
+
+
+def _fail_on_bad(items):
+    if "bad" in items:
+        raise ValueError("bad item")
+    return [f"ok:{x}" for x in items]
+
+
+def test_isolation_fails_only_the_bad_item_and_counts_calls():
+    calls = []
+
+    def fn(items):
+        calls.append(list(items))
+        return _fail_on_bad(items)
+
+    out = run_isolated(fn, ["a", "b", "bad", "d"])
+    assert out[:2] == ["ok:a", "ok:b"] and isinstance(out[2], ValueError) and out[3] == "ok:d"
+    # the whole batch, then halves [a, b] (ok) and [bad, d] (fails), then [bad] and [d]
+    assert calls == [["a", "b", "bad", "d"], ["a", "b"], ["bad", "d"], ["bad"], ["d"]]
+    assert run_isolated(fn, []) == []
+
+
+def test_worker_batches_isolates_and_answers_every_job():
+    worker = Worker(_fail_on_bad, batch_size=8, window_s=0.2)
+    futures = [worker.submit(x) for x in ["a", "bad", "c"]]
+    assert futures[0].result(timeout=10) == "ok:a" and futures[2].result(timeout=10) == "ok:c"
+    with pytest.raises(ValueError):
+        futures[1].result(timeout=10)
+    h = worker.health()
+    assert h["status"] == "ok" and h["failed_items"] == 1
+
+
+def test_cancelled_job_is_dropped_before_any_work():
+    seen, gate = [], threading.Event()
+
+    def slow(items):
+        seen.extend(items)
+        gate.wait(5)
+        return items
+
+    worker = Worker(slow, batch_size=1, window_s=0.0)
+    first = worker.submit("first")
+    time.sleep(0.2)  # "first" is running and blocks the worker
+    second, third = worker.submit("second"), worker.submit("third")
+    assert second.cancel()  # its client left while it was queued
+    gate.set()
+    assert first.result(timeout=5) == "first" and third.result(timeout=5) == "third"
+    assert seen == ["first", "third"] and worker.health()["cancelled"] == 1
+
+
+def test_queue_bound_and_stalled_health():
+    gate = threading.Event()
+
+    def blocked(items):
+        gate.wait(5)
+        return items
+
+    worker = Worker(blocked, batch_size=1, window_s=0.0, max_queue=1, stall_s=0.2)
+    worker.submit(1)
+    time.sleep(0.1)
+    worker.submit(2)  # waits in the queue (size 1)
+    with pytest.raises(QueueFull):
+        worker.submit(3)
+    time.sleep(0.3)
+    assert worker.health()["status"] == "stalled"
+    gate.set()
+    time.sleep(0.2)
+    assert worker.health()["status"] == "ok"
