@@ -23,10 +23,13 @@ runs/train-M/ ($PRP_DEFAULT_STEPS steps, default 30).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 from pathlib import Path
 
-from prp.train.config import MODES, ConfigError, load_config, parse_set
+from prp.train.config import MODES, ConfigError, TrainConfig, load_config, parse_set
+from prp.train.modes import get_mode
 
 ROOT = Path(__file__).resolve().parent
 DEMO_MODELS = ROOT / "demo" / "models"
@@ -56,11 +59,53 @@ def embedded_default(mode: str, *, max_steps: int | None) -> tuple[Path, dict[st
                  "output_dir": out, "max_steps": str(steps), "acc_tgt_cache": "", "save_every": str(steps)}
     what = (f"the shipped demo target {target.relative_to(ROOT)} on {n} synthetic records"
             if mode == "presample" else
-            f"the shipped demo draft {draft.relative_to(ROOT)}, {n} synthetic records, {steps} steps"
+            f"the shipped demo draft {draft.relative_to(ROOT)}, {n} synthetic records, {steps} step{'s' * (steps != 1)}"
             + (f", Acc_tgt presampled with {target.relative_to(ROOT)}" if mode == "jrl" else ""))
     line = (f"train.py: embedded default ({what}, recipe configs/demo/{DEFAULT_STAGE[mode]}.yaml) into {out}/; "
             f"for a real model and data: python train.py --config configs/{mode}.yaml --model DIR --train-data FILE")
     return ROOT / "configs" / "demo" / f"{DEFAULT_STAGE[mode]}.yaml", overrides, line
+
+
+def _build_once(dest: Path, build) -> None:
+    """`build(tmp)` then rename tmp -> dest, unless dest exists.  Every process (DeepSpeed ranks included)
+    may run this at once: each builds the same bytes into its own folder, the first rename wins."""
+    if dest.exists():
+        return
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another process renamed its copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def materialise_specs(cfg: TrainConfig) -> TrainConfig:
+    """The toy specs as plain paths under output_dir: `tiny:<size>` models (prp.toy.tiny, the draft from
+    `seed`, a target from `seed + 1`) and `synthetic:<n>` data (prp.toy.synthetic), so prp.train sees folders
+    and files only."""
+    out = Path(cfg.output_dir)
+    changes = {}
+    mode = get_mode(cfg.mode)
+    for key, seed, used in (("model", cfg.seed, mode.trains), ("target_model", cfg.seed + 1, mode.needs_acc_tgt)):
+        spec = getattr(cfg, key)
+        if used and spec.startswith("tiny:"):
+            from prp.toy.tiny import save_tiny_model
+
+            size = spec.split(":", 1)[1]
+            path = out / f"tiny-{size}-seed{seed}"
+            _build_once(path, lambda tmp, size=size, seed=seed: save_tiny_model(tmp, size=size, seed=seed))
+            changes[key] = str(path)
+    if cfg.train_data.startswith("synthetic:"):
+        from prp.toy.synthetic import build_benchmark
+
+        try:
+            n = int(cfg.train_data.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"train_data {cfg.train_data!r}: expected synthetic:<number of records>") from None
+        _build_once(out / "data", lambda tmp: build_benchmark(tmp, seed=cfg.seed, sizes={"train": n}))
+        changes["train_data"] = str(out / "data" / "train.jsonl")
+    return dataclasses.replace(cfg, **changes)
 
 
 def main(argv: list[str] | None = None):
@@ -99,7 +144,7 @@ def main(argv: list[str] | None = None):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
-    cfg = load_config(config, mode=args.mode, overrides=overrides)
+    cfg = materialise_specs(load_config(config, mode=args.mode, overrides=overrides))
     from prp.train.logs import check_reporters
 
     check_reporters(cfg.reporters)  # a missing package stops here, before any model is loaded

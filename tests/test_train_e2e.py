@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from prp.core.parsing import parse_completion
+from train import materialise_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -66,7 +67,8 @@ def test_rl_micro_step_with_dss_rewrites_score_tokens(tmp_path, monkeypatch):
 
     cache = tmp_path / "acc.jsonl"
     cache.write_text("".join(json.dumps({"id": f"train-{i:05d}", "acc": 0.25, "n": 4}) + "\n" for i in range(16)))
-    cfg = load_config(TINY, mode="jrl", overrides={"output_dir": str(tmp_path), "acc_tgt_cache": str(cache)})
+    cfg = materialise_specs(load_config(TINY, mode="jrl", overrides={"output_dir": str(tmp_path),
+                                                                      "acc_tgt_cache": str(cache)}))
     t = Trainer(cfg)
     tok = t.ctx.policy.tok
     texts = ["<target>0.80</target><confidence>0.9</confidence><think>1+1=2</think><answer>$-1$</answer>"] * 4
@@ -104,9 +106,9 @@ def test_sft_mixed_writes_each_record_in_its_own_format(tmp_path):
     from prp.train.config import load_config
     from prp.train.loop import Trainer
 
-    cfg = load_config(TINY, mode="sft", overrides={"output_dir": str(tmp_path), "sft_rating": "mixed",
-                                                    "sft_rating_value": 0.3, "per_device_batch_size": 16,
-                                                    "max_completion_length": 64})
+    cfg = materialise_specs(load_config(TINY, mode="sft", overrides={
+        "output_dir": str(tmp_path), "sft_rating": "mixed", "sft_rating_value": 0.3, "per_device_batch_size": 16,
+        "max_completion_length": 64}))
     t = Trainer(cfg)
     records = t.sampler.records_for(0)
     out = st.sft_micro(t.ctx, 0, records)
@@ -132,9 +134,9 @@ def test_sft_random_ratings_vary_and_replay(tmp_path):
     from prp.train.config import load_config
     from prp.train.loop import Trainer
 
-    cfg = load_config(TINY, mode="sft", overrides={"output_dir": str(tmp_path), "sft_rating": "jrl",
-                                                    "sft_rating_value": -1, "per_device_batch_size": 16,
-                                                    "max_completion_length": 64})
+    cfg = materialise_specs(load_config(TINY, mode="sft", overrides={
+        "output_dir": str(tmp_path), "sft_rating": "jrl", "sft_rating_value": -1, "per_device_batch_size": 16,
+        "max_completion_length": 64}))
     t = Trainer(cfg)
 
     def ratings(micro):
@@ -159,7 +161,8 @@ def _check_embedded_default(first_line: str, out: Path) -> None:
     assert (out / "ckpt-1" / "model.safetensors").exists() and (out / "data" / "train.jsonl").exists()
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"].endswith("demo/models/draft") and saved["learning_rate"] == 2e-4  # the demo's DRL recipe
-    assert saved["train_data"] == "synthetic:16" and _metrics(out)[0]["reward/format"] is not None
+    assert saved["train_data"].endswith("runs/train-drl/data/train.jsonl")  # synthetic:16, generated
+    assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 16 and _metrics(out)[0]["reward/format"] is not None
 
 
 _NEEDS_DEMO = pytest.mark.skipif(not (ROOT / "demo" / "models" / "draft" / "config.json").exists(),

@@ -246,15 +246,17 @@ def test_paper_config_is_one_table_and_rl_modes_start_from_grpo():
 
 
 def test_model_path_may_be_a_run_folder(tmp_path):
-    from prp.train.dist import Dist
     from prp.train.policy import resolve_model
 
     for step in (2, 10):
         (tmp_path / "grpo" / f"ckpt-{step}").mkdir(parents=True)
     (tmp_path / "grpo" / "ckpt-12.tmp").mkdir()  # a killed save: never picked
-    assert resolve_model(str(tmp_path / "grpo"), tmp_path, seed=0, d=Dist()) == str(tmp_path / "grpo" / "ckpt-10")
+    assert resolve_model(str(tmp_path / "grpo")) == str(tmp_path / "grpo" / "ckpt-10")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path / "hf")) == str(tmp_path / "hf")
     with pytest.raises(ConfigError, match="pass --model DIR"):
-        resolve_model(str(tmp_path / "nope"), tmp_path, seed=0, d=Dist())
+        resolve_model(str(tmp_path / "nope"))
 
 
 @pytest.mark.parametrize("stage", sorted(p.stem for p in (ROOT / "configs" / "demo").glob("*.yaml") if p.stem != "base"))

@@ -46,13 +46,13 @@ class TrainConfig:
     mode: str = "drl"  # one of MODES
 
     # ---- models and data
-    model: str = ""  # HF dir of the draft, or "tiny:<draft|target|test>" (built locally from `seed`)
+    model: str = ""  # HF dir of the draft, a run dir (its latest ckpt), or "tiny:<size>" (train.py builds it from `seed`)
     target_model: str = ""  # presample: HF dir, "tiny:<size>" or "openai:<model name>" (remote)
     target_base_url: str = ""  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
     target_api_key_env: str = "OPENAI_API_KEY"  # the key is read from this env var (never from config)
     target_timeout_s: float = 300.0
     target_retries: int = 3
-    train_data: str = ""  # JSONL/JSON/parquet path, or "synthetic:<n>" (generated into output_dir/data)
+    train_data: str = ""  # JSONL/JSON/parquet path, or "synthetic:<n>" (train.py generates it into output_dir/data)
     data_format: str = "jsonl"  # jsonl (id,image,question,answer) | mmk12 | chartqa
     image_root: str = ""  # image folder (default: next to the data file; ChartQA: <dir>/png)
     max_records: int = 0  # 0 = all
@@ -85,7 +85,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
-    freeze_vision_biases: bool = False  # tiny models only (prp.toy.tiny.freeze_vision_biases)
+    freeze_vision_biases: bool = False  # tiny models only (prp.train.policy.freeze_vision_biases)
     seed: int = 0
 
     # ---- PRP (Sec. 3, Appendix C)

@@ -62,7 +62,7 @@ class Trainer:
         logging.basicConfig(level=logging.INFO if self.d.main else logging.WARNING,
                             format=f"[rank{self.d.rank}] %(levelname)s %(name)s: %(message)s")
         # data: bad rows / images / gold answers are dropped and counted, never a crash
-        path = resolve_data(cfg, self.d)
+        path = resolve_data(cfg)
         loaded = load_records(cfg, path)
         self.records = loaded.records
         self.skipped: Counter = Counter(loaded.skipped)
@@ -88,8 +88,7 @@ class Trainer:
         self.resume_from = resume_point.path if resume_point else None
         if self.d.main:
             ckpt_io.remove_stale_tmp(self.out)
-        model_path = str(self.resume_from) if self.resume_from else resolve_model(cfg.model, self.out, seed=cfg.seed,
-                                                                                     d=self.d)
+        model_path = str(self.resume_from) if self.resume_from else resolve_model(cfg.model)
         policy = build_policy(cfg, model_path, d=self.d, device=local_device(), total_steps=self.total_steps)
         self.ctx = StepContext(cfg=cfg, mode=self.mode, d=self.d, policy=policy, acc_tgt=self.acc_tgt,
                                skipped=self.skipped)
@@ -111,7 +110,7 @@ class Trainer:
                              "or --target-model DIR to presample with")
         target = cfg.target_model
         if not target.startswith("openai:"):
-            target = resolve_model(target, self.out, seed=cfg.seed + 1, d=self.d, what="target_model")
+            target = resolve_model(target, what="target_model")
         if self.d.main:
             counts = presample(self.records, make_sampler(cfg, target), cache, m=cfg.presample_m,
                                batch_size=cfg.presample_batch_size, progress=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,23 +31,12 @@ class NonFiniteError(ConfigError):
     config: a lower learning rate), one line and exit status 2 from train.py."""
 
 
-def resolve_model(spec: str, out_dir: Path, *, seed: int, d: Dist, what: str = "model") -> str:
+def resolve_model(spec: str, *, what: str = "model") -> str:
     """A model folder from `spec`:
-    - `tiny:<size>` -> a random-init tiny model saved under out_dir (rank 0 builds it once);
     - a training run's output dir (holds ckpt-N folders, e.g. `runs/grpo`) -> its latest checkpoint;
     - a Hugging Face model folder -> itself.
+    (`tiny:<size>` specs are built into folders by train.py before training starts.)
     """
-    if spec.startswith("tiny:"):
-        size = spec.split(":", 1)[1]
-        path = out_dir / f"tiny-{size}-seed{seed}"
-        if d.main and not (path / "config.json").exists():
-            from prp.toy.tiny import save_tiny_model  # tiny test models live in prp.toy
-
-            tmp = path.with_name(path.name + ".tmp")
-            save_tiny_model(tmp, size=size, seed=seed)
-            os.replace(tmp, path)
-        d.barrier()
-        return str(path)
     path = Path(spec)
     if (path / "config.json").is_file():
         return spec
@@ -73,6 +61,19 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
         return max(0.0, 1.0 - progress) if cfg.lr_scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
     return fn
+
+
+def freeze_vision_biases(model: torch.nn.Module) -> int:
+    """Zero the vision tower's bias vectors and stop their gradients (the tiny-model recipe: tiny towers
+    otherwise grow a large constant output that drowns the per-image signal); returns how many."""
+    n = 0
+    for name, p in model.model.visual.named_parameters():
+        if name.endswith("bias"):
+            with torch.no_grad():
+                p.zero_()
+            p.requires_grad_(False)
+            n += 1
+    return n
 
 
 @dataclass
@@ -110,8 +111,6 @@ def build_policy(cfg: TrainConfig, path: str, *, d: Dist, device: torch.device, 
         if len(tok) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
     if cfg.freeze_vision_biases:
-        from prp.toy.tiny import freeze_vision_biases  # the tiny-model recipe
-
         freeze_vision_biases(model)  # requires_grad is not saved: re-applied on every load
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

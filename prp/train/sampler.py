@@ -29,22 +29,12 @@ log = logging.getLogger("prp.train")
 LOADERS = {"mmk12": load_mmk12, "chartqa": load_chartqa_train, "jsonl": load_jsonl}
 
 
-def resolve_data(cfg: TrainConfig, d: Dist) -> Path:
-    """The data file; `synthetic:<n>` -> the generated benchmark's train.jsonl (rank 0 writes it once)."""
-    if not cfg.train_data.startswith("synthetic:"):
-        path = Path(cfg.train_data)
-        if not path.exists():
-            raise ConfigError(f"train_data {path} does not exist; pass --train-data FILE "
-                                    "(JSONL with id, image, question, answer; or synthetic:<n>)")
-        return path
-    n = int(cfg.train_data.split(":", 1)[1])
-    out = Path(cfg.output_dir) / "data"
-    path = out / "train.jsonl"
-    if d.main and not path.exists():
-        from prp.toy.synthetic import build_benchmark  # the generated toy data lives in prp.toy
-
-        build_benchmark(out, seed=cfg.seed, sizes={"train": n})
-    d.barrier()
+def resolve_data(cfg: TrainConfig) -> Path:
+    """The data file (`synthetic:<n>` specs are generated into files by train.py before training starts)."""
+    path = Path(cfg.train_data)
+    if not path.exists():
+        raise ConfigError(f"train_data {path} does not exist; pass --train-data FILE "
+                          "(JSONL with id, image, question, answer; or synthetic:<n>)")
     return path
 
 
