@@ -9,6 +9,7 @@ of either name.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -48,3 +49,25 @@ def cache_layer_tensors(cache, layer: int):
     if hasattr(cache, "layers"):
         return cache.layers[layer].keys, cache.layers[layer].values
     return cache.key_cache[layer], cache.value_cache[layer]  # releases before the per-layer classes
+
+
+@contextlib.contextmanager
+def no_zero3_init():
+    """Build a model as a plain module while a ZeRO-3 run's HfDeepSpeedConfig is alive.
+
+    With that config alive, transformers partitions every model it constructs (its parameters
+    come out empty, size 0), also on direct construction.  The decode engine's inference copy
+    must hold full weights, so the config is hidden for the construction (transformers keeps
+    it as a module-level weak reference, in 5.17 as in 5.24) and put back afterwards.
+    """
+    try:
+        import transformers.integrations.deepspeed as hf_ds
+    except ImportError:  # no accelerate / deepspeed integration: nothing to hide
+        yield
+        return
+    saved = getattr(hf_ds, "_hf_deepspeed_config_weak_ref", None)
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved

@@ -132,7 +132,7 @@ def _ensure_room(state: DecodeState, extra: int) -> None:
         source, rows = state.selected_from
         state.selected_from = None
         state.static = state.engine.migrate(source, rows, extra)
-    elif int(state.static.kv.write_at) + extra > state.static.kv.length:
+    elif state.static.used + extra > state.static.kv.length:
         state.static = state.engine.migrate(state.static, list(range(state.static.rows)), extra)
     state.cache = state.static.kv
 

@@ -68,8 +68,8 @@ class StaticKV:
         self.values[layer_idx].index_copy_(2, self.write_at, value_states)
         return self.keys[layer_idx], self.values[layer_idx]
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return int(self.write_at)
+    def get_seq_length(self, layer_idx: int = 0) -> torch.Tensor:
+        return self.write_at[0]  # a tensor, as transformers' StaticLayer returns (no host sync)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -82,6 +82,7 @@ class StaticSlots:
     kv: StaticKV
     mask: torch.Tensor  # [Bb, Lb] 1 attend; columns >= write_at are 0
     rows: int  # real rows (the first `rows` of the bucket)
+    used: int = 0  # columns written: kv.write_at mirrored on the host (reading it back would sync)
 
 
 class Engine:
@@ -141,12 +142,13 @@ class Engine:
             slots.kv.values[layer][:rows, :, :used].copy_(v)
         slots.mask[:rows, :used] = attention_mask
         slots.kv.write_at.fill_(used)
+        slots.used = used
         return slots
 
     def migrate(self, slots: StaticSlots, rows: list[int], reserve: int) -> StaticSlots:
         """A new lease holding only `rows` of `slots`, with room for `reserve` more tokens; the
         source stays valid (a later fallback may still continue it)."""
-        used = int(slots.kv.write_at)
+        used = slots.used
         dev = slots.mask.device
         new = self.new_slots(len(rows), used + reserve, slots.kv.keys[0].dtype, dev)
         idx = torch.as_tensor(rows, dtype=torch.long, device=dev)
@@ -156,6 +158,7 @@ class Engine:
             new.kv.values[layer][:n, :, :used].copy_(slots.kv.values[layer].index_select(0, idx)[:, :, :used])
         new.mask[:n, :used] = slots.mask.index_select(0, idx)[:, :used]
         new.kv.write_at.fill_(used)
+        new.used = used
         return new
 
     # ------------------------------------------------------------------ the step
@@ -173,7 +176,7 @@ class Engine:
              pad_id: int, rope3d: bool) -> torch.Tensor:
         """One fed token per real row ([rows]); inactive rows feed a masked hole.  Logits [rows, V]."""
         bb, rows = slots.kv.batch, slots.rows
-        if int(slots.kv.write_at) >= slots.kv.length:
+        if slots.used >= slots.kv.length:
             raise RuntimeError(f"static cache full ({slots.kv.length} columns): reserve more tokens")
         ids = torch.full((bb,), pad_id, dtype=torch.long, device=tokens.device)
         ids[:rows] = torch.where(active, tokens, torch.full_like(tokens, pad_id))
@@ -188,6 +191,7 @@ class Engine:
             torch.compiler.cudagraph_mark_step_begin()
         logits = self._step(slots.kv, ids.unsqueeze(1), pos.contiguous(), slots.mask)
         slots.kv.write_at.add_(1)
+        slots.used += 1
         # a CUDA-graph output is overwritten by the next replay: hand the caller its own copy
         return logits[:rows].clone() if self._cudagraphs else logits[:rows]
 
@@ -215,6 +219,12 @@ def engine_for(model, kind: str | None = None, **options) -> Engine | None:
     if key not in cached:
         cached[key] = Engine(model, compile=kind == "compiled", **options)
     return cached[key]
+
+
+def add_engine_argument(parser) -> None:
+    """`--engine eager|compiled|static` for the entry scripts (default: compiled on CUDA, else eager)."""
+    parser.add_argument("--engine", choices=("eager", "compiled", "static"), default=None,
+                        help="decode engine (docs/engine.md); default compiled on CUDA, eager on CPU")
 
 
 def set_engine(model, kind: str, **options) -> None:

@@ -145,8 +145,10 @@ def inference_copy(model, *, dtype: torch.dtype | None = None):
     twin = getattr(policy, "_prp_inference_copy", None)
     if twin is None:
         dtype = dtype or (torch.bfloat16 if first.is_cuda else first.dtype)
-        with torch.device(first.device):
-            twin = type(policy)(policy.config).to(dtype).eval()  # plain construction: never zero.Init
+        from prp.core.compat import no_zero3_init
+
+        with torch.device(first.device), no_zero3_init():  # full weights, even inside a ZeRO-3 run
+            twin = type(policy)(policy.config).to(dtype).eval()
         twin.generation_config = policy.generation_config
         twin.requires_grad_(False)
         object.__setattr__(policy, "_prp_inference_copy", twin)  # not a submodule: not trained, not saved
