@@ -286,6 +286,7 @@ def summarize(rows: list[dict]) -> dict:
     if not ok:
         return out
     routed = [r for r in ok if r["route"] == "target"]
+    out["rule"] = next((r["rule"] for r in ok if r.get("rule")), None)  # which way s points (docs/routing.md)
     out["share_routed"] = len(routed) / len(ok)
     out["fallbacks"] = sum(1 for r in ok if r.get("fallback"))
     out["missing_rating"] = sum(1 for r in ok if r.get("d") is None)
@@ -313,7 +314,11 @@ def format_summary(s: dict) -> str:
     if "share_routed" in s:
         lines.append(f"routed to target {s['share_routed']:.1%}  fallbacks {s['fallbacks']}  "
                      f"missing rating {s['missing_rating']}")
-        lines.append(f"mean latency {s['mean_latency_s']:.3f}s  (prefix {s['mean_prefix_latency_s']:.3f}s)")
+        if s.get("rule"):
+            lines.append(f"rule {s['rule']}: " + ("high s goes to the target" if s["rule"] == "target_first"
+                                                  else "high s stays on the draft"))
+        lines.append(f"mean latency {s['mean_latency_s']:.3f}s per query, batched wall time shared evenly "
+                     f"(prefix {s['mean_prefix_latency_s']:.3f}s)")
     if "speedup_vs_target_only" in s:
         lines.append(f"speedup vs target-only {s['speedup_vs_target_only']:.2f}x ({s['speedup_basis']}; "
                      f"target-only {s['target_only_mean_latency_s']:.3f}s/query)")
