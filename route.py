@@ -5,7 +5,9 @@
     python route.py --serve --port 8000 --threshold 0.5    # the router as an OpenAI-compatible endpoint
 
 Decision (exactly one source of T, in this order): --threshold-file, --threshold, --calibrate
-(with --pt or --target-acc as the goal), --pt (per-batch share routed to the target).
+(with --pt or --target-acc as the goal), --pt (per-batch share routed to the target).  The direction
+is the rule's: draft-first keeps s > T, target-first keeps s < T (high s goes to the target).
+Answers are judged with --bench's own rule (default demo: generic math equivalence).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+from prp.core.cli import UserError, check_port_free, run_main
 from prp.route.run import add_router_arguments
 
 
@@ -27,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--resume", action="store_true", help="skip input lines already in --out")
     io.add_argument("--retry-errors", action="store_true",
                     help="with --resume: route the error and fallback rows of --out again")
+    io.add_argument("--bench", default="demo",
+                    choices=("demo", "mathvista", "mathverse", "chartqa", "m3cot", "docvqa"),
+                    help="judge answers (routing and calibration) with this benchmark's own rule, as eval.py does "
+                         "(default demo: the generic math-equivalence judge)")
 
     de = ap.add_argument_group("decision (Sec. 4.4)")
     de.add_argument("--threshold", type=float, help="s > T keeps the draft")
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                         format="%(levelname)s %(name)s: %(message)s")
     import torch
 
+    from prp.eval.judge import routing_judge
     from prp.route import run as route_run
     from prp.route.decide import BatchFraction, Calibration, FixedThreshold
 
@@ -79,28 +87,41 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not args.draft or not args.target or not (args.data or args.serve):
         raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
     args.out = args.out or "routes.jsonl"
+    for flag, path in (("--data", None if args.serve else args.data), ("--threshold-file", args.threshold_file),
+                       ("--calibrate", None if args.calibrate == "default" else args.calibrate)):
+        if path and not Path(path).is_file():  # fail before loading the models
+            raise UserError(f"{flag} {path}: no such file; check the path (relative paths start at the current folder)")
+    if args.serve:
+        check_port_free(args.host, args.port)  # a port in use: one line now, not after loading the models
     router = route_run.build_router(args)
+    judge = routing_judge(args.bench)  # the entry script passes the benchmark's rule down (route never imports eval)
+    router.extract = judge.extract  # and its answer extraction
+    rule = router.rule.name  # the decision direction belongs to the rule
 
     # decision source, in order of precedence
     if args.threshold_file:
-        policy = FixedThreshold(Calibration.load(args.threshold_file).threshold)
+        policy = Calibration.load(args.threshold_file).policy()  # refused below if its rule differs
     elif args.threshold is not None:
-        policy = FixedThreshold(args.threshold)
+        policy = FixedThreshold(args.threshold, rule)
     elif args.calibrate:
         val = args.calibrate
         if val == "default":
             val = str(route_run.ensure_default_demo(spec)["validation"])
         cal = route_run.calibrate_on(router, val, p_t=None if args.target_acc is not None else args.pt,
-                                     target_acc=args.target_acc, batch_size=args.batch_size)
+                                     target_acc=args.target_acc, batch_size=args.batch_size, judge=judge)
         out = args.threshold_out or str(Path(args.out).with_suffix(".threshold.json"))
         cal.save(out)
         print(f"calibrated T={cal.threshold} on {cal.n} validation queries "
               f"(p_t {cal.p_t:.1%}, accuracy {cal.accuracy:.1%}) -> {out}")
-        policy = FixedThreshold(cal.threshold)
+        policy = cal.policy()
     elif args.pt is not None:
-        policy = BatchFraction(args.pt)
+        policy = BatchFraction(args.pt, rule)
     else:
         raise SystemExit("give --threshold, --pt, --calibrate or --threshold-file")
+    try:
+        router.check_policy(policy)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
     if args.serve:
         from prp.route.serve import serve_router
@@ -110,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     rows = route_run.route_file(router, args.data, args.out, policy, batch_size=args.batch_size,
                                 resume=args.resume, retry_errors=args.retry_errors,
-                                target_all=args.measure_target_only)
+                                target_all=args.measure_target_only, judge=judge)
     summary = route_run.summarize(rows)
     print(f"wrote {len(rows)} lines to {args.out}")
     print(route_run.format_summary(summary))
@@ -122,4 +143,4 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))
