@@ -22,15 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prp.core.modeling import digit_token_ids, prepare_inputs  # noqa: E402
-from prp.core.prompts import build_messages  # noqa: E402
-from prp.route import decode as gen  # noqa: E402
-from prp.route.engine import set_engine  # noqa: E402
-from prp.toy.synthetic import render  # noqa: E402
-from prp.toy.tiny import build_processor, build_tiny_model, build_tokenizer  # noqa: E402
+from prp.core.modeling import digit_token_ids, prepare_inputs
+from prp.core.prompts import build_messages
+from prp.route import decode as gen
+from prp.route.engine import set_engine
+from prp.toy.synthetic import render
+from prp.toy.tiny import build_processor, build_tiny_model, build_tokenizer
 
-SHAPE_3B = dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
-                intermediate_size=11008)
+SHAPE_3B = {"hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
+            "intermediate_size": 11008}
 
 
 def build(size: str, device: str, dtype: torch.dtype):
@@ -115,8 +115,8 @@ def main(argv=None) -> int:
         tokens = {}
         for kind in ("eager", fast_kind):
             set_engine(model, kind)
-            run = lambda: tokens.__setitem__(kind, gen.generate(  # noqa: E731
-                model, tok, inputs, max_new_tokens=n_new, suppress=no_eos))
+            def run(kind=kind, inputs=inputs, tokens=tokens):
+                tokens[kind] = gen.generate(model, tok, inputs, max_new_tokens=n_new, suppress=no_eos)
             if kind != "eager":
                 timed(run, sync)  # compile / warm the bucket
             add(f"engine {kind}", b, b * n_new / timed(run, sync), "tok/s")
@@ -129,8 +129,9 @@ def main(argv=None) -> int:
             if impl == "static" and ("hf_static" in skip or b not in static_batches):
                 continue
             extra = {"cache_implementation": "static"} if impl == "static" else {}
-            run = lambda: model.generate(**inputs, do_sample=False, max_new_tokens=n_new,  # noqa: E731
-                                         min_new_tokens=n_new, pad_token_id=tok.pad_token_id, **extra)
+            def run(inputs=inputs, extra=extra):
+                model.generate(**inputs, do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
+                               pad_token_id=tok.pad_token_id, **extra)
             try:
                 if impl == "static":
                     timed(run, sync)  # transformers compiles the static forward on its first call
@@ -151,11 +152,11 @@ def main(argv=None) -> int:
     t_prefix = timed(prefix, sync)
     add("decision (rating prefix)", 1, t_prefix, "s")
     for n in longs:
-        def kept():
+        def kept(n=n):
             p = prefix()
             gen.continue_rows(model, tok, gen.select_rows(p.state, [0]), max_new_tokens=n, suppress=no_eos)
 
-        def plain():
+        def plain(n=n):
             gen.generate(model, tok, inputs, max_new_tokens=len(forced) + n, suppress=no_eos)
 
         timed(kept, sync)
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
         msgs = [build_messages("What is the sum of the numbers in the image?", mode="drl")]
         prompts = build_prompts(proc, msgs, [render([3, 14])], repeat=4, device=device)
         for engine in ("hf", "engine"):
-            def train_step():
+            def train_step(engine=engine):
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda and engine == "hf"):
                     ro = generate_rollout(policy, proc, prompts, max_new_tokens=n_new, temperature=1.0, top_p=1.0,
                                           seed=0, suppress=no_eos, engine=engine)
@@ -197,8 +198,9 @@ def main(argv=None) -> int:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Decode benchmark: {results['size']} on {results['device']} ({results['dtype']}), "
-             f"{results['new_tokens']} new tokens", "", "| measurement | batch | value | unit |", "|---|---|---|---|"]
+    title = (f"Decode benchmark: {results['size']} on {results['device']} ({results['dtype']}), "
+             f"{results['new_tokens']} new tokens")
+    lines = [title, "", "| measurement | batch | value | unit |", "|---|---|---|---|"]
     lines += [f"| {r['row']} | {r['batch']} | {r['value']:.4g} | {r['unit']} |" for r in results["rows"]]
     return "\n".join(lines)
 

@@ -72,7 +72,7 @@ def test_static_engine_keeps_the_same_tenths_logits(draft):
     """IPR's input (logits at the tenths digit) is the same under the forced rating grammar."""
     model, proc = draft
     inputs = _inputs(proc, 3)
-    kwargs = dict(digit_ids=digit_token_ids(proc.tokenizer), forced=gen.rating_template(proc.tokenizer, "jrl"))
+    kwargs = {"digit_ids": digit_token_ids(proc.tokenizer), "forced": gen.rating_template(proc.tokenizer, "jrl")}
     set_engine(model, "eager")
     want = gen.generate_prefix(model, proc.tokenizer, inputs, **kwargs)
     set_engine(model, "static")
@@ -140,3 +140,22 @@ def test_inductor_compiled_engine_equals_eager_loop(draft):
     set_engine(model, "compiled")
     assert engine_for(model).compiled
     assert _split_run(model, proc, inputs, [3, 7, 11], [0, 2], 12) == want
+
+
+@pytest.mark.slow
+def test_bench_decode_runs_on_cpu(tmp_path):
+    """benchmarks/bench_decode.py --size ... (tiny shapes) produces every row of the table."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decode.py"
+    spec = importlib.util.spec_from_file_location("bench_decode", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    assert bench.main(["--size", "test", "--batches", "2", "--new-tokens", "6", "--long", "6,8",
+                       "--out", str(out)]) == 0
+    rows = {r["row"] for r in json.loads(out.read_text())["rows"]}
+    assert {"engine eager", "engine static", "HF generate dynamic", "HF generate static",
+            "decision (rating prefix)", "kept / plain, 8 new", "GRPO step N=4 (rollout engine)"} <= rows

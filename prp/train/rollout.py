@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from prp.route.decode import eos_ids_of
 from prp.core.modeling import prepare_inputs
+from prp.route.decode import eos_ids_of
 
 
 def step_seed(*parts: int | str) -> int:
