@@ -76,3 +76,32 @@ def test_queue_bound_and_stalled_health():
     gate.set()
     time.sleep(0.2)
     assert worker.health()["status"] == "ok"
+
+
+def test_serving_and_batch_code_never_unpickle_or_eval():
+    """What reads client bytes (servers, remote client, batch files, image opening) never imports a
+    deserializer that runs code (pickle and its kin) and never calls torch.load / eval / exec."""
+    import ast
+    from pathlib import Path
+
+    import prp
+
+    root = Path(prp.__file__).parent
+    files = [*sorted((root / "route").glob("*.py")), *sorted((root / "route" / "server").glob("*.py")),
+             root / "core" / "data.py", root / "serve.py"]
+    unsafe_modules = {"pickle", "cPickle", "dill", "joblib", "marshal", "shelve", "cloudpickle"}
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found += [f"{path.name}: import {a.name}" for a in node.names if a.name.split(".")[0] in unsafe_modules]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in unsafe_modules:
+                found.append(f"{path.name}: from {node.module}")
+            elif isinstance(node, ast.Call):
+                f = node.func
+                if isinstance(f, ast.Name) and f.id in ("eval", "exec"):
+                    found.append(f"{path.name}: {f.id}()")
+                if isinstance(f, ast.Attribute) and f.attr == "load" and isinstance(f.value, ast.Name) \
+                        and f.value.id in ("torch", "pickle", "yaml"):
+                    found.append(f"{path.name}: {f.value.id}.load()")
+    assert len(files) > 15 and not found, found

@@ -110,7 +110,9 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
 
     rm = ap.add_argument_group("remote target")
     rm.add_argument("--tries", type=int, default=4)
-    rm.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
+    rm.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds per attempt, in all (connect + answer): a query falls back to the draft "
+                         "within timeout x tries + backoff")
     rm.add_argument("--backoff", type=float, default=0.5, help="first retry wait; doubles each retry")
     rm.add_argument("--concurrency", type=int, default=8)
 
