@@ -159,3 +159,15 @@ def test_bench_decode_runs_on_cpu(tmp_path):
     rows = {r["row"] for r in json.loads(out.read_text())["rows"]}
     assert {"engine eager", "engine static", "HF generate dynamic", "HF generate static",
             "decision (rating prefix)", "kept / plain, 8 new", "GRPO step N=4 (rollout engine)"} <= rows
+
+
+def test_static_engine_refuses_attention_without_4d_masks(draft):
+    model, _ = draft
+    saved = model.config._attn_implementation
+    try:
+        model.config._attn_implementation = "flash_attention_2"
+        with pytest.raises(ValueError, match="sdpa or eager"):
+            set_engine(model, "static", length_step=512)  # a new option set: a new engine is built
+        assert engine_for(model, "eager") is None
+    finally:
+        model.config._attn_implementation = saved

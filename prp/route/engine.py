@@ -202,23 +202,32 @@ def engine_for(model, kind: str | None = None, **options) -> Engine | None:
     kind: "eager" | "compiled" | "static" (static cache, step not compiled: the debugging path);
     None = the model's current choice, by default "compiled" on CUDA and "eager" elsewhere.
     """
-    if kind is None:
+    if kind is None:  # the model's choice, with the options it was set with
         kind = getattr(model, "_prp_engine_kind", None)
+        options = options or getattr(model, "_prp_engine_options", {})
         if kind is None:
-            kind = "compiled" if next(model.parameters()).is_cuda else "eager"
+            kind = "compiled" if next(model.parameters()).is_cuda and _takes_4d_mask(model) else "eager"
     if kind == "eager":
         return None
     if kind not in ("compiled", "static"):
         raise ValueError(f"unknown engine {kind!r}: eager, compiled or static")
-    options = options or getattr(model, "_prp_engine_options", {})
     key = (kind, tuple(sorted(options.items())))
     cached = getattr(model, "_prp_engines", None)
     if cached is None:
         cached = {}
         object.__setattr__(model, "_prp_engines", cached)  # not a submodule, not in state_dict
     if key not in cached:
+        if not _takes_4d_mask(model):
+            raise ValueError(f"the {kind} engine needs attn_implementation sdpa or eager (it passes a 4-D mask), "
+                             f"not {model.config._attn_implementation!r}: load the model with sdpa or use --engine eager")
         cached[key] = Engine(model, compile=kind == "compiled", **options)
     return cached[key]
+
+
+def _takes_4d_mask(model) -> bool:
+    """The static step's [Bb, 1, 1, Lb] mask works with sdpa and eager attention; flash-attention
+    takes no such mask, so models loaded with it keep the eager loop by default."""
+    return getattr(model.config, "_attn_implementation", "sdpa") in ("sdpa", "eager", None)
 
 
 def add_engine_argument(parser) -> None:
@@ -229,6 +238,7 @@ def add_engine_argument(parser) -> None:
 
 def set_engine(model, kind: str, **options) -> None:
     """Choose how `prp.route.decode` generates with `model` from now on (`--engine eager|compiled`)."""
+    if kind != "eager":
+        engine_for(model, kind, **options)  # validate (and build) before switching, not at the first query
     object.__setattr__(model, "_prp_engine_kind", kind)
     object.__setattr__(model, "_prp_engine_options", options)
-    engine_for(model, kind, **options)  # validate now, not at the first query
