@@ -105,3 +105,23 @@ def test_slow_body_gets_408(server):
     got = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                        + KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"messages\":", wait_s=4)
     assert got.startswith(b"HTTP/1.1 408")
+
+
+def test_a_body_nobody_reads_cannot_hold_the_connection(server):
+    host, port = host_port(server)
+    with socket.create_connection((host, port), timeout=6) as s:
+        s.sendall(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
+        t0, got = time.monotonic(), b""
+        while time.monotonic() - t0 < 5:
+            try:
+                s.sendall(b"x")  # trickle the rest of a body the server never reads
+                s.settimeout(0.2)
+                chunk = s.recv(65536)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 404") and time.monotonic() - t0 < 4  # closed after --header-timeout 1

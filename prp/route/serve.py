@@ -36,13 +36,14 @@ def _api_key(env_name: str | None) -> str | None:
     return key
 
 
-def _run(backend, limits, *, host: str, port: int, api_key: str | None, window_s: float = 0.0) -> None:
+def _run(backend, limits, *, host: str, port: int, api_key: str | None, window_s: float = 0.0,
+         stall_s: float | None = None) -> None:
     from prp.route.server.app import build_app
     from prp.route.server.launch import serve
     from prp.route.server.worker import Worker
 
     worker = Worker(backend.process, batch_size=backend.batch_size, window_s=window_s, max_queue=limits.max_queue,
-                    stall_s=limits.request_timeout_s)
+                    stall_s=stall_s or limits.request_timeout_s)
     serve(build_app(backend, worker, limits, api_key=api_key), limits, host, port, api_key_set=api_key is not None)
 
 
@@ -51,8 +52,17 @@ def serve_router(router, policy, args) -> None:
     (up to --batch-size, waiting --batch-window-ms for more) and routed as one batch."""
     limits = limits_from_args(args, max_tokens=router.cfg.max_new_tokens)
     backend = RouterBackend(router, policy, limits, batch_size=args.batch_size)
+    stall_s = limits.request_timeout_s
+    client = getattr(router.target, "client", None)
+    if client is not None:  # a remote target: a batch may legitimately wait out every retry
+        worst = client.retry.worst_case_s()
+        stall_s = max(stall_s, worst + 60)
+        if limits.request_timeout_s < worst:
+            log.warning("--request-timeout %gs is shorter than the remote target's worst case (%gs = timeout x "
+                        "tries + backoff): clients may get a 504 before the draft's fallback",
+                        limits.request_timeout_s, worst)
     _run(backend, backend.limits, host=args.host, port=args.port, api_key=_api_key(args.serve_api_key_env),
-         window_s=args.batch_window_ms / 1000)
+         window_s=args.batch_window_ms / 1000, stall_s=stall_s)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from prp.route.server.limits import ServeLimits, is_loopback
@@ -16,15 +15,20 @@ log = logging.getLogger(__name__)
 
 
 class HeaderDeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol plus a deadline on the request line and headers.
+    """uvicorn's h11 protocol plus a deadline on bytes that arrive while no request is being served.
 
     uvicorn closes idle keep-alive connections, but a client that sends one header byte every few
-    seconds (or connects and sends nothing) would hold a connection forever; with this, each
-    request's headers must be complete `header_timeout_s` after its first byte (or after connect).
+    seconds (or connects and sends nothing, or trickles a body nobody reads) would hold a connection
+    forever; with this, the request line and headers must be complete `header_timeout_s` after the
+    connection opens or after the first byte of a new request.  A request being served is bounded
+    by the app's own timeouts (body, request).
     """
 
     header_timeout_s = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+
+    def _serving(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -40,10 +44,10 @@ class HeaderDeadlineH11Protocol(H11Protocol):
             self._header_timer = None
 
     def data_received(self, data: bytes) -> None:
-        if self.conn.their_state is h11.IDLE:  # these bytes start (or continue) a request's headers
+        if not self._serving():  # these bytes start (or continue) a request's headers
             self._arm()
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
+        if self._serving():
             self._disarm()
 
     def connection_lost(self, exc) -> None:
@@ -52,8 +56,8 @@ class HeaderDeadlineH11Protocol(H11Protocol):
 
     def _header_deadline(self) -> None:
         self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            log.info("closing a connection that sent no complete headers in %.0fs", self.header_timeout_s)
+        if not self._serving() and not self.transport.is_closing():
+            log.info("closing a connection that sent no complete request headers in %.0fs", self.header_timeout_s)
             self.transport.close()
 
 
