@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 
+from prp.core.cli import check_port_free, run_main
 from prp.route.server.backends import ModelBackend, RouterBackend, parse_faults
 from prp.route.server.limits import add_limit_arguments, limits_from_args
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not args.model and args.canned is None:
         ap.error("--model is required unless --canned is given")
+    check_port_free(args.host, args.port)  # a port in use: one line now, not after loading the model
     if args.model:  # a canned server never loads torch (it starts in a second)
         import torch
 
@@ -95,4 +97,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))
