@@ -43,8 +43,7 @@ LOWEST_STAMP := $(LOWEST_VENV)/.installed-$(subst =,-,$(LOWEST_TRANSFORMERS))
 LOWEST_TESTS ?= tests/test_engine.py tests/test_route.py
 
 $(LOWEST_STAMP): setup.py
-	$(PYTHON) -m venv $(LOWEST_VENV)
-	$(LOWEST_PY) -m pip install -q --upgrade pip
+	test -x $(LOWEST_PY) || { $(PYTHON) -m venv $(LOWEST_VENV) && $(LOWEST_PY) -m pip install -q --upgrade pip; }
 	$(LOWEST_PY) -m pip install -q $(TORCH_PIN)
 	$(LOWEST_PY) -m pip install -q "$(LOWEST_TRANSFORMERS)" -e ".[dev]"
 	touch $@
