@@ -131,7 +131,7 @@ def get(url: str, path: str, *, headers: dict | None = None, timeout: float = 30
         conn.close()
 
 
-def raw_exchange(url: str, payload: bytes, *, wait_s: float = 1.5) -> bytes:
+def raw_exchange(url: str, payload: bytes, *, wait_s: float = 0.6) -> bytes:
     """Send raw bytes on one connection; return everything the server sends back within wait_s."""
     host, port = host_port(url)
     with socket.create_connection((host, port), timeout=wait_s) as s:

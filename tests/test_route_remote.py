@@ -98,18 +98,18 @@ def test_client_does_not_retry_4xx_and_never_leaks_key(faulty_canned, monkeypatc
 
 
 def test_trickling_target_times_out_per_attempt_not_per_read():
-    """One byte every 0.3 s never trips a per-read timeout; the total deadline ends each attempt."""
-    target = HostileTarget("trickle", interval_s=0.3)
+    """One byte every 0.15 s never trips a per-read timeout; the total deadline ends each attempt."""
+    target = HostileTarget("trickle", interval_s=0.15)
     try:
-        retry = RetryPolicy(tries=2, timeout_s=1.0, backoff_s=0.2)
+        retry = RetryPolicy(tries=2, timeout_s=0.5, backoff_s=0.2)
         client = OpenAIClient(target.url, "m", retry=retry)
         t0 = time.monotonic()
         with pytest.raises(RemoteError) as exc:
             client.chat([{"role": "user", "content": "hi"}])
         elapsed = time.monotonic() - t0
         assert "Timeout" in str(exc.value) and target.url not in str(exc.value)
-        assert retry.worst_case_s() == pytest.approx(2.2)  # 2 x 1.0 s + one 0.2 s wait
-        assert 2.0 <= elapsed < retry.worst_case_s() + 1.0
+        assert retry.worst_case_s() == pytest.approx(1.2)  # 2 x 0.5 s + one 0.2 s wait
+        assert 1.0 <= elapsed < retry.worst_case_s() + 1.0
         assert len(target.requests) == 2
     finally:
         target.close()

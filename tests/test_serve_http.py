@@ -17,7 +17,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def server():
     proc, url = start(["-m", "prp.serve", "--canned", "hello", "--port", "0", "--api-key-env", "PRP_TEST_SERVE_KEY",
-                       "--max-body-bytes", "100000", "--header-timeout", "1", "--body-timeout", "1"],
+                       "--max-body-bytes", "100000", "--header-timeout", "0.5", "--body-timeout", "0.5"],
                       {"PRP_TEST_SERVE_KEY": KEY})
     yield url
     stop(proc)
@@ -98,12 +98,12 @@ def test_slow_headers_are_cut_off(server):
                 pass
             if time.monotonic() - t0 > 6:
                 break
-        assert closed and time.monotonic() - t0 < 4  # --header-timeout 1
+        assert closed and time.monotonic() - t0 < 3  # --header-timeout 0.5
 
 
 def test_slow_body_gets_408(server):
     got = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                       + KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"messages\":", wait_s=4)
+                       + KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"messages\":", wait_s=3)
     assert got.startswith(b"HTTP/1.1 408")
 
 
@@ -124,4 +124,4 @@ def test_a_body_nobody_reads_cannot_hold_the_connection(server):
             if not chunk:
                 break
             got += chunk
-        assert got.startswith(b"HTTP/1.1 404") and time.monotonic() - t0 < 4  # closed after --header-timeout 1
+        assert got.startswith(b"HTTP/1.1 404") and time.monotonic() - t0 < 3  # closed after --header-timeout 0.5

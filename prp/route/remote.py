@@ -74,7 +74,13 @@ class RetryPolicy:
     max_backoff_s: float = 10.0
 
     def worst_case_s(self) -> float:
-        """The longest `OpenAIClient.chat` can take before it answers or raises."""
+        """The longest `OpenAIClient.chat` can take before it answers or raises.
+
+        >>> RetryPolicy().worst_case_s()  # 4 x 60 s + waits of 0.5, 1 and 2 s
+        243.5
+        >>> RetryPolicy(tries=6, timeout_s=1, backoff_s=4).worst_case_s()  # waits 4, 8, 10, 10, 10 (capped)
+        48.0
+        """
         waits = sum(min(self.max_backoff_s, self.backoff_s * 2 ** i) for i in range(self.tries - 1))
         return self.tries * self.timeout_s + waits
 
