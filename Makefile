@@ -48,10 +48,13 @@ $(LOWEST_STAMP): setup.py
 	$(LOWEST_PY) -m pip install -q "$(LOWEST_TRANSFORMERS)" -e ".[dev]"
 	touch $@
 
-# ... plus the dynamo-traced engine step under a light backend (slow-marked: ~10 s of tracing).
+# ... plus the dynamo-traced engine step under a light backend and its compile count (slow-marked:
+# ~25 s of tracing, so `make test` skips them).
+LOWEST_COMPILED := tests/test_engine.py::test_compiled_step_equals_eager_loop \
+	tests/test_engine.py::test_batch_size_sequence_compiles_a_bounded_number_of_graphs
 test-lowest: $(LOWEST_STAMP)
 	$(LOWEST_PY) -m pytest -q -p no:cacheprovider -m "not slow" $(LOWEST_TESTS)
-	$(LOWEST_PY) -m pytest -q -p no:cacheprovider tests/test_engine.py::test_compiled_step_equals_eager_loop
+	$(LOWEST_PY) -m pytest -q -p no:cacheprovider $(LOWEST_COMPILED)
 
 lint: $(STAMP)
 	$(PY) -m ruff check prp tests kernels train.py route.py eval.py

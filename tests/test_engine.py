@@ -112,10 +112,10 @@ def test_compiled_step_equals_eager_loop(draft):
     assert gen.generate(model, proc.tokenizer, inputs, max_new_tokens=6) == want
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~15 s of tracing; `make test-lowest` runs it in CI by name
 def test_batch_size_sequence_compiles_a_bounded_number_of_graphs(draft):
-    """Serving-like traffic: batch sizes 1, 3, 2, 4, 1, 3, 2 use three batch buckets x one length
-    bucket; pooled caches are reused, so later requests of a seen bucket compile nothing."""
+    """Serving-like traffic: batch sizes 1, 3, 1, 3, 4 use two batch buckets (1, 4) x one length
+    bucket; pooled caches are reused, so requests of a seen bucket compile nothing more."""
     from torch._dynamo.utils import counters
 
     model, proc = draft
@@ -123,10 +123,10 @@ def test_batch_size_sequence_compiles_a_bounded_number_of_graphs(draft):
     counters.clear()
     set_engine(model, "compiled", backend="eager", length_step=256)
     seen = []
-    for n in (1, 3, 2, 4, 1, 3, 2):
+    for n in (1, 3, 1, 3, 4):
         gen.generate(model, proc.tokenizer, _inputs(proc, n), max_new_tokens=3)
         seen.append(counters["stats"]["unique_graphs"])
-    assert seen[-1] <= 3 and seen[3:] == [seen[3]] * 4, seen
+    assert seen == [1, 2, 2, 2, 2], seen
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
