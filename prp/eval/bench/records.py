@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from prp.core.data import read_parquet
+
 log = logging.getLogger(__name__)
 
 
@@ -142,17 +144,6 @@ def read_rows(path: str) -> list[dict]:
     if isinstance(data, list):
         return data
     raise ValueError(f"{path}: expected a JSON list or object, got {type(data).__name__}")
-
-
-def read_parquet(path: str) -> list[dict]:
-    """Rows of a Hugging Face parquet shard; pyarrow is imported only here, as it is optional."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise ImportError(
-            f"reading {path} needs pyarrow (pip install pyarrow); or use the benchmark's JSON files"
-        ) from err
-    return pq.read_table(path).to_pylist()
 
 
 def decode_image(value: Any, root: str) -> tuple[Any, bool]:
