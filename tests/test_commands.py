@@ -30,6 +30,7 @@ DEMO = REPO / "demo"
 ROUTE_DEFAULT = "python route.py --tau 2 --pt 0.6"
 EVAL_WITHOUT_DATA = "python eval.py --bench mathvista"
 TRAIN_DEFAULT = "python train.py --mode drl"
+TRAIN_JRL = ("python train.py --mode jrl", "deepspeed train.py --mode jrl")  # issue 17's two spellings
 BENCH_IPR_CPU = "python kernels/bench_ipr.py --batch-sizes 1 --vocab 1024 --reps 3 --no-compile"
 SERVE_PORT_IN_USE = "python -m prp.serve --canned hi --port {port}"
 ROUTE_SERVE_PORT_IN_USE = "python route.py --serve --port {port} --threshold 0.6"
@@ -37,11 +38,13 @@ ROUTE_SERVE_PORT_IN_USE = "python route.py --serve --port {port} --threshold 0.6
 
 def run_command(command: str, cwd: Path, *, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
     argv = shlex.split(command)
-    assert argv[0] == "python"
-    argv[0] = sys.executable
+    assert argv[0] in ("python", "deepspeed")
+    # this interpreter, or the deepspeed launcher installed beside it
+    argv[0] = sys.executable if argv[0] == "python" else str(Path(sys.executable).with_name("deepspeed"))
     if argv[1].endswith(".py"):  # a script of the checkout, run from the scratch folder
         argv[1] = str(REPO / argv[1])
     env = {**os.environ, **(env or {})}
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))  # the launcher's python
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -81,7 +84,7 @@ def scripts():
 
 def test_every_tested_command_is_documented():
     text = (REPO / "docs" / "commands.md").read_text()
-    for command in (ROUTE_DEFAULT, EVAL_WITHOUT_DATA, TRAIN_DEFAULT, BENCH_IPR_CPU,
+    for command in (ROUTE_DEFAULT, EVAL_WITHOUT_DATA, TRAIN_DEFAULT, *TRAIN_JRL, BENCH_IPR_CPU,
                     SERVE_PORT_IN_USE.format(port=8001), ROUTE_SERVE_PORT_IN_USE.format(port=8000)):
         assert f"`{command}`" in text, command
 
@@ -324,6 +327,28 @@ def test_train_embedded_default_short_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = tmp_path / "runs" / "train-drl" / "ckpt-1"
     check_model_dir(ckpt)  # the step's checkpoint is a model folder route.py / eval.py can load
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", TRAIN_JRL)
+def test_train_jrl_embedded_default_short_run(tmp_path, command):
+    """Issue 17's first report, `deepspeed train.py --mode jrl` (and the python spelling): Acc_tgt
+    presampled with the demo target, then one JRL step (0.7 min / 2.6 min under load on 2 cores)."""
+    if command.startswith("deepspeed") and not Path(sys.executable).with_name("deepspeed").exists():
+        pytest.skip("the deepspeed extra is not installed")
+    proc = run_command(command, tmp_path, timeout=1200, env={"PRP_DEFAULT_STEPS": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run = tmp_path / "runs" / "train-jrl"
+    assert (run / "acc_tgt.jsonl").read_text().strip()
+    check_model_dir(run / "ckpt-1")
+
+
+@pytest.mark.slow
+def test_serve_model_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a config but no weights
+    proc = run_command("python -m prp.serve --model . --port 0", tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert_user_error(proc.stderr, "serve.py", ". has config.json but no *.safetensors weights")
 
 
 @pytest.mark.slow
