@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out", default=None, help="output JSONL (default: routes.jsonl; embedded demo: runs/demo/routes.jsonl)")
     io.add_argument("--resume", action="store_true", help="skip input lines already in --out")
     io.add_argument("--retry-errors", action="store_true",
-                    help="with --resume: route the error and fallback rows of --out again")
+                    help="route the error and fallback rows of --out again (implies --resume)")
     io.add_argument("--bench", default="demo",
                     choices=("demo", "mathvista", "mathverse", "chartqa", "m3cot", "docvqa"),
                     help="judge answers (routing and calibration) with this benchmark's own rule, as eval.py does "
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     rows = route_run.route_file(router, args.data, args.out, policy, batch_size=args.batch_size,
-                                resume=args.resume, retry_errors=args.retry_errors,
+                                resume=args.resume or args.retry_errors, retry_errors=args.retry_errors,
                                 target_all=args.measure_target_only, judge=judge)
     summary = route_run.summarize(rows)
     print(f"wrote {len(rows)} lines to {args.out}")

@@ -45,3 +45,8 @@ def test_kill_9_then_resume_loses_and_repeats_no_line(pair, tmp_path):
     errors = {r["line"]: r["error"].split(":")[0] for r in rows if r["error"]}
     assert errors == expected
     assert all(r["route"] in ("draft", "target") for r in rows if r["line"] not in expected)
+    # --retry-errors (implies --resume): the error rows are routed again, still one row per line
+    assert _route(pair, data, out, "--retry-errors").wait(timeout=300) == 0
+    rows = [json.loads(x) for x in _lines(out)]
+    assert sorted(r["line"] for r in rows) == list(range(1, 1001))
+    assert {r["line"]: r["error"].split(":")[0] for r in rows if r["error"]} == expected
