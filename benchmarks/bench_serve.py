@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prp.route.server.limits import is_loopback  # noqa: E402
+from prp.route.server.limits import is_loopback
 
 
 def machine() -> str:

@@ -25,7 +25,7 @@ START_TIMEOUT_S = 180  # model loading on a busy 2-core machine
 def start(args: list[str], env_extra: dict | None = None) -> tuple[subprocess.Popen, str]:
     """Start a server; wait (bounded) for its 'listening on URL' line; return (process, URL)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    err = tempfile.TemporaryFile(mode="w+")
+    err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server process
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     found: list[str] = []
 
@@ -141,7 +141,7 @@ def raw_exchange(url: str, payload: bytes, *, wait_s: float = 0.6) -> bytes:
             s.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 chunk = s.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 break
             except ConnectionResetError:
                 break
@@ -169,7 +169,7 @@ class HostileTarget:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -210,7 +210,7 @@ class HostileTarget:
                     conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {self.location}\r\nContent-Length: 0\r\n\r\n"
                                  .encode())
                 elif self.kind == "huge":
-                    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n".encode()
+                    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
                     conn.sendall(head)
                     block = b" " * 65536
                     for _ in range(self.size // len(block) + 1):

@@ -57,7 +57,7 @@ async def read_body(request: Request, limits: ServeLimits) -> bytes:
 
     try:
         await asyncio.wait_for(pull(), timeout=limits.body_timeout_s)
-    except asyncio.TimeoutError:
+    except asyncio.TimeoutError:  # noqa: UP041 - not the builtin TimeoutError before Python 3.11
         raise RequestError(408, f"the body was not received within {limits.body_timeout_s:g}s") from None
     return bytes(body)
 
