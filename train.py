@@ -155,21 +155,7 @@ def main(argv: list[str] | None = None):
     return train(cfg, resume=args.resume or cfg.resume_weights_only, use_deepspeed=use_ds)
 
 
-def _exit_status(argv: list[str] | None = None) -> int:
-    """main's exit status: a ConfigError (a prp.core.cli.UserError) is one line on stderr and status 2."""
-    try:
-        from prp.core.cli import run_main
-    except ImportError:  # prp.core.cli arrives with the shared CLI error handling
-        import sys
-
-        try:
-            main(argv)
-        except ConfigError as exc:
-            print(f"train.py: error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    return run_main(main, argv, prog="train.py")
-
-
 if __name__ == "__main__":
-    raise SystemExit(_exit_status())
+    from prp.core.cli import run_main
+
+    raise SystemExit(run_main(main, prog="train.py"))  # a ConfigError: one line on stderr, exit status 2

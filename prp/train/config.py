@@ -24,21 +24,16 @@ from typing import Any
 
 import yaml
 
+from prp.core.cli import UserError
 from prp.train.modes import MODES
 
 DATA_FORMATS = ("jsonl", "mmk12", "chartqa")
+REPORTERS = ("tensorboard", "wandb")
 
 
-try:
-    from prp.core.cli import UserError as _UserError
-except ImportError:  # prp.core.cli arrives with the shared CLI error handling
-    _UserError = Exception
-
-
-class ConfigError(_UserError, ValueError):
+class ConfigError(UserError, ValueError):
     """A user-facing problem with the config, the data or the model paths: train.py prints the message
     (one line naming the value and the fix) and exits with status 2, no traceback."""
-REPORTERS = ("tensorboard", "wandb")
 
 
 @dataclass
