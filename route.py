@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     rows = route_run.route_file(router, args.data, args.out, policy, batch_size=args.batch_size,
                                 resume=args.resume or args.retry_errors, retry_errors=args.retry_errors,
-                                target_all=args.measure_target_only, judge=judge)
+                                max_prompt_tokens=args.max_prompt_tokens, target_all=args.measure_target_only,
+                                judge=judge)
     summary = route_run.summarize(rows)
     print(f"wrote {len(rows)} lines to {args.out}")
     print(route_run.format_summary(summary))

@@ -125,3 +125,17 @@ def test_resume_refuses_an_output_written_for_another_input(router, tmp_path):
     other.write_text("\n".join([lines[1], lines[0]] + lines[2:]) + "\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="input changed"):
         route_run.route_file(router, other, out, BatchFraction(0.5), batch_size=16, resume=True)
+
+
+def test_an_overlong_question_gets_its_own_error_row(router, tmp_path):
+    path, _ = write_poisoned_file(tmp_path, 5)
+    lines = path.read_text().splitlines()
+    long_q = json.dumps({"id": "long", "question": "1 2 3 4 5 " * 40})  # ~200 tokens
+    path.write_text("\n".join([*lines, long_q, json.dumps({"id": "huge", "question": "x" * 5000})]) + "\n")
+    rows = route_run.route_file(router, path, tmp_path / "out.jsonl", BatchFraction(0.5), batch_size=16,
+                                max_prompt_tokens=50)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["long"]["error"].startswith("prompt_too_long") and "> 50" in by_id["long"]["error"]
+    assert by_id["huge"]["error"] == "prompt_too_long: 5000 characters for a limit of 50 tokens"
+    assert [r["error"] for r in rows if r["line"] <= 5] == [None] * 5  # the neighbours were routed
+    assert route_run.default_prompt_limit(router) >= 256

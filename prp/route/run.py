@@ -227,15 +227,34 @@ def _batches(items: list, size: int) -> Iterable[list]:
         yield items[i: i + size]
 
 
+def _prompt_problem(router: Router, question: str, limit: int) -> str | None:
+    """`prompt_too_long` when the question alone is over `limit` tokens (a cheap character gate
+    first: no tokenizer PRP serves packs more than 16 characters into a token)."""
+    if len(question) > 16 * limit:
+        return f"prompt_too_long: {len(question)} characters for a limit of {limit} tokens"
+    n = len(router.tokenizer(question, add_special_tokens=False)["input_ids"])
+    return f"prompt_too_long: {n} tokens > {limit}" if n > limit else None
+
+
+def default_prompt_limit(router: Router) -> int:
+    """The draft's positions left once the rating prefix and the answer are reserved (>= 256)."""
+    cfg = getattr(router.model, "config", None)
+    positions = getattr(getattr(cfg, "text_config", None), "max_position_embeddings", None) \
+        or getattr(cfg, "max_position_embeddings", None) or 32768
+    return max(256, positions - router.cfg.max_prefix_tokens - router.cfg.max_new_tokens)
+
+
 def route_file(router: Router, data: str | Path, out: str | Path, policy, *, batch_size: int = 16,
                resume: bool = False, retry_errors: bool = False, target_all: bool = False,
-               judge=None) -> list[dict]:
+               judge=None, max_prompt_tokens: int | None = None) -> list[dict]:
     """Route every line of `data` into `out`: exactly one row per input line (prp.route.batchfile),
     an error row for a line that cannot be routed.  Returns all rows of `out` in input order.
 
-    A bad item never fails its neighbours: images are opened one by one, and a batch the router
-    fails on is split until only the failing queries get error rows (prp.route.isolate).
+    A bad item never fails its neighbours: images are opened one by one, a question over
+    `max_prompt_tokens` (default: `default_prompt_limit`) gets its own error row, and a batch the
+    router fails on is split until only the failing queries get error rows (prp.route.isolate).
     """
+    prompt_limit = max_prompt_tokens or default_prompt_limit(router)
     lines = read_batch_file(data)
     sink = JsonlSink(out, resume=resume, retry_errors=retry_errors)
     try:
@@ -251,6 +270,10 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
         for batch in _batches(todo, batch_size):
             ready: list[tuple] = []
             for bl in batch:
+                too_long = _prompt_problem(router, bl.record.question, prompt_limit)
+                if too_long:
+                    sink.write(error_row(bl.id, too_long, line=bl.line))
+                    continue
                 try:
                     image = bl.record.load_image()
                 except ImageError as exc:

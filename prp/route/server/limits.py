@@ -50,7 +50,7 @@ def add_limit_arguments(ap: argparse.ArgumentParser, *, max_images: int = 1) -> 
                    help="long side / short side of an image (400; the Qwen processor's own limit is 200)")
     g.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="prompt tokens, text and image (400; default: the model's positions minus the "
-                        "generation budget)")
+                        "generation budget); route.py batch files too (an error row)")
     g.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting for the model (503)")
     g.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
                    help="seconds a request may wait for its answer, queue included (504)")
