@@ -87,7 +87,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     paths = build_report(rows, p_t_list=args.p_t, out_dir=out_dir, title=f"PRP on {args.bench}")
     from prp.eval.html import bench_records, write_eval_html  # the per-query browser (docs/report.md)
 
-    records = getattr(args, "records", None) or bench_records(args.bench, args.data_dir)  # --table: reread
+    records = getattr(args, "records", None)
+    if records is None:  # --table: reread the questions and images
+        data_dir = args.data_dir
+        if data_dir is None and args.bench == "demo":
+            from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo  # the embedded default
+
+            data_dir = ensure_default_demo(DEFAULT_DEMO)["data"]
+        records = bench_records(args.bench, data_dir)
     paths["html"] = write_eval_html(out_dir, rows, report=paths["json"], records=records,
                                     models=vars(args), p_t=max(args.p_t))
     draft_acc = sum(r["draft_correct"] for r in rows) / len(rows)
@@ -108,7 +115,8 @@ def run_models(args, out_dir: Path) -> Path:
     from prp.eval.bench.registry import get_benchmark
     from prp.eval.run import Baselines, run_benchmark
     from prp.core.modeling import load_model
-    from prp.route.run import DEFAULT_DEMO, build_router, ensure_default_demo
+    from prp.route.run import build_router
+    from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo  # the embedded default
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -76,9 +76,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.threads:
         torch.set_num_threads(args.threads)
     embedded = not (args.draft or args.target or args.data)
-    spec = route_run.DEFAULT_DEMO
+    from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo  # the embedded default
+
+    spec = DEFAULT_DEMO
     if embedded:
-        paths = route_run.ensure_default_demo(spec)
+        paths = ensure_default_demo(spec)
         args.draft, args.target, args.data = str(paths["draft"]), str(paths["target"]), str(paths["data"])
         args.rating = args.rating or spec.rating
         args.max_new_tokens = args.max_new_tokens or spec.max_new_tokens
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     elif args.calibrate:
         val = args.calibrate
         if val == "default":
-            val = str(route_run.ensure_default_demo(spec)["validation"])
+            val = str(ensure_default_demo(spec)["validation"])
         cal = route_run.calibrate_on(router, val, p_t=None if args.target_acc is not None else args.pt,
                                      target_acc=args.target_acc, batch_size=args.batch_size, judge=judge)
         out = args.threshold_out or str(Path(args.out).with_suffix(".threshold.json"))

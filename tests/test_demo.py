@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from prp.eval.metrics import rating_rank_correlation
-from prp.route.run import DEFAULT_DEMO, ensure_default_demo
+from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo
 
 DEMO = Path(__file__).resolve().parent.parent / "demo"
 N_ITEMS = 200

@@ -53,6 +53,20 @@ def test_drl_end_to_end(tmp_path):
     assert state["step"] == 2 and sorted(state["sampler_order"]) == list(range(16))
 
 
+def test_rollouts_through_the_decode_engine(tmp_path, monkeypatch):
+    """`rollout_engine: engine` reaches the rollout (the step passes it) and a DRL step trains with it."""
+    from prp.train import rollout as ro
+    from train import main
+
+    seen = []
+    real = ro.generate_rollout
+    monkeypatch.setattr(ro, "generate_rollout", lambda *a, **kw: seen.append(kw["engine"]) or real(*a, **kw))
+    final = main(["--mode", "drl", "--config", TINY, "--max-steps", "1", "--output-dir", str(tmp_path),
+                  "--set", "rollout_engine=engine"])
+    assert final == tmp_path / "ckpt-1" and seen and set(seen) == {"engine"}
+    assert [r["step"] for r in _metrics(tmp_path)] == [1]
+
+
 def test_rl_micro_step_with_dss_rewrites_score_tokens(tmp_path, monkeypatch):
     """Steps 3-7 on a forced rollout: collapsed, wrong ratings -> DSS fires -> the substituted
     d' are written into the token sequences the loss sees, and those tokens carry alpha * A_d."""

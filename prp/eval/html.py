@@ -163,15 +163,11 @@ def route_queries(
 
 def bench_records(bench: str, data_dir: str | Path | None) -> list | None:
     """A benchmark's records, for the questions and images of a report rebuilt from a saved table
-    (``eval.py --table``): from ``data_dir``, or the embedded demo's test set for ``demo``.  None
+    (``eval.py --table``) from ``data_dir`` (eval.py passes the embedded demo's for ``demo``).  None
     (logged) when they cannot be read: the page then shows ids and answers only."""
     from prp.eval.bench.registry import get_benchmark
 
     try:
-        if data_dir is None and bench == "demo":
-            from prp.route.run import DEFAULT_DEMO, ensure_default_demo
-
-            data_dir = ensure_default_demo(DEFAULT_DEMO)["data"]
         if data_dir is None:
             return None
         return get_benchmark(bench).load(str(data_dir), require_images=False).records

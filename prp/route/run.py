@@ -6,9 +6,8 @@
   interrupted run (even `kill -9`) loses at most the batch in flight; `--resume` skips the input
   lines already written (dropping a torn last line), `--retry-errors` routes error and fallback
   rows again.
-- The embedded default (no model/data flags): DEFAULT_DEMO, the trained tiny JRL draft + target
-  shipped under demo/ (scripts/build_demo.py rebuilds them) with the synthetic sum benchmark's
-  test/validation splits.  UNTRAINED_DEMO is the old untrained pair, built once under runs/default.
+- The embedded default (no model/data flags) is resolved by the entry scripts (prp.toy.demo): this
+  module only routes the paths it is given.
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import logging
 import os
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from prp.core.data import ImageError, load_jsonl
@@ -27,58 +25,6 @@ from prp.route.router import Query, Router
 from prp.route.rows import error_row
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DemoSpec:
-    """Where the embedded default lives and how it is built (one constant to swap).
-
-    `shipped=True`: trained checkpoints committed under `root` (built by scripts/build_demo.py):
-    root/models/{draft,target,drl,jrl} and root/data/{test,validation}.jsonl; `draft` names the
-    router draft.  `shipped=False`: an untrained tiny pair built once under `root`.
-    """
-
-    root: Path = Path("runs/default")
-    seed: int = 0
-    n_test: int = 100
-    n_validation: int = 40
-    max_new_tokens: int = 32  # the untrained tiny models never stop on their own
-    rating: str = "forced"  # an untrained draft never closes its rating: force the grammar
-    shipped: bool = False
-    draft: str = "draft"  # sub-folder of root/models used as the router draft
-
-
-# The trained demo (scripts/build_demo.py): JRL draft + SFT/GRPO target on the synthetic
-# sum-of-numbers benchmark; the drafts close their rating tags, so the prefix is generated freely.
-SHIPPED_DEMO = DemoSpec(root=Path(__file__).resolve().parents[2] / "demo", n_test=400, n_validation=200,
-                        max_new_tokens=48, rating="free", shipped=True, draft="jrl")
-UNTRAINED_DEMO = DemoSpec()
-DEFAULT_DEMO = SHIPPED_DEMO
-
-
-def ensure_default_demo(spec: DemoSpec = DEFAULT_DEMO) -> dict[str, Path]:
-    """The demo's model and data paths; an untrained spec is built (once) first."""
-    from prp.toy.synthetic import build_benchmark
-    from prp.toy.tiny import save_tiny_pair
-
-    root = spec.root
-    paths = {
-        "draft": root / "models" / spec.draft, "target": root / "models" / "target",
-        "data": root / "data" / "test.jsonl", "validation": root / "data" / "validation.jsonl",
-    }
-    if spec.shipped:
-        missing = [str(p) for p in paths.values() if not p.exists()]
-        if missing:
-            raise FileNotFoundError(f"the shipped demo is incomplete ({', '.join(missing)}); "
-                                    "rebuild it with: python scripts/build_demo.py --out demo")
-        return paths
-    ready = root / "READY"
-    if not ready.exists():
-        log.info("building the embedded default under %s (once)", root)
-        save_tiny_pair(root / "models", seed=spec.seed)
-        build_benchmark(root / "data", seed=spec.seed, sizes={"validation": spec.n_validation, "test": spec.n_test})
-        ready.write_text("built by prp.route.run.ensure_default_demo\n")
-    return paths
 
 
 # ------------------------------------------------------------------------------ router from the command line
