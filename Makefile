@@ -17,8 +17,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Reinstall when setup.py changes (the stamp is older than it).
-$(STAMP): setup.py | $(PY)
+# Reinstall when the metadata changes (the stamp is older than pyproject.toml or the setup.py shim).
+$(STAMP): pyproject.toml setup.py | $(PY)
 	$(PIP) install -q $(TORCH_PIN)
 	DS_BUILD_OPS=0 $(PIP) install -q -e ".[$(EXTRAS)]"
 	touch $@
@@ -34,7 +34,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --doctest-modules prp tests
 
-# The lowest transformers release setup.py admits (its cache argument is `past_key_values=`, not
+# The lowest transformers release pyproject.toml admits (its cache argument is `past_key_values=`, not
 # `cache=`): the generation and router tests run under it too, in a second venv kept between runs.
 LOWEST_TRANSFORMERS ?= transformers==5.17.0
 LOWEST_VENV ?= .venv-lowest
@@ -42,7 +42,7 @@ LOWEST_PY := $(LOWEST_VENV)/bin/python
 LOWEST_STAMP := $(LOWEST_VENV)/.installed-$(subst =,-,$(LOWEST_TRANSFORMERS))
 LOWEST_TESTS ?= tests/test_engine.py tests/test_route.py
 
-$(LOWEST_STAMP): setup.py
+$(LOWEST_STAMP): pyproject.toml setup.py
 	test -x $(LOWEST_PY) || { $(PYTHON) -m venv $(LOWEST_VENV) && $(LOWEST_PY) -m pip install -q --upgrade pip; }
 	$(LOWEST_PY) -m pip install -q $(TORCH_PIN)
 	$(LOWEST_PY) -m pip install -q "$(LOWEST_TRANSFORMERS)" -e ".[dev]"
@@ -56,8 +56,10 @@ test-lowest: $(LOWEST_STAMP)
 	$(LOWEST_PY) -m pytest -q -p no:cacheprovider -m "not slow" $(LOWEST_TESTS)
 	$(LOWEST_PY) -m pytest -q -p no:cacheprovider $(LOWEST_COMPILED)
 
+# ruff's rules and line length: pyproject.toml [tool.ruff]; the same check runs as a pre-commit hook
+LINT_PATHS ?= prp tests kernels benchmarks scripts train.py route.py eval.py
 lint: $(STAMP)
-	$(PY) -m ruff check prp tests kernels train.py route.py eval.py
+	$(PY) -m ruff check $(LINT_PATHS)
 
 clean:
 	rm -rf $(VENV) $(LOWEST_VENV) runs .pytest_cache
