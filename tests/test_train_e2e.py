@@ -1,11 +1,13 @@
 """End-to-end training on tiny models + synthetic data (CPU).
 
-Default suite: one short in-process DRL run.  Slow (`-m slow`): every mode, a 2-process DeepSpeed
-ZeRO-3 JRL run, and the SIGKILL / --resume bit-exactness test.
+Default suite: one short in-process DRL run, and a 2-step run that fails inside step 2 and is
+--resume'd to bit-exact weights.  Slow (`-m slow`): every mode, a 2-process DeepSpeed ZeRO-3 JRL
+run, and the SIGKILL / --resume bit-exactness test (6 steps in subprocesses).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -275,6 +277,49 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     assert sum(skipped.values()) == 3 and skipped.get("missing_image") == 1, skipped
 
 
+class _Interrupted(Exception):
+    """Stands in for a crash inside a training step."""
+
+
+def test_exception_in_step_2_then_resume_is_bit_exact(tmp_path, monkeypatch, caplog):
+    """Short in-process version of the slow SIGKILL test: a 2-step run that fails inside step 2
+    (after ckpt-1 was written) and is then --resume'd ends with exactly the weights of an
+    uninterrupted 2-step run, and logs each step's metrics and samples once."""
+    from prp.train.loop import Trainer
+    from train import main
+
+    common = ["--mode", "drl", "--config", TINY, "--max-steps", "2", "--set", "save_every=1"]
+    assert main([*common, "--output-dir", str(tmp_path / "ref")]) == tmp_path / "ref" / "ckpt-2"
+
+    real_micro_step = Trainer.micro_step
+
+    def failing_micro_step(self, micro):
+        if micro >= self.cfg.gradient_accumulation_steps:  # the first micro-step of step 2
+            raise _Interrupted
+        return real_micro_step(self, micro)
+
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "micro_step", failing_micro_step)
+        with pytest.raises(_Interrupted):
+            main([*common, "--output-dir", str(out)])
+    assert (out / "ckpt-1").is_dir() and not (out / "ckpt-2").exists()
+
+    with caplog.at_level(logging.INFO, logger="prp.train"):
+        assert main([*common, "--output-dir", str(out), "--resume"]) == out / "ckpt-2"
+    assert any("resumed from" in r.getMessage() for r in caplog.records)
+    a = load_file(tmp_path / "ref" / "ckpt-2" / "model.safetensors")
+    b = load_file(out / "ckpt-2" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _metrics(out)] == [1, 2]
+    # tiny.yaml: 2 samples per micro-step, 2 micro-steps per step; each step's samples once
+    steps = [json.loads(x)["step"] for x in (out / "samples.jsonl").read_text().splitlines()]
+    ref_steps = [json.loads(x)["step"] for x in (tmp_path / "ref" / "samples.jsonl").read_text().splitlines()]
+    assert steps == ref_steps == [1, 1, 1, 1, 2, 2, 2, 2]
+    init = load_file(next((tmp_path / "ref").glob("tiny-test-seed0")) / "model.safetensors")
+    assert any(not torch.equal(init[k], a[k]) for k in a)  # the runs trained: equal weights mean something
+
+
 # ---------------------------------------------------------------- slow
 
 
@@ -315,6 +360,9 @@ def test_deepspeed_zero3_two_processes(tmp_path):
         assert torch.load(states, weights_only=False, map_location="cpu")["global_steps"] == 2
 
 
+# ~30-70 s on 2 cores (two 6-step subprocess runs + a resume); its essence, resume ending bit-exact with an
+# uninterrupted run, stays in the default suite: test_exception_in_step_2_then_resume_is_bit_exact.
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_exact(tmp_path):
     """Kill a run with SIGKILL after checkpoint 2 is written and step 3 has started; --resume must
     end with exactly the weights of an uninterrupted run."""
