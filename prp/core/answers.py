@@ -101,7 +101,7 @@ def _first_sentence(text: str, keep_abbreviations: bool) -> str:
     return text
 
 
-def _stated_answer(text: str, keep_abbreviations: bool) -> str | None | bool:
+def _stated_answer(text: str, keep_abbreviations: bool) -> str | bool | None:
     """Steps 1-3 of the module's rule; False when none of them applies."""
     tags = _ANSWER_TAG.findall(text)
     if tags:

@@ -142,7 +142,7 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = N
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BaseException as exc:  # noqa: BLE001 - sorted below; anything unknown is re-raised as it was
+    except BaseException as exc:  # sorted below; anything unknown is re-raised as it was
         err = as_user_error(exc)
         if err is None:
             raise

@@ -255,7 +255,7 @@ def _read_table(path: Path) -> list:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of records")  # noqa: TRY004
+        raise ValueError(f"{path}: expected a list of records")
     return data
 
 

@@ -44,7 +44,7 @@ def load_processor(path: str | Path, *, trust_remote_code: bool = False) -> Proc
     """
     try:
         proc = AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except Exception:  # noqa: BLE001 - any failure here means "use the fallback"
+    except Exception:  # any failure here means "use the fallback"
         proc = None
     if isinstance(proc, ProcessorMixin) and getattr(proc, "image_processor", None) is not None:
         return proc

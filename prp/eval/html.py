@@ -84,7 +84,7 @@ def eval_queries(
     routed = set(M.target_order(M.signal_values(insts, signal))[: M.n_routed(p_t, len(insts))].tolist())
     extra = records_by_id(records)
     views = []
-    for i, (row, inst) in enumerate(zip(rows, insts)):
+    for i, (row, inst) in enumerate(zip(rows, insts, strict=True)):
         rec = extra.get(str(row["id"]), {})
         to_target = i in routed
         keep = inst.signal(signal)

@@ -50,7 +50,9 @@ JS = r"""
   }
   function num(x, digits) { return (typeof x === "number") ? x.toFixed(digits) : "-"; }
   // IPR terms are often tiny (1e-4): two significant digits instead of a row of zeros
-  function small(x) { return (typeof x === "number" && x !== 0 && Math.abs(x) < 0.01) ? x.toExponential(1) : num(x, 3); }
+  function small(x) {
+    return (typeof x === "number" && x !== 0 && Math.abs(x) < 0.01) ? x.toExponential(1) : num(x, 3);
+  }
   function yesNo(c) { return c === true ? "yes" : (c === false ? "no" : "-"); }
   // only embedded images and relative links: nothing on the page can reach the network
   function safeSrc(s) { return (typeof s === "string" && s.indexOf("data:image/") === 0) ? s : null; }
@@ -174,7 +176,9 @@ JS = r"""
     $(id).addEventListener($(id).tagName === "SELECT" ? "change" : "input", apply);
   });
   $("f-page-size").value = String(state.pageSize);
-  $("f-page-size").addEventListener("change", function () { state.pageSize = Number(this.value); state.page = 0; render(); });
+  $("f-page-size").addEventListener("change", function () {
+    state.pageSize = Number(this.value); state.page = 0; render();
+  });
   $("prev").addEventListener("click", function () { state.page -= 1; render(); });
   $("next").addEventListener("click", function () { state.page += 1; render(); });
   Array.prototype.forEach.call(document.querySelectorAll("#queries th[data-key]"), function (th) {
@@ -182,7 +186,8 @@ JS = r"""
       var key = th.getAttribute("data-key");
       state.dir = (state.key === key) ? -state.dir : 1;
       state.key = key;
-      Array.prototype.forEach.call(document.querySelectorAll("#queries th"), function (h) { h.classList.remove("asc", "desc"); });
+      Array.prototype.forEach.call(document.querySelectorAll("#queries th"),
+                                   function (h) { h.classList.remove("asc", "desc"); });
       th.classList.add(state.dir > 0 ? "asc" : "desc");
       apply();
     });

@@ -74,7 +74,7 @@ def thumbnail_uri(image, *, max_px: int = THUMB_PX) -> str | None:
         im.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=80)
-    except Exception as exc:  # noqa: BLE001 -- any unreadable image becomes "(no preview)"
+    except Exception as exc:  # any unreadable image becomes "(no preview)"
         log.warning("no thumbnail for %r: %s", image if isinstance(image, (str, Path)) else "image", exc)
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -217,7 +217,7 @@ def render_page(
         f'<th data-key="{esc(k)}">{esc(h)}</th>' if k else f"<th>{esc(h)}</th>" for h, k in QUERY_COLUMNS
     )
     sizes = "".join(
-        f'<option value="{n}">{n or "all"}</option>' for n in sorted({50, 100, 500, page_size}) + [0]
+        f'<option value="{n}">{n or "all"}</option>' for n in [*sorted({50, 100, 500, page_size}), 0]
     )
     mislabel = (
         f'<h2>{esc(mislabel_title)}</h2><p id="mislabel-count">{len(mislabel_ids)} candidates '

@@ -358,4 +358,4 @@ def generate(model, tokenizer, inputs, *, max_new_tokens: int, temperature: floa
     eos = eos_ids_of(model, tokenizer)
     rest = continue_rows(model, tokenizer, state, max_new_tokens=max_new_tokens - 1, done=[t in eos for t in first],
                          temperature=temperature, generator=generator, suppress=suppress, top_p=top_p)
-    return [[f] + r for f, r in zip(first, rest)]
+    return [[f, *r] for f, r in zip(first, rest, strict=True)]

@@ -219,7 +219,8 @@ def engine_for(model, kind: str | None = None, **options) -> Engine | None:
     if key not in cached:
         if not _takes_4d_mask(model):
             raise ValueError(f"the {kind} engine needs attn_implementation sdpa or eager (it passes a 4-D mask), "
-                             f"not {model.config._attn_implementation!r}: load the model with sdpa or use --engine eager")
+                             f"not {model.config._attn_implementation!r}: load the model with sdpa "
+                             "or use --engine eager")
         cached[key] = Engine(model, compile=kind == "compiled", **options)
     return cached[key]
 

@@ -37,7 +37,7 @@ def run_isolated(fn: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R
         if len(results) != len(items):
             raise RuntimeError(f"{len(results)} results for {len(items)} items")
         return list(results)
-    except Exception as exc:  # noqa: BLE001 - isolating failures is this function's job
+    except Exception as exc:  # isolating failures is this function's job
         if len(items) == 1:
             log.warning("an item failed on its own: %s: %s", type(exc).__name__, exc)
             return [exc]

@@ -19,6 +19,7 @@ variable whose NAME is configured (default OPENAI_API_KEY); it is never logged.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -146,10 +147,8 @@ class OpenAIClient:
             expired.set()
             sock = conn.sock
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
         watchdog = threading.Timer(self.retry.timeout_s, cut)
         watchdog.daemon = True
@@ -223,7 +222,8 @@ class OpenAIClient:
                 raise RemoteError(f"target: malformed response ({type(exc).__name__})") from None
             if attempt < self.retry.tries:
                 wait = min(self.retry.max_backoff_s, self.retry.backoff_s * 2 ** (attempt - 1))
-                log.warning("target attempt %d/%d failed (%s); retrying in %.2fs", attempt, self.retry.tries, last, wait)
+                log.warning("target attempt %d/%d failed (%s); retrying in %.2fs",
+                            attempt, self.retry.tries, last, wait)
                 time.sleep(wait)
         log.warning("target %s failed after %d tries: %s", self.url, self.retry.tries, last)
         raise RemoteError(f"target: {last} after {self.retry.tries} tries")

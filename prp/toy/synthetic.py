@@ -68,7 +68,8 @@ def make_items(n: int, *, seed: int, split: str, levels=(1, 2, 3, 4), max_value:
     items = []
     for i in range(n):
         k = rng.choice(levels)
-        items.append(SumItem(id=f"{split}-{i:05d}", numbers=[rng.randint(0, max_value) for _ in range(k)], level=k, split=split))
+        numbers = [rng.randint(0, max_value) for _ in range(k)]
+        items.append(SumItem(id=f"{split}-{i:05d}", numbers=numbers, level=k, split=split))
     return items
 
 
@@ -97,10 +98,12 @@ def write_split(items: list[SumItem], out_dir: str | Path, *, seed: int) -> Path
     return path
 
 
-def build_benchmark(out_dir: str | Path, *, seed: int = 0, sizes: dict[str, int] | None = None, **kwargs) -> dict[str, Path]:
+def build_benchmark(out_dir: str | Path, *, seed: int = 0, sizes: dict[str, int] | None = None,
+                    **kwargs) -> dict[str, Path]:
     """Train / validation / test splits as JSONL + images under out_dir."""
     sizes = sizes or {"train": 2000, "validation": 200, "test": 400}
-    return {split: write_split(make_items(n, seed=seed, split=split, **kwargs), out_dir, seed=seed) for split, n in sizes.items()}
+    return {split: write_split(make_items(n, seed=seed, split=split, **kwargs), out_dir, seed=seed)
+            for split, n in sizes.items()}
 
 
 if __name__ == "__main__":
@@ -113,6 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--validation", type=int, default=200)
     parser.add_argument("--test", type=int, default=400)
     args = parser.parse_args()
-    paths = build_benchmark(args.out, seed=args.seed, sizes={"train": args.train, "validation": args.validation, "test": args.test})
+    sizes = {"train": args.train, "validation": args.validation, "test": args.test}
+    paths = build_benchmark(args.out, seed=args.seed, sizes=sizes)
     for split, path in paths.items():
         print(f"{split}: {path}")

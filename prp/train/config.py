@@ -15,6 +15,7 @@ field's default.  `validate` checks every value up front, before any model or da
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -41,7 +42,8 @@ class TrainConfig:
     mode: str = "drl"  # one of MODES
 
     # ---- models and data
-    model: str = ""  # HF dir of the draft, a run dir (its latest ckpt), or "tiny:<size>" (train.py builds it from `seed`)
+    # HF dir of the draft, a run dir (its latest ckpt), or "tiny:<size>" (train.py builds it from `seed`)
+    model: str = ""
     target_model: str = ""  # presample: HF dir, "tiny:<size>" or "openai:<model name>" (remote)
     target_base_url: str = ""  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
     target_api_key_env: str = "OPENAI_API_KEY"  # the key is read from this env var (never from config)
@@ -137,7 +139,8 @@ class TrainConfig:
         if not self.model and self.mode != "presample":
             raise ConfigError("config needs `model`: pass --model DIR (a local Hugging Face model folder)")
         if not self.train_data:
-            raise ConfigError("config needs `train_data`: pass --train-data FILE (JSONL with id, image, question, answer)")
+            raise ConfigError("config needs `train_data`: pass --train-data FILE "
+                              "(JSONL with id, image, question, answer)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,10 +204,8 @@ def _coerce(name: str, value: Any) -> Any:
         return value
     if isinstance(default, float):
         if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):  # not a number: the check below names the field
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
@@ -231,7 +232,8 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str,
         raise ConfigError(f"{path}: `modes:` must map a mode name to a table of values")
     unknown = sorted(set(per_mode) - set(MODES))
     if unknown:
-        raise ConfigError(f"{path}: unknown mode {unknown[0]!r} in the `modes:` table; expected one of {', '.join(MODES)}")
+        raise ConfigError(f"{path}: unknown mode {unknown[0]!r} in the `modes:` table; "
+                          f"expected one of {', '.join(MODES)}")
     values: dict[str, Any] = {}
     modes: dict[str, dict] = {}
     base = raw.pop("extends", None)

@@ -129,7 +129,7 @@ def presample(
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             outputs = sampler(chunk)
-            for record, texts in zip(chunk, outputs):
+            for record, texts in zip(chunk, outputs, strict=True):
                 correct = [judge_completion(t, record, judge) for t in texts]  # Alg. 2 l.4-5
                 if not texts or any(c is None for c in correct):
                     counts["no_gold"] += 1  # unparsable gold: no label, JRL will skip the record

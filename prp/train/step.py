@@ -67,10 +67,11 @@ class StepContext:
     skipped: Counter
 
 
-def prompts_for(ctx: StepContext, records: list[Record], kinds: list[str], repeat: int) -> tuple[PromptBatch, torch.Tensor]:
+def prompts_for(ctx: StepContext, records: list[Record], kinds: list[str],
+                repeat: int) -> tuple[PromptBatch, torch.Tensor]:
     """Step 2: each record prompted as `kinds[i]`, `repeat` times; and which groups are trainable [G] bool."""
-    images, ok = zip(*(safe_image(r) for r in records))
-    msgs = [build_messages(r.question, mode=k, with_image=True) for r, k in zip(records, kinds)]
+    images, ok = zip(*(safe_image(r) for r in records), strict=True)
+    msgs = [build_messages(r.question, mode=k, with_image=True) for r, k in zip(records, kinds, strict=True)]
     prompts = build_prompts(ctx.policy.processor, msgs, list(images), repeat=repeat, device=ctx.policy.device)
     too_long = (prompts.attention_mask.sum(1) > ctx.cfg.max_prompt_length).view(len(records), repeat).any(1)
     valid = torch.tensor(ok) & ~too_long.cpu()
@@ -120,10 +121,11 @@ def rl_micro(ctx: StepContext, micro: int, records: list[Record]) -> MicroStepRe
     shape = (g, n)
     nan = float("nan")
     local = {  # this rank's groups: [g, n] per completion, [g] per prompt
-        "base": torch.tensor([f + a + o for f, a, o in zip(fmt, acc, over)]).view(shape),
+        "base": torch.tensor([f + a + o for f, a, o in zip(fmt, acc, over, strict=True)]).view(shape),
         "fmt": torch.tensor(fmt).view(shape), "acc": torch.tensor(acc).view(shape),
         "over": torch.tensor(over).view(shape),
-        "d": torch.tensor([nan if p.confidence is None else p.confidence for p in parsed], dtype=torch.float64).view(shape),
+        "d": torch.tensor([nan if p.confidence is None else p.confidence for p in parsed],
+                          dtype=torch.float64).view(shape),
         "t": torch.tensor([nan if p.target is None else p.target for p in parsed], dtype=torch.float64).view(shape),
         "acc_tgt": torch.tensor([ctx.acc_tgt.get(r.id, 0.0) for r in records], dtype=torch.float64),
         "valid": valid.to(torch.float32),
@@ -204,14 +206,14 @@ def sft_micro(ctx: StepContext, micro: int, records: list[Record]) -> MicroStepR
     # model's "randomly evaluate" ratings (P_draft); a constant teaches the model one rating only.
     rng = random.Random(step_seed(cfg.seed, "sft_rating", micro, ctx.d.rank))
     completions = []
-    for r, fmt in zip(records, formats):
+    for r, fmt in zip(records, formats, strict=True):
         default = [rng.randrange(100) / 100 if cfg.sft_rating_value < 0 else cfg.sft_rating_value for _ in "dt"]
         d = format_score(float(r.meta.get("confidence", default[0])))
         t = format_score(float(r.meta.get("target_rating", default[1])))
         prefix = {"none": "", "drl": f"<confidence>{d}</confidence>",
                   "jrl": f"<target>{t}</target><confidence>{d}</confidence>"}[fmt]
         text = f"{prefix}<think>{r.meta['reasoning']}</think><answer>{r.answer}</answer>"
-        completions.append(tok.encode(text, add_special_tokens=False)[: cfg.max_completion_length - 1] + [eos])
+        completions.append([*tok.encode(text, add_special_tokens=False)[:cfg.max_completion_length - 1], eos])
     batch = build_batch(prompts, completions, pad_id=tok.pad_token_id)
     weights = batch.completion_mask.float() * valid.float().unsqueeze(-1).to(ctx.policy.device)  # [B, L]
     lengths = [len(c) for c in completions]
@@ -235,7 +237,7 @@ def sft_cn_micro(ctx: StepContext, micro: int, records: list[Record]) -> MicroSt
         text = tok.decode(ids, skip_special_tokens=True)
         ok = accuracy_reward(parse_completion(text, "grpo").answer, records[i // n].answer or "") == 1.0
         body = ids[:-1] if ids and ids[-1] == eos else ids
-        seq = body + [cn if ok else un, eos]
+        seq = [*body, cn if ok else un, eos]
         w = [1.0] * len(seq) if ok else [0.0] * len(body) + [1.0, 0.0]
         if not bool(valid[i // n]):
             w = [0.0] * len(seq)

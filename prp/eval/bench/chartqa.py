@@ -40,7 +40,8 @@ def load_chartqa(root: str, *, splits: Iterable[str] = SPLITS, require_images: b
             raise ValueError(f"unknown ChartQA split {split!r}; expected one of {SPLITS}")
         for n, row in enumerate(read_rows(os.path.join(test_dir, f"test_{split}.json"))):
             rid = f"{split}/{n}"
-            if not isinstance(row, dict) or any(not isinstance(row.get(k), (str, int, float)) for k in ("imgname", "query", "label")):
+            if not isinstance(row, dict) or any(not isinstance(row.get(k), (str, int, float))
+                                                for k in ("imgname", "query", "label")):
                 result.skip("malformed", rid, "needs imgname, query and label")
                 continue
             image, keep = attach_image(result, os.path.join("png", str(row["imgname"])), test_dir, rid, require_images)

@@ -256,7 +256,7 @@ def same_part(prediction: str, gold: str) -> bool:
         return False
     try:
         return math_equivalent(prediction, gold) is True
-    except Exception:  # noqa: BLE001 - a parser failure on odd text is no match, not a crash
+    except Exception:  # a parser failure on odd text is no match, not a crash
         return False
 
 
@@ -275,9 +275,9 @@ def same_answer(prediction: str, gold: str) -> bool:
     pred_parts, gold_parts = split_parts(prediction), split_parts(gold)
     if len(pred_parts) != len(gold_parts) or not pred_parts:
         return False
-    if all(same_part(p, g) for p, g in zip(pred_parts, gold_parts)):
+    if all(same_part(p, g) for p, g in zip(pred_parts, gold_parts, strict=True)):
         return True
     if len(gold_parts) == 1 or len(gold_parts) > 6:
         return False
-    return any(all(same_part(p, g) for p, g in zip(order, gold_parts))
+    return any(all(same_part(p, g) for p, g in zip(order, gold_parts, strict=True))
                for order in itertools.permutations(pred_parts))

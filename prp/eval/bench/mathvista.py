@@ -69,9 +69,13 @@ _LETTER_IN_PARENS = re.compile(r"\(([a-zA-Z])\)")
 def build_query(problem: dict) -> str:
     """The official zero-shot query (``data/query.json``) of one testmini problem.
 
-    >>> build_query({"question": "Find x", "unit": "cm", "choices": ["1", "2"],
-    ...              "question_type": "multi_choice", "answer_type": "text", "precision": None})
-    'Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end.\\nQuestion: Find x (Unit: cm)\\nChoices:\\n(A) 1\\n(B) 2'
+    >>> print(build_query({"question": "Find x", "unit": "cm", "choices": ["1", "2"],
+    ...                    "question_type": "multi_choice", "answer_type": "text", "precision": None}))
+    Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end.
+    Question: Find x (Unit: cm)
+    Choices:
+    (A) 1
+    (B) 2
     """
     answer_type = problem["answer_type"]
     if problem["question_type"] == "multi_choice":
@@ -190,7 +194,7 @@ def normalize_extracted_answer(
         else:
             try:
                 extraction = str(extraction)
-            except Exception:  # noqa: BLE001 - the official code maps an unprintable value to ""
+            except Exception:  # the official code maps an unprintable value to ""
                 extraction = ""
         if ignore_empty_extractions and not extraction:
             return None
@@ -209,7 +213,7 @@ def normalize_extracted_answer(
             return str(round(float(extraction), int(precision)))
         if answer_type == "list":
             return str(extraction)
-    except Exception:  # noqa: BLE001 - the official try/except catches everything
+    except Exception:  # the official try/except catches everything
         return None
     return extraction
 
@@ -218,7 +222,7 @@ def safe_equal(prediction: Any, answer: Any) -> bool:
     """Plain equality, False instead of an exception (calculate_score.py ``safe_equal``)."""
     try:
         return bool(prediction == answer)
-    except Exception:  # noqa: BLE001 - the official safe_equal swallows any comparison error
+    except Exception:  # the official safe_equal swallows any comparison error
         return False
 
 

@@ -70,7 +70,7 @@ def _records_of(path: str, text: str) -> tuple[list[tuple[str, Any, str]], Count
         raise ScoreFileError(
             f"{path}: expected an object of pid -> record or a list of records, got {type(data).__name__}")
     triples = []
-    for record, at in zip(data, where):
+    for record, at in zip(data, where, strict=True):
         if not isinstance(record, dict) or record.get("pid") is None:
             raise ScoreFileError(f"{path}: {at} is not a record with a pid")
         triples.append((str(record["pid"]), record, f"{at} (pid {record['pid']!r})"))

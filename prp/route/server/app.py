@@ -57,7 +57,7 @@ async def read_body(request: Request, limits: ServeLimits) -> bytes:
 
     try:
         await asyncio.wait_for(pull(), timeout=limits.body_timeout_s)
-    except asyncio.TimeoutError:  # noqa: UP041 - not the builtin TimeoutError before Python 3.11
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
         raise RequestError(408, f"the body was not received within {limits.body_timeout_s:g}s") from None
     return bytes(body)
 
@@ -149,7 +149,7 @@ def build_app(backend, worker: Worker, limits: ServeLimits, *, api_key: str | No
             return _error(503, f"server busy: {exc}", headers={"Retry-After": "1"})
         except ClientGone:
             return Response(status_code=499)  # nobody reads it; uvicorn closes the connection
-        except Exception as exc:  # noqa: BLE001 - this request failed on its own (the worker isolated it)
+        except Exception as exc:  # this request failed on its own (the worker isolated it)
             log.warning("a request failed: %s: %s", type(exc).__name__, exc)
             return _error(500, f"the model failed on this request ({type(exc).__name__})")
         if req.stream:

@@ -72,7 +72,8 @@ def parse_chat(req: ChatRequest, limits: ServeLimits) -> ParsedChat:
         messages.append({"role": m.role, "content": parts})
         if m.role == "user":
             question = "\n".join(p["text"] for p in parts if p["type"] == "text")
-    return ParsedChat(messages=messages, images=images, question=question, max_tokens=min(wanted or limits.max_tokens, limits.max_tokens))
+    return ParsedChat(messages=messages, images=images, question=question,
+                      max_tokens=min(wanted or limits.max_tokens, limits.max_tokens))
 
 
 def image_tokens(processor, image: Image.Image) -> int:

@@ -73,12 +73,12 @@ class Worker:
             self._busy_since = time.monotonic()
             try:
                 results = run_isolated(self.process, [j.item for j in jobs])
-            except BaseException as exc:  # noqa: BLE001 - never leave a client waiting forever
+            except BaseException as exc:  # never leave a client waiting forever
                 results = [exc] * len(jobs)
             finally:
                 self._busy_since = None
             self.batches += 1
-            for job, res in zip(jobs, results):
+            for job, res in zip(jobs, results, strict=True):
                 if isinstance(res, BaseException):
                     self.failed_items += 1
                     job.future.set_exception(res)
