@@ -26,7 +26,8 @@ def poison_assets(root: Path) -> dict[str, str]:
     if not fifo.exists():
         os.mkfifo(fifo)  # opening it to read would block forever
     (root / "dir.png").mkdir(exist_ok=True)
-    return {k: str(root / f"{k}.png") for k in ("corrupt", "aspect", "bomb", "fifo")} | {"directory": str(root / "dir.png")}
+    files = {k: str(root / f"{k}.png") for k in ("corrupt", "aspect", "bomb", "fifo")}
+    return files | {"directory": str(root / "dir.png")}
 
 
 def poisoned_line(kind: str, n: int, assets: dict[str, str], valid: dict) -> bytes:

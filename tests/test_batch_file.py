@@ -56,7 +56,7 @@ def test_open_image_refuses_what_would_hang_or_explode(tmp_path):
         open_image(tmp_path / "nope.png")
     # the limits are parameters: 199:1 passes the default (the Qwen processor's bound is 200)
     (tmp_path / "thin.png").write_bytes(bomb_png(199, 1))
-    with pytest.raises(ImageError, match="image_size|corrupt"):  # header fine, pixel data truncated
+    with pytest.raises(ImageError, match=r"image_size|corrupt"):  # header fine, pixel data truncated
         open_image(tmp_path / "thin.png")
     with pytest.raises(ImageError, match="image_aspect_ratio"):
         open_image(tmp_path / "thin.png", limits=ImageLimits(max_aspect_ratio=100))
@@ -122,7 +122,7 @@ def test_resume_refuses_an_output_written_for_another_input(router, tmp_path):
     route_run.route_file(router, path, out, BatchFraction(0.5), batch_size=16)
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     other = tmp_path / "other.jsonl"
-    other.write_text("\n".join([lines[1], lines[0]] + lines[2:]) + "\n", encoding="utf-8")
+    other.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="input changed"):
         route_run.route_file(router, other, out, BatchFraction(0.5), batch_size=16, resume=True)
 

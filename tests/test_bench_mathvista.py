@@ -27,7 +27,8 @@ def testmini():
     return _load("testmini.json")
 
 
-@pytest.fixture(scope="module", params=[("bard", 348, "accuracy: 34.8 (348/1000)"), ("gpt4", 261, "accuracy: 26.1 (261/1000)")])
+@pytest.fixture(scope="module",
+                params=[("bard", 348, "accuracy: 34.8 (348/1000)"), ("gpt4", 261, "accuracy: 26.1 (261/1000)")])
 def scored(request):
     model, correct, line = request.param
     return model, correct, line, score_output_file(os.path.join(DATA, f"output_{model}.json"), TESTMINI)

@@ -90,7 +90,7 @@ def _truncate(path: Path) -> None:
 def test_resume_restores_optimizer_scheduler_and_rng(run):
     point = ckpt_io.find_resume_point(run, deepspeed=False)
     assert point.path.name == "ckpt-2" and point.step == 2 and not point.weights_only
-    model, optimizer, scheduler = _model_and_optimizer()
+    _model, optimizer, scheduler = _model_and_optimizer()
     torch.manual_seed(123)  # the checkpoint's RNG state must replace this one
     assert ckpt_io.restore(point, optimizer=optimizer, scheduler=scheduler) == 2
     # AdamW's step count and the LambdaLR position: lr = 0.1 / (2 + 1) after two scheduler steps
@@ -131,12 +131,12 @@ def test_every_checkpoint_damaged_is_an_error(run):
 
 def test_missing_training_state_is_an_error_unless_weights_only(run):
     (run / "ckpt-2" / "training_state.pt").unlink()
-    with pytest.raises(CheckpointError, match="no training state.*--resume-weights-only"):
+    with pytest.raises(CheckpointError, match=r"no training state.*--resume-weights-only"):
         ckpt_io.find_resume_point(run, deepspeed=False)
 
     point = ckpt_io.find_resume_point(run, deepspeed=False, weights_only=True)
     assert point.path.name == "ckpt-2" and point.weights_only and point.training_state is None
-    model, optimizer, scheduler = _model_and_optimizer()
+    _model, optimizer, scheduler = _model_and_optimizer()
     assert ckpt_io.restore(point, optimizer=optimizer, scheduler=scheduler) == 2
     assert optimizer.state_dict()["state"] == {}  # fresh optimizer
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 3)  # schedule at step 2: 0.1 / (2 + 1)
@@ -160,7 +160,7 @@ def test_deepspeed_resume_needs_the_ds_state(tmp_path):
 def test_malicious_training_state_is_refused_and_never_runs(run, tmp_path_factory):
     marker = tmp_path_factory.mktemp("m") / "pwned"
     torch.save({"optimizer": Exploit(marker), "scheduler": None}, run / "ckpt-2" / "training_state.pt")
-    with pytest.raises(CheckpointError, match="refusing to load .*builtins.exec"):
+    with pytest.raises(CheckpointError, match=r"refusing to load .*builtins\.exec"):
         ckpt_io.find_resume_point(run, deepspeed=False)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="refusing"):
@@ -174,7 +174,7 @@ def test_malicious_deepspeed_state_is_refused_and_never_runs(tmp_path, tmp_path_
     ckpt = _save(tmp_path, 1, model, optimizer, scheduler, deepspeed_files=True)
     planted = ckpt / "ds" / "ds" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     torch.save({"optimizer_state_dict": Exploit(marker)}, planted)
-    with pytest.raises(CheckpointError, match="refusing to resume .*builtins.exec"):
+    with pytest.raises(CheckpointError, match=r"refusing to resume .*builtins\.exec"):
         ckpt_io.find_resume_point(tmp_path, deepspeed=True)
     # DeepSpeed's own load goes through SafeCheckpointEngine.load: refused before DeepSpeed is imported
     with pytest.raises(CheckpointError, match="refusing to load"):
@@ -227,7 +227,8 @@ _DS_SCRIPT = textwrap.dedent("""
         loss = eng(torch.ones(1, 8)).sum(); eng.backward(loss); eng.step()
     eng.save_checkpoint(str(ckpt / "ds"), tag="ds")
     files = sorted(p.name for p in (ckpt / "ds" / "ds").glob("*.pt"))
-    unsafe = {p.name: torch.serialization.get_unsafe_globals_in_checkpoint(p) for p in (ckpt / "ds" / "ds").glob("*.pt")}
+    unsafe = {p.name: torch.serialization.get_unsafe_globals_in_checkpoint(p)
+              for p in (ckpt / "ds" / "ds").glob("*.pt")}
     [ckpt_io._resolve(n) for n in ckpt_io.DEEPSPEED_SAFE_GLOBALS]  # the names exist in this DeepSpeed
     fresh, _, _ = engine()
     ckpt_io.load_deepspeed_state(fresh, ckpt)  # the real files load through the allow-list

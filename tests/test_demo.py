@@ -54,23 +54,24 @@ def _queries(records):
 @torch.no_grad()
 def test_target_reads_single_numbers():
     from prp.core.modeling import load_model
-    from prp.train.rewards import accuracy_reward
     from prp.route.router import LocalTarget, extract_answer
+    from prp.train.rewards import accuracy_reward
 
     torch.set_num_threads(1)
     model, proc = load_model(str(DEMO / "models" / "target"), device="cpu")
     target = LocalTarget(model, proc, max_new_tokens=40)
     records = [r for r in _records() if r.meta.get("level") == 1]
     answers = target.answer(_queries(records))
-    acc = np.mean([accuracy_reward(extract_answer(a.text), r.answer) or 0.0 for a, r in zip(answers, records)])
+    acc = np.mean([accuracy_reward(extract_answer(a.text), r.answer) or 0.0
+                   for a, r in zip(answers, records, strict=True)])
     assert acc >= 0.9, f"target accuracy at k=1 is {acc:.0%} (shipped: 100%): the demo target broke"
 
 
 @torch.no_grad()
 def test_drl_draft_rates_its_own_accuracy():
     from prp.core.modeling import load_model
-    from prp.train.rewards import accuracy_reward
     from prp.route.router import Router, RouterConfig, extract_answer
+    from prp.train.rewards import accuracy_reward
 
     torch.set_num_threads(1)
     model, proc = load_model(str(DEMO / "models" / "drl"), device="cpu")
@@ -82,7 +83,7 @@ def test_drl_draft_rates_its_own_accuracy():
         prefix = router.pregenerate(_queries(chunk))
         ratings = router.evaluate(prefix)
         new, _ = router.continue_draft(prefix, list(range(len(chunk))))
-        for j, (rec, rt) in enumerate(zip(chunk, ratings)):
+        for j, (rec, rt) in enumerate(zip(chunk, ratings, strict=True)):
             answer = extract_answer(proc.tokenizer.decode(new[j], skip_special_tokens=True))
             correct.append(float(accuracy_reward(answer, rec.answer) or 0.0))
             d.append(np.nan if rt.d is None else rt.d)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from prp.route.ipr import digit_stats_from_logits, ipr_from_digit_probs, ipr_from_logits
-from prp.train.loss import Segment, prp_loss, token_advantage_map
 from prp.route.scoring import apply_ipr, route_score
+from prp.train.loss import Segment, prp_loss, token_advantage_map
 
 P, R, D, T = Segment.PROMPT, Segment.REST, Segment.DRAFT, Segment.TARGET
 

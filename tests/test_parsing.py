@@ -37,7 +37,8 @@ def test_whitespace_between_parts_and_inside_score():
 
 @pytest.mark.parametrize(
     "score_text, value",
-    [("high", None), ("0.8.1", None), ("", None), ("-0.2", None), ("1e-1", None), ("1.7", 1.7), (".5", 0.5), ("1", 1.0)],
+    [("high", None), ("0.8.1", None), ("", None), ("-0.2", None), ("1e-1", None), ("1.7", 1.7), (".5", 0.5),
+     ("1", 1.0)],
 )
 def test_malformed_and_out_of_range_scores(score_text, value):
     p = parse_completion(f"<confidence>{score_text}</confidence><think>x</think><answer>1</answer>", "drl")
@@ -57,7 +58,8 @@ def test_prefix_only_and_missing_parts():
         parse_completion(DRL_OK, "unknown")
 
 
-_tags = st.sampled_from(["<confidence>", "</confidence>", "<target>", "</target>", "<think>", "</think>", "<answer>", "</answer>", "0.", "1", ".9", "$", " "])
+_tags = st.sampled_from(["<confidence>", "</confidence>", "<target>", "</target>", "<think>", "</think>",
+                         "<answer>", "</answer>", "0.", "1", ".9", "$", " "])
 _texty = st.lists(st.one_of(_tags, st.text(max_size=8)), max_size=20).map("".join)
 
 

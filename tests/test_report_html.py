@@ -290,7 +290,8 @@ def _shown(driver) -> tuple[int, int]:
     """(rows in the DOM, the page's count of matching queries)."""
     return tuple(
         driver.execute_script(
-            "return [document.querySelectorAll('#query-rows tr').length, Number(document.getElementById('match-count').textContent)]"
+            "return [document.querySelectorAll('#query-rows tr').length,"
+            " Number(document.getElementById('match-count').textContent)]"
         )
     )
 

@@ -85,7 +85,7 @@ def test_unclosed_rating_tokens_carry_its_minus_one(tok):
 
     width = max(len(i) for i in ids)
     segments = torch.full((2, width), int(Segment.PROMPT))  # padding
-    for row, (row_ids, p) in enumerate(zip(ids, parsed)):
+    for row, (row_ids, p) in enumerate(zip(ids, parsed, strict=True)):
         segments[row, : len(row_ids)] = int(Segment.REST)
         d_idx = span_token_indices(row_ids, tok, p.confidence_span)
         assert _pieces(tok, row_ids, d_idx) == ["0", ".", "8"]
@@ -118,7 +118,7 @@ def test_empty_target_rating_tokens_carry_its_minus_one(tok):
     assert a_t.tolist() == pytest.approx([0.9, -0.9])
     width = max(len(i) for i in ids)
     segments = torch.full((2, width), int(Segment.PROMPT))
-    for row, (row_ids, p) in enumerate(zip(ids, parsed)):
+    for row, (row_ids, p) in enumerate(zip(ids, parsed, strict=True)):
         segments[row, : len(row_ids)] = int(Segment.REST)
         segments[row, span_token_indices(row_ids, tok, p.target_span)] = int(Segment.TARGET)
     # every token overlapping the tags (here the last one, "><", reaches into "<confidence>")

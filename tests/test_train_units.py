@@ -30,7 +30,7 @@ JRL = "<target>0.42</target><confidence>0.9</confidence><think>3+5=8</think><ans
 
 
 def _ids(tok, text):
-    return tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids(tok.eos_token)]
+    return [*tok.encode(text, add_special_tokens=False), tok.convert_tokens_to_ids(tok.eos_token)]
 
 
 # ---------------------------------------------------------------- DSS token rewrite (Alg. 1 l.13)
@@ -72,7 +72,7 @@ def test_advantage_map_from_tiny_tokenizer_completions(tok):
     texts = [JRL, "<target>0.1</target><confidence>0.87</confidence><think>x</think><answer>$2$</answer>"]
     comps = [_ids(tok, t) for t in texts]
     segs = [completion_segments(c, tok, "jrl") for c in comps]
-    for c, s, d, t in zip(comps, segs, ("0.9", "0.87"), ("0.42", "0.1")):
+    for c, s, d, t in zip(comps, segs, ("0.9", "0.87"), ("0.42", "0.1"), strict=True):
         assert tok.decode([c[i] for i, x in enumerate(s) if x == Segment.DRAFT]) == d
         assert tok.decode([c[i] for i, x in enumerate(s) if x == Segment.TARGET]) == t
     prompt_len = 5
@@ -139,16 +139,19 @@ def test_compute_advantages_same_result_whatever_the_rank_split():
     d = torch.rand(6, 4, generator=g, dtype=torch.float64).mul(100).round().div(100)
     args = {"mode": "drl", "t": torch.full((6, 4), float("nan"), dtype=torch.float64),
                 "acc_tgt": torch.zeros(6, dtype=torch.float64), "valid": torch.ones(6, dtype=torch.bool), "cfg": _cfg()}
-    whole = compute_advantages(base_rewards=base, correct=correct, d=d, generator=torch.Generator().manual_seed(3), **args)
+    whole = compute_advantages(base_rewards=base, correct=correct, d=d, generator=torch.Generator().manual_seed(3),
+                               **args)
     # "gathered" from two ranks = concatenation in rank order: identical tensors, identical result.
-    halves = compute_advantages(base_rewards=torch.cat([base[:3], base[3:]]), correct=torch.cat([correct[:3], correct[3:]]),
+    halves = compute_advantages(base_rewards=torch.cat([base[:3], base[3:]]),
+                                correct=torch.cat([correct[:3], correct[3:]]),
                                 d=torch.cat([d[:3], d[3:]]), generator=torch.Generator().manual_seed(3), **args)
     assert torch.equal(whole.a_base, halves.a_base) and torch.equal(whole.a_d, halves.a_d)
 
 
 def test_invalid_groups_get_no_advantage():
-    out = compute_advantages(mode="drl", base_rewards=torch.tensor([[1.0, 0, 0, 0]]), correct=torch.tensor([[1.0, 0, 0, 0]]),
-                             d=torch.tensor([[0.9] * 4], dtype=torch.float64), t=torch.full((1, 4), float("nan"), dtype=torch.float64),
+    out = compute_advantages(mode="drl", base_rewards=torch.tensor([[1.0, 0, 0, 0]]),
+                             correct=torch.tensor([[1.0, 0, 0, 0]]), d=torch.tensor([[0.9] * 4], dtype=torch.float64),
+                             t=torch.full((1, 4), float("nan"), dtype=torch.float64),
                              acc_tgt=torch.zeros(1), valid=torch.tensor([False]), cfg=_cfg(),
                              generator=torch.Generator().manual_seed(0))
     assert out.a_base.abs().sum() == 0 and out.a_d.abs().sum() == 0 and out.new_d.isnan().all()
@@ -259,7 +262,8 @@ def test_model_path_may_be_a_run_folder(tmp_path):
         resolve_model(str(tmp_path / "nope"))
 
 
-@pytest.mark.parametrize("stage", sorted(p.stem for p in (ROOT / "configs" / "demo").glob("*.yaml") if p.stem != "base"))
+@pytest.mark.parametrize("stage",
+                         sorted(p.stem for p in (ROOT / "configs" / "demo").glob("*.yaml") if p.stem != "base"))
 def test_demo_stage_configs_load(stage):
     cfg = load_config(ROOT / "configs" / "demo" / f"{stage}.yaml", overrides=_OK)
     assert cfg.num_threads == 1 and not cfg.bf16 and cfg.max_completion_length == 64 and cfg.keep_last == 1
@@ -273,7 +277,8 @@ def test_demo_drl_stage_recipe():
     assert (cfg.mode, cfg.learning_rate, cfg.max_steps, cfg.num_generations) == ("drl", 2e-4, 300, 4)
     assert round(cfg.warmup_ratio * cfg.max_steps) == 20 and cfg.lr_scheduler == "cosine"
     ablation = load_config(ROOT / "configs" / "demo" / "drl-ablation.yaml", overrides=_OK)
-    assert (ablation.max_steps, round(ablation.warmup_ratio * ablation.max_steps), ablation.learning_rate) == (150, 20, 2e-4)
+    warmup_steps = round(ablation.warmup_ratio * ablation.max_steps)
+    assert (ablation.max_steps, warmup_steps, ablation.learning_rate) == (150, 20, 2e-4)
 
 
 def test_mode_registry():
@@ -404,7 +409,8 @@ def test_openai_sampler_retries_and_tops_up(monkeypatch):
         return Resp(json.dumps({"choices": [{"message": {"content": "<answer>$1$</answer>"}}] * min(n, 2)}).encode())
 
     monkeypatch.setattr("time.sleep", lambda s: None)
-    sample = openai_sampler("http://x/v1", "big", m=3, max_new_tokens=8, api_key_env="MY_KEY", timeout_s=7, opener=opener)
+    sample = openai_sampler("http://x/v1", "big", m=3, max_new_tokens=8, api_key_env="MY_KEY", timeout_s=7,
+                            opener=opener)
     out = sample([_Rec(0)])
     assert out == [["<answer>$1$</answer>"] * 3]
     assert [s[0]["n"] for s in sent] == [3, 3, 1] and sent[0][1] == "Bearer sk-test" and sent[0][2] == 7
