@@ -121,8 +121,8 @@ def main(argv=None) -> int:
                 timed(run, sync)  # compile / warm the bucket
             add(f"engine {kind}", b, b * n_new / timed(run, sync), "tok/s")
         # greedy agreement with the eager loop: exact in fp32; bf16 may drift after a near-tie
-        same = [next((i for i, (x, y) in enumerate(zip(r, q)) if x != y), len(r))
-                for r, q in zip(tokens["eager"], tokens[fast_kind])]
+        same = [next((i for i, (x, y) in enumerate(zip(r, q, strict=False)) if x != y), len(r))
+                for r, q in zip(tokens["eager"], tokens[fast_kind], strict=True)]
         add(f"tokens equal to the eager loop before the first difference ({fast_kind})", b, min(same), "tokens")
         set_engine(model, "eager")
         for impl in ("dynamic", "static"):
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
                 if impl == "static":
                     timed(run, sync)  # transformers compiles the static forward on its first call
                 add(f"HF generate {impl}", b, b * n_new / timed(run, sync), "tok/s")
-            except Exception as e:  # noqa: BLE001 - a baseline that fails is reported, not fatal
+            except Exception as e:  # a baseline that fails is reported, not fatal
                 print(f"  HF generate {impl} b={b}: failed: {e}", flush=True)
 
     # ---- the routing decision, and a kept query, batch 1 (fast engine)

@@ -28,9 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from prp.route.server.limits import is_loopback
+sys.path.insert(0, str(ROOT))  # prp importable without an install: imported inside main()
 
 
 def machine() -> str:
@@ -106,7 +104,9 @@ def run_clients(url: str, bodies: list[bytes], *, clients: int, requests: int, m
         w.join()
     wall = time.perf_counter() - t0
     lat = sorted(latencies)
-    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None)
+    def pct(q: float) -> float | None:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
+
     return {
         "clients": clients, "requests_sent": next_index[0], "ok": len(lat), "errors": dict(errors),
         "wall_s": round(wall, 2), "requests_per_s": round(len(lat) / wall, 2) if wall else None,
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if not (1 <= args.clients <= 256 and 1 <= args.requests <= 10_000 and 0 < args.max_seconds <= 3600):
         ap.error("bounded: 1-256 clients, 1-10,000 requests, at most 3600 s")
+    from prp.route.server.limits import is_loopback
+
     if args.url and not is_loopback(urlsplit(args.url).hostname or ""):
         ap.error("--url must be a loopback address (this benchmark never sends traffic off the machine)")
     bodies = demo_bodies(min(args.requests, 100))

@@ -34,15 +34,16 @@ def _q(values: list[float], q: float) -> float:
 
 def machine() -> str:
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name"))
+    except Exception:
         cpu = platform.processor() or "unknown CPU"
     import torch
     import transformers
 
     return (f"{cpu}, {__import__('os').cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} thread), transformers {transformers.__version__}, Python {platform.python_version()}")
+            f"({torch.get_num_threads()} thread), transformers {transformers.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def bench_prp(model_dir: Path, data: Path, out: Path, args) -> list[float]:
@@ -68,16 +69,17 @@ def bench_trl(model_dir: Path, data: Path, out: Path, args) -> list[float]:
     from trl import GRPOConfig, GRPOTrainer
 
     from prp.core.data import load_jsonl
+    from prp.core.modeling import load_processor
     from prp.core.parsing import parse_completion
     from prp.core.prompts import P_TARGET
     from prp.train.rewards import accuracy_reward, format_reward
     from prp.train.rollout import vision_token_ids
-    from prp.core.modeling import load_processor
 
     torch.set_num_threads(1)
     records = load_jsonl(data).records
     ds = Dataset.from_list([{
-        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"{P_TARGET}\n{r.question}"}]}],
+        "prompt": [{"role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": f"{P_TARGET}\n{r.question}"}]}],
         "image": r.load_image(), "answer": r.answer,
     } for r in records])
 
@@ -88,7 +90,8 @@ def bench_trl(model_dir: Path, data: Path, out: Path, args) -> list[float]:
         return [format_reward(_text(c), "grpo") for c in completions]
 
     def acc(completions, answer, **kw):
-        return [accuracy_reward(parse_completion(_text(c), "grpo").answer, a) or 0.0 for c, a in zip(completions, answer)]
+        return [accuracy_reward(parse_completion(_text(c), "grpo").answer, a) or 0.0
+                for c, a in zip(completions, answer, strict=True)]
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     processor = load_processor(model_dir)
@@ -143,13 +146,14 @@ def main() -> None:
             try:
                 times = fn(model_dir, data, tmp / f"out-{name}", args)
                 results[name] = times
-            except Exception as exc:  # noqa: BLE001 - report precisely why a side could not run
+            except Exception as exc:  # report precisely why a side could not run
                 import traceback
 
                 traceback.print_exc()
                 results[name] = f"{type(exc).__name__}: {exc}"
         print(f"\nmachine: {machine()}")
-        print(f"setup: tiny-{args.size}, N={args.n}, {args.batch} completions/step, max_completion={args.max_completion}, "
+        print(f"setup: tiny-{args.size}, N={args.n}, {args.batch} completions/step, "
+              f"max_completion={args.max_completion}, "
               f"{args.steps} steps ({args.warmup} warm-up dropped)")
         rates = {}
         for name, times in results.items():

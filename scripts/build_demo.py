@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 init = build_tiny("draft", args.seed, work / "init-draft", rope_theta=DRAFT_ROPE_THETA)
                 base = stage("draft-sft", init)
-                if "draft-sft-random" not in skip:  # the rating digits vary: DRL can move them without breaking the format
+                # the rating digits vary: DRL can move them without breaking the format
+                if "draft-sft-random" not in skip:
                     base = stage("draft-sft-random", base)
                 draft.append(stage("draft-grpo", base) if "draft-grpo" not in skip else base)
                 export(draft[0], out / "models" / "draft")
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
                     stage(f"drl-alpha{a}", draft[0], config="drl-ablation", extra=["--set", f"alpha={a}"])
             if "sft-cn" not in skip:
                 stage("sft-cn", draft[0])
-        except BaseException as exc:  # noqa: BLE001 - reported by main
+        except BaseException as exc:  # reported by main
             errors.append(exc)
         finally:
             draft_ready.set()
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise RuntimeError("no draft to start JRL from: lane D failed or has not run (--lanes D)")
             export(stage("jrl", draft[0], data_path=str(jrl_data), extra=["--acc-tgt-cache", str(acc_cache)]),
                    out / "models" / "jrl")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     if "D" not in args.lanes:  # lane T alone: JRL starts from the draft lane D built before
