@@ -116,4 +116,3 @@ def completion_segments(ids: list[int], tokenizer, mode: str) -> list[int]:
             for i in span_token_indices(ids, tokenizer, span):
                 segs[i] = int(seg)
     return segs
-

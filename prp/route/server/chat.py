@@ -118,4 +118,3 @@ def default_prompt_limit(model, generation_budget: int) -> int:
     """Positions left for the prompt once the generation budget is reserved (at least 256)."""
     positions = model_positions(model) or 32768
     return max(256, positions - generation_budget) if positions > generation_budget else max(256, positions // 2)
-
