@@ -88,14 +88,15 @@ def test_rl_micro_step_with_dss_rewrites_score_tokens(tmp_path, monkeypatch):
     t = Trainer(cfg)
     tok = t.ctx.policy.tok
     texts = ["<target>0.80</target><confidence>0.9</confidence><think>1+1=2</think><answer>$-1$</answer>"] * 4
-    forced = [tok.encode(x, add_special_tokens=False) + [t.ctx.policy.eos_id] for x in texts]
+    forced = [[*tok.encode(x, add_special_tokens=False), t.ctx.policy.eos_id] for x in texts]
     monkeypatch.setattr("prp.train.rollout.generate_rollout",
                         lambda model, proc, prompts, **kw: Rollout(prompts, forced, [False] * 4))
     out = st.rl_micro(t.ctx, 0, t.sampler.records_for(0))
     assert isinstance(out, st.MicroStepResult) and out.objective is st.Objective.PG
     comp = out.batch.input_ids[:, out.batch.prompt_len:]
     mask = out.batch.completion_mask.bool()
-    parsed = [parse_completion(tok.decode(comp[i][mask[i]].tolist(), skip_special_tokens=True), "jrl") for i in range(4)]
+    parsed = [parse_completion(tok.decode(comp[i][mask[i]].tolist(), skip_special_tokens=True), "jrl")
+              for i in range(4)]
     ds = [p.confidence for p in parsed]
     ts = [p.target for p in parsed]
     assert ds[3] == 0.9 and ts[3] == 0.8  # d_N, t_N kept
@@ -178,7 +179,8 @@ def _check_embedded_default(first_line: str, out: Path) -> None:
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"].endswith("demo/models/draft") and saved["learning_rate"] == 2e-4  # the demo's DRL recipe
     assert saved["train_data"].endswith("runs/train-drl/data/train.jsonl")  # synthetic:16, generated
-    assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 16 and _metrics(out)[0]["reward/format"] is not None
+    assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 16
+    assert _metrics(out)[0]["reward/format"] is not None
 
 
 _NEEDS_DEMO = pytest.mark.skipif(not (ROOT / "demo" / "models" / "draft" / "config.json").exists(),
@@ -325,7 +327,8 @@ def test_exception_in_step_2_then_resume_is_bit_exact(tmp_path, monkeypatch, cap
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False, **kw)
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=False, **kw)
 
 
 @pytest.mark.slow
@@ -372,7 +375,8 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
 
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "train.py", *common, "--output-dir", str(out), "--set", "step_delay_s=0.5"],
+    proc = subprocess.Popen([sys.executable, "train.py", *common, "--output-dir", str(out),
+                             "--set", "step_delay_s=0.5"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     seen_ckpt = False
     deadline = time.time() + 300
