@@ -2,8 +2,7 @@
 bins), Fig. 7 (routing curves), Fig. 12 (per-portion curves), Fig. 8(f) (per-split curves) and
 A.7's high-rating-but-wrong list, written as report.json, report.md and PNG plots.
 
-Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch), so this works
-headless and leaves any caller's backend alone.  Conventions (rounding, ties, NaN = lowest) are
+Plots are drawn by :mod:`prp.eval.plots`.  Conventions (rounding, ties, NaN = lowest) are
 those of :mod:`prp.eval.metrics`.
 """
 
@@ -18,15 +17,10 @@ from typing import Any
 import numpy as np
 
 from prp.eval import metrics as M
+from prp.eval.plots import PORTION_LABELS, write_plots  # noqa: F401  (PORTION_LABELS: report's public name)
+from prp.eval.plots import ok_signals as _ok_signals
 
 DEFAULT_P_T_LIST = (0.2, 0.3, 0.4, 0.5, 0.6)
-PORTION_LABELS = {
-    "overall": "overall",
-    "draft_on_draft": "draft on draft split",
-    "target_on_target": "target on target split",
-    "target_on_draft": "target on draft split",
-    "draft_on_target": "draft on target split",
-}
 CONVENTIONS = {
     "rounding": "k = floor(p_t * n + 0.5) instances go to the target (round half up)",
     "order": "lowest keep score goes to the target first; ties stable by table position",
@@ -217,10 +211,6 @@ def _bin_range(vals: np.ndarray, bins: int) -> tuple[float, float, int]:
     return lo_k * width, hi_k * width, hi_k - lo_k
 
 
-def _ok_signals(data: dict) -> list[str]:
-    return [k for k, v in data["signals"].items() if v["status"] == "ok"]
-
-
 def _jsonable(obj):
     """NaN/inf -> None, numpy scalars -> Python, Paths -> str (strict JSON)."""
     if isinstance(obj, dict):
@@ -262,8 +252,8 @@ def render_markdown(data: dict) -> str:
         "",
     ]
     lines += [f"- Note: {n}" for n in data["notes"]] + ([""] if data["notes"] else [])
-    lines += _md_table1(data) + [""] + _md_table2(data) + [""] + _md_bins(data) + [""]
-    lines += _md_mislabel(data) + [""] + _md_plots(data) + [""] + _md_conventions(data)
+    lines += [*_md_table1(data), "", *_md_table2(data), "", *_md_bins(data), ""]
+    lines += [*_md_mislabel(data), "", *_md_plots(data), "", *_md_conventions(data)]
     return "\n".join(lines) + "\n"
 
 
@@ -282,7 +272,7 @@ def _md_table1(data) -> list[str]:
         )
     rows.append(["oracle", _fmt(data["oracle"]["auc"]), _fmt(data["oracle"]["apgr"], ".3f"), "-", "-", "-"])
     head = ["Signal", "AUC (%)", "APGR", "Spearman of Rank & Acc.", "NaN", "its own answers"]
-    return ["## Table 1: rating and routing quality", ""] + _table(head, rows)
+    return ["## Table 1: rating and routing quality", "", *_table(head, rows)]
 
 
 def _md_table2(data) -> list[str]:
@@ -312,7 +302,7 @@ def _md_table2(data) -> list[str]:
             ]
             for r in table
         ]
-    return ["## Table 2: accuracy, latency, speedup", ""] + _table(head, rows)
+    return ["## Table 2: accuracy, latency, speedup", "", *_table(head, rows)]
 
 
 def _md_bins(data) -> list[str]:
@@ -326,10 +316,10 @@ def _md_bins(data) -> list[str]:
                 str(c),
                 _fmt(100 * a if a is not None and math.isfinite(a) else math.nan, ".1f"),
             ]
-            for i, (c, a) in enumerate(zip(b["count"], b["accuracy"]))
+            for i, (c, a) in enumerate(zip(b["count"], b["accuracy"], strict=True))
         ]
         lines += (
-            [f"### {name} (NaN: {b['n_nan']})", ""] + _table(["Bin", "Count", "Accuracy (%)"], rows) + [""]
+            [f"### {name} (NaN: {b['n_nan']})", "", *_table(["Bin", "Count", "Accuracy (%)"], rows), ""]
         )
     return lines
 
@@ -339,7 +329,7 @@ def _md_mislabel(data) -> list[str]:
     cands = data["mislabel_candidates"]
     lines = [f"## High rating but wrong (A.7): {s['rating']} >= {s['min_rating']}", ""]
     if not cands:
-        return lines + ["None."]
+        return [*lines, "None."]
     rows = [
         [
             str(c["id"]),
@@ -360,99 +350,3 @@ def _md_plots(data) -> list[str]:
 
 def _md_conventions(data) -> list[str]:
     return ["## Conventions", ""] + [f"- {k}: {v}" for k, v in data["conventions"].items()]
-
-
-# ---- plots ----------------------------------------------------------------------------------
-def _figure(n_panels: int, *, width: float = 4.0, height: float = 3.2):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cols = min(max(n_panels, 1), 3)
-    rows = -(-max(n_panels, 1) // cols)
-    fig = Figure(figsize=(width * cols, height * rows))
-    FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(max(n_panels, 1))]
-    return fig, axes
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    return path
-
-
-def write_plots(data: dict, *, out_dir: Path, p_t_grid) -> dict[str, Path]:
-    """Write the PNG plots; returns ``{name: path}``."""
-    x = 100 * np.asarray(p_t_grid, dtype=float)
-    plots = {"routing_curves": _plot_routing(data, x, out_dir / "routing_curves.png")}
-    ok = _ok_signals(data)
-    if ok:
-        plots["score_bins"] = _plot_bins(data, ok, out_dir / "score_bins.png")
-        plots["portion_curves"] = _plot_portions(data, ok, x, out_dir / "portion_curves.png")
-    if data["splits"] and ok:
-        plots["per_split"] = _plot_splits(data, ok, x, out_dir / "per_split_curves.png")
-    return plots
-
-
-def _pct(values) -> np.ndarray:
-    return 100 * np.array([math.nan if v is None else v for v in values], dtype=float)
-
-
-def _plot_routing(data, x, path) -> Path:
-    fig, (ax,) = _figure(1, width=6.0, height=4.5)
-    for name in _ok_signals(data):
-        b = data["signals"][name]
-        ax.plot(x, _pct(b["curve"]), label=f"{name} (AUC {b['auc']:.2f})")
-    ax.plot(
-        x, _pct(data["random"]["curve"]), "--", color="red", label=f"random (AUC {data['random']['auc']:.2f})"
-    )
-    ax.plot(
-        x,
-        _pct(data["oracle"]["curve"]),
-        ":",
-        color="black",
-        label=f"oracle (AUC {data['oracle']['auc']:.2f})",
-    )
-    ax.axhline(100 * data["draft_accuracy"], color="grey", lw=0.8, label="draft only")
-    ax.axhline(100 * data["target_accuracy"], color="grey", lw=0.8, ls="-.", label="target only")
-    ax.set(xlabel="p_t: instances routed to target (%)", ylabel="accuracy (%)", title=data["title"])
-    ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _plot_bins(data, names, path) -> Path:
-    fig, axes = _figure(len(names))
-    for ax, name in zip(axes, names):
-        b = data["signals"][name]["bins"]
-        edges = np.asarray(b["edges"])
-        centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-        ax.bar(centers, b["count"], width=0.9 * width, color="tab:purple", alpha=0.6)
-        ax.set(xlabel=f"{name} score", ylabel="count", title=name)
-        twin = ax.twinx()
-        twin.plot(centers, _pct(b["accuracy"]), "o-", color="tab:orange")
-        twin.set(ylabel="draft accuracy (%)", ylim=(-5, 105))
-    return _save(fig, path)
-
-
-def _plot_portions(data, names, x, path) -> Path:
-    fig, axes = _figure(len(names))
-    for ax, name in zip(axes, names):
-        for key, label in PORTION_LABELS.items():
-            ax.plot(x, _pct(data["signals"][name]["portions"][key]), label=label)
-        ax.plot(x, _pct(data["random"]["curve"]), "--", color="red", label="random")
-        ax.set(xlabel="p_t (%)", ylabel="accuracy (%)", title=f"{name}: per-portion accuracy")
-        ax.legend(fontsize=6)
-    return _save(fig, path)
-
-
-def _plot_splits(data, names, x, path) -> Path:
-    splits = data["splits"]
-    fig, axes = _figure(len(splits))
-    for ax, split in zip(axes, splits):
-        first = data["signals"][names[0]]["per_split"][split]
-        for name in names:
-            ax.plot(x, _pct(data["signals"][name]["per_split"][split]["routing"]), label=name)
-        ax.plot(x, _pct(first["random"]), "--", color="red", label="random")
-        ax.set(xlabel="p_t (%)", ylabel="accuracy (%)", title=f"split {split} (n={first['n']})")
-        ax.legend(fontsize=6)
-    return _save(fig, path)
