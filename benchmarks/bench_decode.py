@@ -167,7 +167,8 @@ def main(argv=None) -> int:
 
     # ---- a GRPO step proxy with each rollout engine
     if "train" not in skip:
-        from prp.train.rollout import build_batch, build_prompts, completion_logprobs, generate_rollout
+        from prp.core.batches import build_batch, build_prompts, completion_logprobs
+        from prp.train.rollout import generate_rollout
 
         policy, _ = build(args.size, device, torch.float32)  # fp32 master weights, as in training
         policy.generation_config.eos_token_id = []

@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prp.core.batches import build_prompts
 from prp.core.modeling import load_model
 from prp.core.prompts import build_messages
 from prp.route.decode import choose
 from prp.toy.synthetic import render
 from prp.train.config import TrainConfig
-from prp.train.rollout import build_prompts, generate_rollout, inference_copy
+from prp.train.rollout import generate_rollout, inference_copy
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from prp.core.batches import PromptBatch, build_batch
 from prp.core.data import drop_unparsable_gold, load_chartqa_train, load_jsonl, load_mmk12
 from prp.core.parsing import parse_completion
 from prp.train import checkpoint as ckpt_io
@@ -21,7 +22,7 @@ from prp.train.logs import trim_jsonl
 from prp.train.loss import Segment, token_advantage_map
 from prp.train.modes import get_mode
 from prp.train.presample import openai_sampler, presample, read_cache
-from prp.train.rollout import PromptBatch, build_batch, format_score, rewrite_score, trim_at_eos
+from prp.train.rollout import format_score, rewrite_score, trim_at_eos
 from prp.train.sampler import epoch_order
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from prp.eval.bench.records import BenchRecord
-from prp.eval.bench.registry import Benchmark
+from prp.core.batches import build_batch, build_prompts, completion_logprobs
 from prp.core.data import ImageError, open_image
 from prp.core.prompts import CN_TOKEN, UN_TOKEN, build_messages
-from prp.train.rollout import build_batch, build_prompts, completion_logprobs
-from prp.route.run import JsonlSink, read_rows
+from prp.eval.bench.records import BenchRecord
+from prp.eval.bench.registry import Benchmark
 from prp.route.router import Query, Router
+from prp.route.run import JsonlSink, read_rows
 
 log = logging.getLogger(__name__)
 

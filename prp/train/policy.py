@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
+from prp.core.batches import TrainBatch, completion_logprobs
 from prp.core.prompts import CN_TOKEN, UN_TOKEN
 from prp.train import checkpoint as ckpt_io
 from prp.train.config import ConfigError, TrainConfig
 from prp.train.dist import Dist, ds_config_for
 from prp.train.loss import prp_loss
 from prp.train.modes import Objective, StepKind, get_mode
-from prp.train.rollout import TrainBatch, completion_logprobs
 
 log = logging.getLogger("prp.train")
 

@@ -152,8 +152,9 @@ def local_sampler(
     seed: int = 0, device: str | None = None, max_pixels: int | None = None,
 ) -> Sampler:
     """Sample M completions per record from a local HF model (Alg. 2 l.4)."""
+    from prp.core.batches import build_prompts
     from prp.core.modeling import load_model
-    from prp.train.rollout import build_prompts, generate_rollout, step_seed
+    from prp.train.rollout import generate_rollout, step_seed
 
     model, processor = load_model(model_dir, device=device)
     if max_pixels:

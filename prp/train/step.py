@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prp.core.batches import PromptBatch, TrainBatch, build_batch, build_prompts
 from prp.core.data import Record
 from prp.core.parsing import parse_completion
 from prp.core.prompts import CN_TOKEN, UN_TOKEN, build_messages
@@ -29,15 +30,7 @@ from prp.train.loss import Segment, token_advantage_map
 from prp.train.modes import Mode, Objective, StepKind
 from prp.train.policy import NonFiniteError, Policy
 from prp.train.rewards import accuracy_reward, overlong_reward
-from prp.train.rollout import (
-    PromptBatch,
-    Rollout,
-    TrainBatch,
-    build_batch,
-    build_prompts,
-    format_score,
-    step_seed,
-)
+from prp.train.rollout import Rollout, format_score, step_seed
 from prp.train.sampler import safe_image
 
 SFT_FORMATS = ("none", "drl", "jrl")  # sft_rating=mixed picks one per record
