@@ -50,13 +50,14 @@ def _queries(records):
 def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, max_new: int) -> list[dict]:
     """Alg. 3-4 on every record through the one rating pipeline (Router.rate: d, t, s with and without
     IPR, per-query prefix time), then the continuation from the cache; P1 on the same answers."""
+    from prp.core.modeling import load_model
     from prp.eval.judge import routing_judge
     from prp.eval.run import mean_token_prob
-    from prp.core.modeling import load_model
     from prp.route.router import Router, RouterConfig
 
     model, proc = load_model(str(model_dir), device="cpu")
-    router = Router(model, proc, None, RouterConfig(mode=mode, rating="free", tau=2.0, ipr="add", max_new_tokens=max_new))
+    cfg = RouterConfig(mode=mode, rating="free", tau=2.0, ipr="add", max_new_tokens=max_new)
+    router = Router(model, proc, None, cfg)
     judge = routing_judge("demo")
     tok = proc.tokenizer
     rows = []
@@ -69,7 +70,7 @@ def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, ma
         p1 = mean_token_prob(model, proc, queries, [prefix.tokens[j] + new[j] for j in range(len(chunk))],
                              mode=mode, skip=[len(t) for t in prefix.tokens])
         b = len(chunk)
-        for j, (rec, rt) in enumerate(zip(chunk, ratings)):
+        for j, (rec, rt) in enumerate(zip(chunk, ratings, strict=True)):
             ans = judge.extract(tok.decode(new[j], skip_special_tokens=True))
             rows.append({
                 "id": rec.id, "level": int(rec.meta.get("level", 0)), "d": rt.d, "t": rt.t, "score": rt.score,
@@ -93,7 +94,7 @@ def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> lis
     for i in range(0, len(records), batch_size):
         chunk = records[i:i + batch_size]
         answers = target.answer(_queries(chunk))
-        for rec, a in zip(chunk, answers):
+        for rec, a in zip(chunk, answers, strict=True):
             ans = judge.extract(a.text)
             rows.append({"id": rec.id, "level": int(rec.meta.get("level", 0)), "answer": ans,
                          "correct": float(judge(rec, ans)), "latency_s": a.latency_s})  # per query already
@@ -102,9 +103,9 @@ def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> lis
 
 def run_p2(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
     """P2 (Paradigm 2, Sec. 2.1): the sft-cn model answers, then P([CN]) / (P([CN]) + P([UN])) after its answer."""
+    from prp.core.modeling import load_model
     from prp.eval.judge import routing_judge
     from prp.eval.run import special_token_answers
-    from prp.core.modeling import load_model
 
     model, proc = load_model(str(model_dir), device="cpu")
     judge = routing_judge("demo")
@@ -114,7 +115,7 @@ def run_p2(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[d
         t0 = time.perf_counter()
         bodies, scores = special_token_answers(model, proc, _queries(chunk), max_new_tokens=max_new)
         per_query = (time.perf_counter() - t0) / len(chunk)
-        for rec, body, score in zip(chunk, bodies, scores):
+        for rec, body, score in zip(chunk, bodies, scores, strict=True):
             ans = judge.extract(proc.tokenizer.decode(body, skip_special_tokens=True))
             rows.append({"id": rec.id, "level": int(rec.meta.get("level", 0)), "answer": ans, "p2": score,
                          "draft_correct": float(judge(rec, ans)), "latency_s": per_query})
@@ -152,7 +153,8 @@ def analyse(rows, target_rows, signals: dict[str, str]) -> dict:
 
 def speedup_at_target_acc(rows, target_rows, signal: str) -> dict:
     tgt = {r["id"]: r for r in target_rows}
-    insts = [M.Instance(id=r["id"], draft_correct=bool(r["draft_correct"]), target_correct=bool(tgt[r["id"]]["correct"]),
+    insts = [M.Instance(id=r["id"], draft_correct=bool(r["draft_correct"]),
+                        target_correct=bool(tgt[r["id"]]["correct"]),
                         draft_latency_s=r["draft_latency_s"], prefix_latency_s=r["prefix_latency_s"],
                         target_latency_s=tgt[r["id"]]["latency_s"], scores={signal: r[signal]}) for r in rows]
     t_acc = float(np.mean([i.target_correct for i in insts]))
@@ -160,7 +162,8 @@ def speedup_at_target_acc(rows, target_rows, signal: str) -> dict:
     reach = [row for row in table if row["accuracy"] >= t_acc - 1e-9]
     best = max(table, key=lambda row: row["accuracy"])
     return {"target_acc": t_acc, "first_reaching": reach[0] if reach else None, "best": best,
-            "at_p_t": {f"{p:.1f}": next(row for row in table if abs(row["p_t"] - p) < 1e-9) for p in (0.2, 0.4, 0.6, 0.8)}}
+            "at_p_t": {f"{p:.1f}": next(row for row in table if abs(row["p_t"] - p) < 1e-9)
+                       for p in (0.2, 0.4, 0.6, 0.8)}}
 
 
 def report_instances(rows, target_rows, p2_rows=None) -> list[dict]:
@@ -244,9 +247,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from prp.train.checkpoint import latest_checkpoint
     from prp.core.data import load_jsonl
     from prp.eval.report import build_report
+    from prp.train.checkpoint import latest_checkpoint
 
     demo, work, out = Path(args.demo), Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +261,8 @@ def main(argv=None):
     target_rows = run_plain(demo / "models" / "target", records, **kw)
     res["accuracy_by_level"]["target"] = by_level(target_rows, "correct")
     if (demo / "models" / "draft").exists():
-        res["accuracy_by_level"]["draft (plain)"] = by_level(run_plain(demo / "models" / "draft", records, **kw), "correct")
+        plain = run_plain(demo / "models" / "draft", records, **kw)
+        res["accuracy_by_level"]["draft (plain)"] = by_level(plain, "correct")
     cn = latest_checkpoint(work / "sft-cn") if (work / "sft-cn").exists() else None
     p2 = run_p2(cn, records, **kw) if cn is not None else None
     per_mode = {}
@@ -321,7 +325,8 @@ def markdown(res: dict) -> str:
         if "t" in block and "spearman_rank_target_acc" in block["t"]:
             lines.append(f"| {mode} | t vs the target's correctness | {_f(block['t']['spearman_rank_target_acc'])} | |")
     lines += ["", "Speedup (Sec. 4.4; latency = amortised per-query time of batched CPU generation):", "",
-              "| router | target acc | smallest p_t reaching it | accuracy there | speedup there | best accuracy (p_t) |",
+              "| router | target acc | smallest p_t reaching it | accuracy there | speedup there "
+              "| best accuracy (p_t) |",
               "|---|---|---|---|---|---|"]
     for mode in ("drl", "jrl"):
         sp = res.get(mode, {}).get("speedup") if isinstance(res.get(mode), dict) else None
@@ -334,7 +339,8 @@ def markdown(res: dict) -> str:
                      + f" | {_f(best['accuracy'], 'pct')} ({best['p_t']:.2f}) |")
     dss = res.get("dss_ablation") or {}
     lines += ["", "DSS ablation (train.py metrics.jsonl, windows of steps):", "",
-              "| run | window | rating std | DSS rate | mean abs(d - Acc_dft) | accuracy |", "|---|---|---|---|---|---|"]
+              "| run | window | rating std | DSS rate | mean abs(d - Acc_dft) | accuracy |",
+              "|---|---|---|---|---|---|"]
     for run, block in dss.items():
         for window, w in (block or {}).get("windows", {}).items():
             lines.append(f"| {run} | {window} | {_f(w['rating_d_std'], '.4f')} | {_f(w['dss_d_rate'], '.2f')} | "

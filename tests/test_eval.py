@@ -63,7 +63,8 @@ def test_eval_runs_models_writes_report_and_resumes(tmp_path, capsys, pair):
         assert row["draft_latency_s"] >= row["prefix_latency_s"] > 0
         # no IPR: JRL draft-first by hand
         assert row["scores"]["prp_no_ipr"] == pytest.approx(row["d"] + (row["d"] - row["t"]) / 2)
-        assert row["scores"]["prp"] == pytest.approx(row["d"] + row["ipr_d"] + (row["d"] + row["ipr_d"] - row["t"] - row["ipr_t"]) / 2)
+        d2, t2 = row["d"] + row["ipr_d"], row["t"] + row["ipr_t"]
+        assert row["scores"]["prp"] == pytest.approx(d2 + (d2 - t2) / 2)
         # P1 on --p1-model's own answers: here the target model itself, greedy with the same prompt P,
         # so its answers and correctness are the target's; it decides after its full answer
         p1 = row["signal_answers"]["p1"]
@@ -86,9 +87,9 @@ def test_special_token_signal_matches_a_direct_forward(tmp_path):
     """P2 = P[CN] / (P[CN] + P[UN]) at the token after the sft-cn model's answer."""
     from transformers import AutoModelForImageTextToText
 
-    from prp.eval.run import special_token_signal
     from prp.core.modeling import load_model, prepare_inputs
     from prp.core.prompts import build_messages
+    from prp.eval.run import special_token_signal
     from prp.route.router import Query
     from prp.toy.tiny import save_tiny_model
 
@@ -106,12 +107,14 @@ def test_special_token_signal_matches_a_direct_forward(tmp_path):
     with torch.no_grad():
         first = model(**inputs).logits[0, -1].argmax().item()
         tok = processor.tokenizer
-        eos = set(model.generation_config.eos_token_id) | {tok.convert_tokens_to_ids("[CN]"), tok.convert_tokens_to_ids("[UN]")}
+        eos = set(model.generation_config.eos_token_id)
+        eos |= {tok.convert_tokens_to_ids("[CN]"), tok.convert_tokens_to_ids("[UN]")}
         body = [] if first in eos else [first]
         ids = torch.cat([inputs["input_ids"], torch.tensor([body], dtype=torch.long)], dim=1)
         extra = {k: v for k, v in inputs.items() if k in ("pixel_values", "image_grid_thw")}
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                       mm_token_type_ids=torch.cat([inputs["mm_token_type_ids"], torch.zeros((1, len(body)), dtype=torch.long)], 1),
+                       mm_token_type_ids=torch.cat(
+                           [inputs["mm_token_type_ids"], torch.zeros((1, len(body)), dtype=torch.long)], 1),
                        **extra).logits[0, -1]
     cn, un = tok.convert_tokens_to_ids("[CN]"), tok.convert_tokens_to_ids("[UN]")
     expected = math.exp(logits[cn]) / (math.exp(logits[cn]) + math.exp(logits[un]))
@@ -120,9 +123,9 @@ def test_special_token_signal_matches_a_direct_forward(tmp_path):
 
 def test_mean_token_prob_is_s1_over_the_answer_tokens(pair):
     """s_1 = (1/L) sum p_i over the generated tokens after the rating prefix, checked by a plain forward."""
-    from prp.eval.run import mean_token_prob
     from prp.core.modeling import load_model, prepare_inputs
     from prp.core.prompts import build_messages
+    from prp.eval.run import mean_token_prob
     from prp.route.router import Query
 
     model, processor = load_model(pair["draft"])
@@ -171,9 +174,9 @@ def test_p2_row_uses_the_sft_cn_models_own_answers(tmp_path, pair):
     rows = evaluate_batch(router, bench, records, images,
                           baselines=Baselines(sft_cn_model=cn_model, sft_cn_processor=cn_proc, sft_cn_name="cn",
                                               max_new_tokens=3))
-    queries = [Query(id=r.id, question=r.question, image=im) for r, im in zip(records, images)]
+    queries = [Query(id=r.id, question=r.question, image=im) for r, im in zip(records, images, strict=True)]
     bodies, s2 = special_token_answers(cn_model, cn_proc, queries, max_new_tokens=3)
-    for row, rec, body, s in zip(rows, records, bodies, s2):
+    for row, rec, body, s in zip(rows, records, bodies, s2, strict=True):
         own = row["signal_answers"]["p2"]
         assert own["answer"] == bench.extract(cn_proc.tokenizer.decode(body, skip_special_tokens=True))
         assert own["correct"] == bench.judge(rec, own["answer"]) and own["model"] == "cn"

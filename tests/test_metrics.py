@@ -362,7 +362,7 @@ GRID5 = np.linspace(0, 1, 5)
 
 def test_target_first_direction_by_hand():
     rule = get_rule("target_first")
-    s = [rule.score(d, t, tau=2.0) for d, t in zip(TF_D, TF_T)]
+    s = [rule.score(d, t, tau=2.0) for d, t in zip(TF_D, TF_T, strict=True)]
     assert s == pytest.approx([0.9, 1.1, 0.05, 0.1])
     keep = [rule.keep_score(x) for x in s]
     # target order (highest s first): q1, q0, q3, q2 -> accuracies .5 .75 .75 .75 .5 -> AUC 68.75
@@ -389,7 +389,7 @@ def test_target_first_beats_random_in_a_seeded_simulation():
     t = np.round(np.clip(p_t + rng.normal(0, 0.05, n), 0, 1), 2)
     d = np.round(np.clip(p_d + rng.normal(0, 0.05, n), 0, 1), 2)
     rule = get_rule("target_first")
-    s = [rule.score(a, b, tau=2.0) for a, b in zip(d, t)]
+    s = [rule.score(a, b, tau=2.0) for a, b in zip(d, t, strict=True)]
     grid = np.linspace(0, 1, 101)
     rnd = auc(grid, random_curve_expected(dc, tc, p_t_grid=grid))
     right = auc(grid, routing_curve([rule.keep_score(x) for x in s], dc, tc, p_t_grid=grid))

@@ -127,7 +127,7 @@ def test_report_judges_p2_on_its_own_answers_and_labels_it(tmp_path):
     Spearman(rank, correct) = -2/sqrt(5).  p_t = .5: q1, q3 routed, post hoc: (2 * (2 + 10) + 2 * 2) / 4 = 7.
     """
     recs = []
-    for i, (p2, own, tc) in enumerate(zip([0.9, 0.2, 0.6, 0.4], [1, 0, 1, 0], [1, 1, 1, 0])):
+    for i, (p2, own, tc) in enumerate(zip([0.9, 0.2, 0.6, 0.4], [1, 0, 1, 0], [1, 1, 1, 0], strict=True)):
         recs.append({"id": f"q{i}", "draft_correct": [1, 1, 0, 0][i], "target_correct": tc,
                      "draft_latency_s": 1.0, "prefix_latency_s": 0.2, "target_latency_s": 10.0,
                      "scores": {"p2": p2},

@@ -7,16 +7,15 @@ import pytest
 import torch
 from route_fixtures import build_queries, read_jsonl
 
+from prp.core.modeling import digit_token_ids, load_model, prepare_inputs
+from prp.core.prompts import build_messages
 from prp.route import decode as gen
 from prp.route import run as route_run
+from prp.route.decide import BatchFraction, Calibration, FixedThreshold, calibrate, n_to_target
 from prp.route.ipr import digit_stats_reference
-from prp.core.modeling import load_model, prepare_inputs
-from prp.core.prompts import build_messages
 from prp.route.router import LocalTarget, Query, Router, RouterConfig
 from prp.route.scoring import apply_ipr, route_score
 from prp.toy.synthetic import render
-from prp.route.decide import BatchFraction, Calibration, FixedThreshold, calibrate, n_to_target
-from prp.core.modeling import digit_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +105,7 @@ def test_router_keeps_draft_without_second_prefill(draft, target):
     rows = router.route_batch(queries, KeepAll())
     counter.close()
     assert sum(1 for n in counter.lengths if n > 1) == 1
-    for q, row in zip(queries, rows):
+    for q, row in zip(queries, rows, strict=True):
         assert row["route"] == "draft" and row["prefix_stop"] == "cap" and row["d"] is None
         ref = _reference(model, proc, q, "drl", 10 + 12)
         assert row["completion_tokens"] == len(ref)
@@ -179,7 +178,7 @@ def test_ipr_off_and_band(draft, target):
     q = _queries(4)
     off = _router(draft, target, mode="drl", rating="forced", ipr="off").route_batch(q, KeepAll())
     band = _router(draft, target, mode="drl", rating="forced", ipr="band").route_batch(q, KeepAll())
-    for a, b in zip(off, band):
+    for a, b in zip(off, band, strict=True):
         assert a["score"] == a["d"]
         assert a["d"] <= b["score"] <= a["d"] + 0.01  # band keeps the score inside its 0.01 band
 
@@ -220,21 +219,21 @@ def test_cli_three_threshold_modes(pair, data, tmp_path):
 
     common = ["--draft", str(pair["draft"]), "--target", str(pair["target"]), "--data", str(data),
               "--rating", "forced", "--max-new-tokens", "3", "--batch-size", "6"]
-    s = route.main(common + ["--pt", "0.5", "--out", str(tmp_path / "pt.jsonl")])
+    s = route.main([*common, "--pt", "0.5", "--out", str(tmp_path / "pt.jsonl")])
     assert s["queries"] == 12 and s["share_routed"] == 0.5  # 3 of each batch of 6
     rows = read_jsonl(tmp_path / "pt.jsonl")
     assert all(set(r) >= {"id", "d", "t", "ipr_d", "ipr_t", "score", "route", "answer", "fallback",
                           "prefix_latency_s", "draft_latency_s", "target_latency_s", "prefix_tokens",
                           "completion_tokens", "gold", "correct"} for r in rows)
     threshold = sorted(r["score"] for r in rows)[5]
-    s = route.main(common + ["--threshold", str(threshold), "--out", str(tmp_path / "fixed.jsonl")])
+    s = route.main([*common, "--threshold", str(threshold), "--out", str(tmp_path / "fixed.jsonl")])
     assert s["share_routed"] == 0.5
     # calibration on a labelled split (here the same file), saved then reused
-    s = route.main(common + ["--calibrate", str(data), "--pt", "0.25", "--out", str(tmp_path / "cal.jsonl")])
+    s = route.main([*common, "--calibrate", str(data), "--pt", "0.25", "--out", str(tmp_path / "cal.jsonl")])
     saved = json.loads((tmp_path / "cal.threshold.json").read_text())
     assert saved["requested"] == {"pt": 0.25} and saved["p_t"] == 0.25 and s["share_routed"] == 0.25
-    s = route.main(common + ["--threshold-file", str(tmp_path / "cal.threshold.json"),
-                             "--out", str(tmp_path / "reuse.jsonl"), "--measure-target-only"])
+    s = route.main([*common, "--threshold-file", str(tmp_path / "cal.threshold.json"),
+                              "--out", str(tmp_path / "reuse.jsonl"), "--measure-target-only"])
     assert s["share_routed"] == 0.25 and s["speedup_basis"] == "measured"
 
 
@@ -304,14 +303,13 @@ def test_cli_target_first_calibration_keeps_its_rule_and_judges_with_the_bench(p
     """--rule target_first: the saved threshold records its rule, a draft-first run refuses it, and
     every line's `correct` is the demo benchmark's verdict on its answer."""
     import route
-
     from prp.core.data import load_jsonl
     from prp.eval.judge import routing_judge
 
     common = ["--draft", str(pair["draft"]), "--target", str(pair["target"]), "--data", str(data),
               "--rating", "forced", "--max-new-tokens", "2", "--batch-size", "12", "--bench", "demo"]
-    s = route.main(common + ["--rule", "target_first", "--calibrate", str(data), "--pt", "0.25",
-                             "--out", str(tmp_path / "tf.jsonl")])
+    s = route.main([*common, "--rule", "target_first", "--calibrate", str(data), "--pt", "0.25",
+                    "--out", str(tmp_path / "tf.jsonl")])
     saved = json.loads((tmp_path / "tf.threshold.json").read_text())
     assert saved["rule"] == "target_first" and saved["judge"] == "demo" and s["share_routed"] == 0.25
     rows = read_jsonl(tmp_path / "tf.jsonl")
@@ -321,8 +319,8 @@ def test_cli_target_first_calibration_keeps_its_rule_and_judges_with_the_bench(p
     judge, recs = routing_judge("demo"), {r.id: r for r in load_jsonl(data).records}
     assert all(r["correct"] == judge(recs[r["id"]], r["answer"]) for r in rows)
     with pytest.raises(SystemExit, match="same rule"):
-        route.main(common + ["--threshold-file", str(tmp_path / "tf.threshold.json"),
-                             "--out", str(tmp_path / "df.jsonl")])
+        route.main([*common, "--threshold-file", str(tmp_path / "tf.threshold.json"),
+                    "--out", str(tmp_path / "df.jsonl")])
 
 
 def test_route_rows_are_typed_per_query_and_round_trip(draft, target):
@@ -332,7 +330,7 @@ def test_route_rows_are_typed_per_query_and_round_trip(draft, target):
 
     router = _router(draft, target, mode="jrl", rating="forced", max_new_tokens=2)
     queries = _queries(4)
-    prefix, ratings = router.rate(queries)
+    _prefix, ratings = router.rate(queries)
     assert all(isinstance(r, RatingRow) for r in ratings) and [r.id for r in ratings] == ["q0", "q1", "q2", "q3"]
     assert len({r.prefix_latency_s for r in ratings}) == 1  # the batch's prefix time, divided evenly
     rows = router.route_rows(queries, KeepAll())

@@ -27,15 +27,14 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from prp.route import decode as gen
 from prp.core.answers import extract_answer
-from prp.route.ipr import digit_stats_from_logits
-from prp.core.modeling import prepare_inputs
+from prp.core.modeling import digit_token_ids, prepare_inputs
 from prp.core.parsing import parse_completion
 from prp.core.prompts import P_TARGET, build_messages
+from prp.route import decode as gen
+from prp.route.ipr import digit_stats_from_logits
 from prp.route.rows import RatingRow, RouteRow
 from prp.route.scoring import apply_ipr, get_rule
-from prp.core.modeling import digit_token_ids
 
 
 @dataclass
@@ -88,12 +87,12 @@ class LocalTarget:
         inputs = gen_inputs(self.processor, msgs, [q.image for q in queries], self.model)
         caps = [min(q.max_new_tokens or self.max_new_tokens, self.max_new_tokens) for q in queries]
         tokens = gen.generate(self.model, self.processor.tokenizer, inputs, max_new_tokens=max(caps))
-        tokens = [list(ids)[:cap] for ids, cap in zip(tokens, caps)]  # each query's own max_tokens
+        tokens = [list(ids)[:cap] for ids, cap in zip(tokens, caps, strict=True)]  # each query's own max_tokens
         # per-query latency: the batch's wall time divided evenly (docs/routing.md)
         latency = (time.perf_counter() - start) / len(queries)
         texts = self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         return [TargetAnswer(text=t, model=self.name, completion_tokens=len(ids), latency_s=latency)
-                for t, ids in zip(texts, tokens)]
+                for t, ids in zip(texts, tokens, strict=True)]
 
 
 class RemoteTarget:
@@ -180,7 +179,7 @@ class Router:
             values = [getattr(parse_completion(prefix.texts[r], self.cfg.mode), tag) for r in rows]
             rating = torch.tensor([float("nan") if v is None else v for v in values], device=logits.device)
             stats = digit_stats_from_logits(logits, self.digit_ids, rating, backend=self.cfg.ipr_backend)
-            for r, p in zip(rows, stats.ipr.tolist()):
+            for r, p in zip(rows, stats.ipr.tolist(), strict=True):
                 out[r] = p
         return out
 
@@ -228,7 +227,7 @@ class Router:
         done = [prefix.stop[r] == "eos" for r in rows]
         new = gen.continue_rows(self.model, self.tokenizer, sub, max_new_tokens=max(caps), done=done,
                                 temperature=self.cfg.temperature)
-        return {r: list(ids)[:cap] for r, ids, cap in zip(rows, new, caps)}, time.perf_counter() - start
+        return {r: list(ids)[:cap] for r, ids, cap in zip(rows, new, caps, strict=True)}, time.perf_counter() - start
 
     # ---------------------------------------------------------------- all steps
     def check_policy(self, policy) -> None:
@@ -266,7 +265,7 @@ class Router:
         answers = future.result() if future else self.target.answer([queries[i] for i in to_target])
         if pool:
             pool.shutdown()
-        target_by_row = dict(zip(to_target, answers))
+        target_by_row = dict(zip(to_target, answers, strict=True))
         # failures lose nothing: the draft answers from its cache
         failed = [i for i in range(n) if not keep[i] and target_by_row[i].text is None and i not in draft_new]
         fb_new, fb_s = self.continue_draft(prefix, failed, [caps[i] for i in failed])
@@ -276,7 +275,7 @@ class Router:
         fb_each = fb_s / len(failed) if failed else 0.0
 
         rows = []
-        for i, q in enumerate(queries):
+        for i, _q in enumerate(queries):
             r, tgt = ratings[i], target_by_row.get(i)
             fallback = not keep[i] and tgt.text is None
             draft_ids = prefix.tokens[i] + draft_new[i] if i in draft_new else None
