@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   # build/refresh .venv, install, run the router + evaluation on the embedded tiny models
-#   make test   # build/refresh .venv, install with test extras, run the test suite
+#   make test   # build/refresh .venv, install with test extras, lint, the browser (if missing), the test suite
 # torch is pinned: on a CPU machine any other request pulls a multi-GB CUDA build.
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ EXTRAS ?= dev,triton,deepspeed
 STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-lowest lint clean
+.PHONY: install demo test test-lowest lint browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ demo: $(STAMP)
 	$(PY) eval.py --bench demo --out-dir $(DEMO_DIR)/report
 	@echo "browse the report (offline, any browser): $(DEMO_DIR)/report/report.html"
 
-test: $(STAMP)
+test: lint browser $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --doctest-modules prp tests
+
+# Debian's Chromium for the report.html browser test, installed only when missing (needs root).
+browser:
+	bash scripts/install_browser.sh
 
 # The lowest transformers release pyproject.toml admits (its cache argument is `past_key_values=`, not
 # `cache=`): the generation and router tests run under it too, in a second venv kept between runs.
