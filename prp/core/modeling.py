@@ -62,6 +62,22 @@ def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids
 
 
+def freeze_vision_biases(model: torch.nn.Module) -> int:
+    """Zero the vision tower's bias vectors and stop their gradients; returns how many.
+
+    The tiny-model recipe (docs/tiny-models.md): tiny towers otherwise grow a large constant output
+    that drowns the per-image signal.  `requires_grad` is not saved: call this again after loading.
+    """
+    n = 0
+    for name, p in model.model.visual.named_parameters():
+        if name.endswith("bias"):
+            with torch.no_grad():
+                p.zero_()
+            p.requires_grad_(False)
+            n += 1
+    return n
+
+
 def _flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 

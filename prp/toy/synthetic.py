@@ -1,6 +1,6 @@
 """A procedural visual-reasoning benchmark: "What is the sum of the numbers in the image?"
 
-Deterministic from a seed.  Layout follows ../shared/notes/tiny-vlm-training.md, the recipe
+Deterministic from a seed.  Layout follows docs/tiny-models.md, the recipe
 under which tiny Qwen2.5-VL models actually read the image:
 - a 112x112 image = a 4x4 grid of 28x28 blocks, one merged image token per block;
 - number i sits on block row i, one digit per block (two-digit numbers take two blocks);

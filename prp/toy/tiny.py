@@ -26,7 +26,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from prp.core.modeling import ImageOnlyQwen2_5_VLProcessor, digit_token_ids
+from prp.core.modeling import ImageOnlyQwen2_5_VLProcessor, digit_token_ids, freeze_vision_biases
 from prp.core.prompts import PROMPTS
 
 # --------------------------------------------------------------------------------------------
@@ -342,22 +342,6 @@ def build_tiny_model(
     if freeze_biases:
         freeze_vision_biases(model)
     return model.eval()
-
-
-def freeze_vision_biases(model: Qwen2_5_VLForConditionalGeneration) -> int:
-    """Zero the vision tower's bias vectors and stop their gradients; returns how many.
-
-    Tiny towers otherwise grow a large constant output that drowns the per-image signal (notes:
-    tiny-vlm-training.md).  `requires_grad` is not saved: call this again after loading.
-    """
-    n = 0
-    for name, p in model.model.visual.named_parameters():
-        if name.endswith("bias"):
-            with torch.no_grad():
-                p.zero_()
-            p.requires_grad_(False)
-            n += 1
-    return n
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -72,7 +72,7 @@ def substitution_interval(d_last: float, acc: float) -> tuple[float, float]:
 
         S = [max(0, min(d_N, Acc) - |Acc - d_N|),  min(max(d_N, Acc) + |Acc - d_N|, 1)]
 
-    Note (DESIGN.md, known ambiguities): the text says every d' in S lies closer to Acc than
+    Note (docs/decisions.md): the text says every d' in S lies closer to Acc than
     d_N, but this interval also reaches |Acc - d_N| beyond Acc on the far side and beyond d_N
     on the near side, so a draw can be as far from Acc as 2|Acc - d_N|.  We implement the
     printed interval.

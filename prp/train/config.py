@@ -82,7 +82,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
-    freeze_vision_biases: bool = False  # tiny models only (prp.train.policy.freeze_vision_biases)
+    freeze_vision_biases: bool = False  # tiny models only (prp.core.modeling.freeze_vision_biases)
     seed: int = 0
 
     # ---- PRP (Sec. 3, Appendix C)

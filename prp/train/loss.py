@@ -8,8 +8,8 @@ Every completion token belongs to one segment:
     TARGET (the t_i score string)                beta  * A_t_i / |t_i|
 
 so that   L_i = -E_m[ratio] A_base - alpha E_m[ratio] A_d - beta E_m[ratio] A_t,
-each E_m being the mean over that segment's tokens of completion i (DESIGN.md: "E_m is
-the mean over the tokens of that segment, per completion").  The batch loss is the mean
+each E_m being the mean over that segment's tokens of completion i (docs/decisions.md: "E_m
+is the mean over the segment's tokens, per completion").  The batch loss is the mean
 of L_i over completions.  With one update per rollout (the paper: no clipping, no KL),
 pi_theta_old = pi_theta numerically, the ratio is 1 and the gradient is the
 policy gradient  -w_m * grad log pi(o_m).

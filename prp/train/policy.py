@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from prp.core.batches import TrainBatch, completion_logprobs
+from prp.core.modeling import freeze_vision_biases
 from prp.core.prompts import CN_TOKEN, UN_TOKEN
 from prp.train import checkpoint as ckpt_io
 from prp.train.config import ConfigError, TrainConfig
@@ -61,19 +62,6 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
         return max(0.0, 1.0 - progress) if cfg.lr_scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
     return fn
-
-
-def freeze_vision_biases(model: torch.nn.Module) -> int:
-    """Zero the vision tower's bias vectors and stop their gradients (the tiny-model recipe: tiny towers
-    otherwise grow a large constant output that drowns the per-image signal); returns how many."""
-    n = 0
-    for name, p in model.model.visual.named_parameters():
-        if name.endswith("bias"):
-            with torch.no_grad():
-                p.zero_()
-            p.requires_grad_(False)
-            n += 1
-    return n
 
 
 @dataclass
