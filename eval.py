@@ -20,7 +20,6 @@ from prp.core.cli import UserError, run_main
 from prp.route.run import add_router_arguments
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -41,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--allow-missing-images", action="store_true", help="keep records whose image is missing")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("-v", "--verbose", action="store_true", help="also print the traceback of a user error")
-    add_router_arguments(ap, title="models (all of --data-dir, --draft, --target omitted with --bench demo: the embedded demo)")
+    add_router_arguments(
+        ap, title="models (all of --data-dir, --draft, --target omitted with --bench demo: the embedded demo)")
     return ap
 
 
@@ -110,23 +110,23 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def run_models(args, out_dir: Path) -> Path:
     """Run the draft, the target and the baselines over the benchmark; returns the instance table."""
-    import torch
-
     from prp.eval.bench.registry import get_benchmark
-    from prp.eval.run import Baselines, run_benchmark
-    from prp.core.modeling import load_model
-    from prp.route.run import build_router
-    from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo  # the embedded default
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     bench = get_benchmark(args.bench)
     if args.bench == "demo" and not (args.data_dir or args.draft or args.target):
+        from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo  # the embedded default (loads torch)
+
+        _set_threads(args)  # building the demo runs with the requested threads too
         paths = ensure_default_demo(DEFAULT_DEMO)
         args.data_dir, args.draft, args.target = str(paths["data"]), str(paths["draft"]), str(paths["target"])
         args.rating = args.rating or DEFAULT_DEMO.rating
         args.max_new_tokens = args.max_new_tokens or DEFAULT_DEMO.max_new_tokens
-    check_inputs(args)
+    check_inputs(args)  # before torch and transformers load: a missing-files message comes at once
+    from prp.core.modeling import load_model
+    from prp.eval.run import Baselines, run_benchmark
+    from prp.route.run import apply_engine, build_router
+
+    _set_threads(args)
     try:
         loaded = bench.load(args.data_dir, require_images=not args.allow_missing_images)
     except FileNotFoundError as exc:  # the loaders open only files under the user's --data-dir
@@ -149,10 +149,18 @@ def run_models(args, out_dir: Path) -> Path:
         baselines.p1_model, baselines.p1_processor = load_model(
             args.p1_model, device=router.model.device, dtype=args.dtype)
         baselines.p1_name = Path(args.p1_model).name
+    apply_engine(args.engine, baselines.sft_cn_model, baselines.p1_model)  # --engine, like the draft's
     table = out_dir / "instances.jsonl"
     run_benchmark(router, bench, records, table, batch_size=args.batch_size,
                   resume=not args.no_resume, baselines=baselines)
     return table
+
+
+def _set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def data_error(args, problem: str) -> UserError:

@@ -8,6 +8,9 @@
   rows again.
 - The embedded default (no model/data flags) is resolved by the entry scripts (prp.toy.demo): this
   module only routes the paths it is given.
+- Importing this module stays cheap (no torch, no transformers): the entry scripts import it to build
+  their parsers, so `eval.py --help` or a missing-files message prints at once; the router is imported
+  by the functions that route.
 """
 from __future__ import annotations
 
@@ -17,14 +20,20 @@ import os
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prp.core.data import ImageError, load_jsonl
 from prp.route.batchfile import read_batch_file
 from prp.route.isolate import run_isolated
-from prp.route.router import Query, Router
 from prp.route.rows import error_row
 
+if TYPE_CHECKING:  # the router pulls in torch + transformers: imported where a query is routed
+    from prp.route.router import Router
+
 log = logging.getLogger(__name__)
+
+# `--engine`: how prp.route.decode generates (prp.route.engine.engine_for's kinds; docs/engine.md)
+ENGINE_KINDS = ("eager", "compiled", "static")
 
 
 # ------------------------------------------------------------------------------ router from the command line
@@ -39,6 +48,10 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
     io.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env var holding the API key")
     io.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     io.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+    io.add_argument("--engine", choices=ENGINE_KINDS, default=None,
+                    help="decode engine of the draft and a local target: eager (the plain loop; CPU, debugging), "
+                         "static (static KV cache, step not compiled) or compiled (default: compiled on CUDA, "
+                         "eager elsewhere)")
 
     sc = ap.add_argument_group("evaluation (Sec. 4.2-4.3)")
     sc.add_argument("--mode", choices=("drl", "jrl"), default="jrl",
@@ -69,7 +82,7 @@ def build_router(args) -> Router:
 
     from prp.core.modeling import load_model
     from prp.route.remote import RetryPolicy
-    from prp.route.router import RouterConfig, load_target
+    from prp.route.router import Router, RouterConfig, load_target
 
     max_new = args.max_new_tokens or 1024
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,9 +90,22 @@ def build_router(args) -> Router:
     retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
     target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
                          remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)
+    apply_engine(getattr(args, "engine", None), draft, None if target.remote else target.model)
     cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, ipr_backend=args.ipr_backend,
                        rating=args.rating or "free", max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
     return Router(draft, processor, target, cfg)
+
+
+def apply_engine(kind: str | None, *models) -> None:
+    """`--engine`: set the decode engine of each model given (None entries skipped); no flag keeps the
+    engine's own default (compiled on CUDA, eager elsewhere)."""
+    if kind is None:
+        return
+    from prp.route.engine import set_engine
+
+    for model in models:
+        if model is not None:
+            set_engine(model, kind)
 
 
 # ------------------------------------------------------------------------------ output
@@ -200,6 +226,8 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
     `max_prompt_tokens` (default: `default_prompt_limit`) gets its own error row, and a batch the
     router fails on is split until only the failing queries get error rows (prp.route.isolate).
     """
+    from prp.route.router import Query
+
     prompt_limit = max_prompt_tokens or default_prompt_limit(router)
     lines = read_batch_file(data)
     sink = JsonlSink(out, resume=resume, retry_errors=retry_errors)
@@ -229,7 +257,7 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
                 ready.append((bl, Query(id=rec.id, question=rec.question, image=image, gold=rec.answer)))
             results = run_isolated(lambda qs: router.route_batch(qs, policy, target_all=target_all),
                                    [q for _, q in ready])
-            for (bl, _), row in zip(ready, results):
+            for (bl, _), row in zip(ready, results, strict=True):
                 if isinstance(row, Exception):
                     row = error_row(bl.id, f"routing_failed: {type(row).__name__}: {row}", line=bl.line)
                 else:
@@ -312,6 +340,7 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
     own rule, as in evaluation) scores them.
     """
     from prp.route.decide import FixedThreshold, calibrate
+    from prp.route.router import Query
 
     loaded = load_jsonl(val_path, check_images=True, require_answer=True)
     recs = loaded.records
@@ -329,7 +358,7 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
             tc += [float(r.meta["target_correct"]) for r in batch]
             continue
         rows = router.route_rows(queries, FixedThreshold(None, router.rule.name), target_all=True, draft_all=True)
-        for row, rec in zip(rows, batch):
+        for row, rec in zip(rows, batch, strict=True):
             scores.append(row.score)
             dc.append(float(judge(rec, row.draft_answer)))
             tc.append(float(judge(rec, row.target_answer)))

@@ -20,6 +20,7 @@ import logging
 import os
 
 from prp.core.cli import check_port_free, run_main
+from prp.route.run import ENGINE_KINDS
 from prp.route.server.backends import ModelBackend, RouterBackend, parse_faults
 from prp.route.server.limits import add_limit_arguments, limits_from_args
 
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256, help="cap on (and default of) max_tokens")
     ap.add_argument("--canned", help="answer this text without a model (HTTP load tests)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--engine", choices=ENGINE_KINDS, default=None,
+                    help="decode engine: eager (CPU, debugging), static or compiled (default: compiled on CUDA, "
+                         "eager elsewhere)")
     ap.add_argument("--api-key-env", default=None,
                     help="NAME of an env var holding the key clients must send (Authorization: Bearer KEY)")
     add_limit_arguments(ap, max_images=4)
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     if faults["rate"]:
         log.warning("TEST-ONLY fault injection on: %s", faults)
     limits = limits_from_args(args, max_tokens=args.max_new_tokens)
-    backend = ModelBackend(args.model, limits, name=args.name, canned=args.canned, faults=faults)
+    backend = ModelBackend(args.model, limits, name=args.name, canned=args.canned, faults=faults,
+                           engine=args.engine)
     _run(backend, limits, host=args.host, port=args.port, api_key=_api_key(args.api_key_env))
 
 
