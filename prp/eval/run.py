@@ -108,7 +108,7 @@ def special_token_answers(model, processor, queries: list[Query], *,
         bodies.append(ids[:cut])
     # two rows per query: body + [CN] and body + [UN]; the last token's log-prob is log P[CN|body] / log P[UN|body]
     pair_prompts = build_prompts(processor, msgs, images, repeat=2, device=model.device)
-    rows = [b + [x] for b in bodies for x in (cn, un)]
+    rows = [[*b, x] for b in bodies for x in (cn, un)]
     batch = build_batch(pair_prompts, rows, pad_id=tok.pad_token_id)
     logprobs = completion_logprobs(model, batch)  # [2B, L]
     last = torch.tensor([len(r) - 1 for r in rows], device=logprobs.device)
@@ -143,7 +143,8 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
     """Steps 1-5 for one batch of records and their decoded images."""
     extract = bench.extract  # the benchmark's own answer extraction, then its own judge
 
-    queries = [Query(id=r.id, question=r.question, image=im, gold=r.answer) for r, im in zip(records, images)]
+    queries = [Query(id=r.id, question=r.question, image=im, gold=r.answer)
+               for r, im in zip(records, images, strict=True)]
     n, cfg, rule = len(queries), router.cfg, router.rule
     prefix, ratings = router.rate(queries)  # step 1
     continued, continue_s = router.continue_draft(prefix, list(range(n)))
@@ -152,7 +153,7 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
     decode = router.tokenizer.decode
     # the answer comes from after the rating: a last-number fallback must not read "0.87"
     draft_answers = [extract(decode(continued.get(i, []), skip_special_tokens=True)) for i in range(n)]
-    draft_correct = [bool(bench.judge(rec, a)) for rec, a in zip(records, draft_answers)]  # step 5
+    draft_correct = [bool(bench.judge(rec, a)) for rec, a in zip(records, draft_answers, strict=True)]  # step 5
     draft_lat = [r.prefix_latency_s + continue_s / n for r in ratings]
 
     # step 3: P1 on the --p1-model's own answers, else on the routing draft's (prefix skipped)
@@ -163,12 +164,12 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
         p1_answers = [extract(baselines.p1_processor.tokenizer.decode(ids, skip_special_tokens=True))
                       for ids in p1_ids]
         p1_own = [_own_answers(baselines.p1_name, a, bench.judge(rec, a), p1_s / n)
-                  for rec, a in zip(records, p1_answers)]
+                  for rec, a in zip(records, p1_answers, strict=True)]
     else:
         p1 = mean_token_prob(router.model, router.processor, queries, draft_ids, mode=cfg.mode,
                              skip=[len(t) for t in prefix.tokens])
         p1_own = [_own_answers("routing draft", a, c, lat)
-                  for a, c, lat in zip(draft_answers, draft_correct, draft_lat)]
+                  for a, c, lat in zip(draft_answers, draft_correct, draft_lat, strict=True)]
     # step 4: P2 on the sft-cn model's own answers
     p2, p2_own = None, None
     if baselines.sft_cn_model is not None:
@@ -179,10 +180,10 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
         tok = baselines.sft_cn_processor.tokenizer
         p2_answers = [extract(tok.decode(b, skip_special_tokens=True)) for b in bodies]
         p2_own = [_own_answers(baselines.sft_cn_name, a, bench.judge(rec, a), p2_s / n)
-                  for rec, a in zip(records, p2_answers)]
+                  for rec, a in zip(records, p2_answers, strict=True)]
 
     rows = []
-    for i, (record, rating, target) in enumerate(zip(records, ratings, targets)):
+    for i, (record, rating, target) in enumerate(zip(records, ratings, targets, strict=True)):
         target_answer = extract(target.text) if target.text is not None else None
         rows.append({
             "id": record.id, "split": record.split or None, "gold": record.answer,
@@ -228,7 +229,8 @@ def run_benchmark(router: Router, bench: Benchmark, records: list[BenchRecord], 
                     except ImageError as exc:  # counted in the report, never a crash
                         sink.write({"id": record.id, "line": line, "error": str(exc)})
                 if ok:
-                    for line, row in zip(lines, evaluate_batch(router, bench, ok, images, baselines=baselines)):
+                    rows = evaluate_batch(router, bench, ok, images, baselines=baselines)
+                    for line, row in zip(lines, rows, strict=True):
                         sink.write({"line": line, **row})
                 bar.update(len(batch))
     finally:

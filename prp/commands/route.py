@@ -1,0 +1,155 @@
+"""Proactive routing (PRP, Sec. 4, Alg. 3-4) from the command line.
+
+    python route.py --draft DIR --target DIR_OR_URL --data FILE.jsonl --tau 2 --pt 0.6 --out routes.jsonl
+    python route.py --tau 2 --pt 0.6                       # the embedded default: the trained tiny demo in demo/
+    python route.py --serve --port 8000 --threshold 0.5    # the router as an OpenAI-compatible endpoint
+
+Decision (exactly one source of T, in this order): --threshold-file, --threshold, --calibrate
+(with --pt or --target-acc as the goal), --pt (per-batch share routed to the target).  The direction
+is the rule's: draft-first keeps s > T, target-first keeps s < T (high s goes to the target).
+Answers are judged with --bench's own rule (default demo: generic math equivalence).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from prp.core.cli import UserError, check_port_free, run_main
+from prp.route.run import add_router_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    add_router_arguments(ap, title="models (all of --draft, --target, --data omitted: the embedded default)")
+    io = ap.add_argument_group("data")
+    io.add_argument("--data", help="JSONL of {id, image, question, answer?}")
+    io.add_argument("--out", default=None,
+                    help="output JSONL (default: routes.jsonl; embedded demo: runs/demo/routes.jsonl)")
+    io.add_argument("--resume", action="store_true", help="skip input lines already in --out")
+    io.add_argument("--retry-errors", action="store_true",
+                    help="route the error and fallback rows of --out again (implies --resume)")
+    io.add_argument("--bench", default="demo",
+                    choices=("demo", "mathvista", "mathverse", "chartqa", "m3cot", "docvqa"),
+                    help="judge answers (routing and calibration) with this benchmark's own rule, as eval.py does "
+                         "(default demo: the generic math-equivalence judge)")
+
+    de = ap.add_argument_group("decision (Sec. 4.4)")
+    de.add_argument("--threshold", type=float, help="s > T keeps the draft")
+    de.add_argument("--pt", type=float, help="share routed to the target: per batch, or the --calibrate goal")
+    de.add_argument("--batch-size", type=int, default=20)
+    de.add_argument("--calibrate", metavar="VAL.jsonl", nargs="?", const="default",
+                    help="choose T on a labelled validation split (no file: the embedded default's)")
+    de.add_argument("--target-acc", type=float, help="calibration goal: cheapest T reaching this accuracy")
+    de.add_argument("--threshold-out", default=None, help="where --calibrate saves T (default: next to --out)")
+    de.add_argument("--threshold-file", help="reuse a saved calibration")
+    de.add_argument("--measure-target-only", action="store_true",
+                    help="also run the target on kept queries: measured target-only latency for the speedup")
+
+    sv = ap.add_argument_group("serving")
+    sv.add_argument("--serve", action="store_true", help="serve the router on /v1/chat/completions")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--batch-window-ms", type=float, default=20.0, help="wait this long for more requests to batch")
+    sv.add_argument("--serve-api-key-env", default=None,
+                    help="NAME of an env var holding the key clients must send (Authorization: Bearer KEY); "
+                         "--api-key-env is the remote target's")
+    from prp.route.server.limits import add_limit_arguments
+
+    add_limit_arguments(ap)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from prp.eval.judge import routing_judge
+    from prp.route import run as route_run
+    from prp.route.decide import BatchFraction, Calibration, FixedThreshold
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    embedded = not (args.draft or args.target or args.data)
+    from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo  # the embedded default
+
+    spec = DEFAULT_DEMO
+    if embedded:
+        paths = ensure_default_demo(spec)
+        args.draft, args.target, args.data = str(paths["draft"]), str(paths["target"]), str(paths["data"])
+        args.rating = args.rating or spec.rating
+        args.max_new_tokens = args.max_new_tokens or spec.max_new_tokens
+        # the shipped demo folder is tracked: outputs go under runs/ (git-ignored)
+        args.out = args.out or str(Path("runs/demo" if spec.shipped else spec.root) / "routes.jsonl")
+    if not args.draft or not args.target or not (args.data or args.serve):
+        raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
+    args.out = args.out or "routes.jsonl"
+    for flag, path in (("--data", None if args.serve else args.data), ("--threshold-file", args.threshold_file),
+                       ("--calibrate", None if args.calibrate == "default" else args.calibrate)):
+        if path and not Path(path).is_file():  # fail before loading the models
+            raise UserError(f"{flag} {path}: no such file; check the path (relative paths start at the current folder)")
+    if args.serve:
+        check_port_free(args.host, args.port)  # a port in use: one line now, not after loading the models
+    router = route_run.build_router(args)
+    judge = routing_judge(args.bench)  # the entry script passes the benchmark's rule down (route never imports eval)
+    router.extract = judge.extract  # and its answer extraction
+    rule = router.rule.name  # the decision direction belongs to the rule
+
+    # decision source, in order of precedence
+    if args.threshold_file:
+        policy = Calibration.load(args.threshold_file).policy()  # refused below if its rule differs
+    elif args.threshold is not None:
+        policy = FixedThreshold(args.threshold, rule)
+    elif args.calibrate:
+        val = args.calibrate
+        if val == "default":
+            val = str(ensure_default_demo(spec)["validation"])
+        cal = route_run.calibrate_on(router, val, p_t=None if args.target_acc is not None else args.pt,
+                                     target_acc=args.target_acc, batch_size=args.batch_size, judge=judge)
+        out = args.threshold_out or str(Path(args.out).with_suffix(".threshold.json"))
+        cal.save(out)
+        print(f"calibrated T={cal.threshold} on {cal.n} validation queries "
+              f"(p_t {cal.p_t:.1%}, accuracy {cal.accuracy:.1%}) -> {out}")
+        policy = cal.policy()
+    elif args.pt is not None:
+        policy = BatchFraction(args.pt, rule)
+    else:
+        raise SystemExit("give --threshold, --pt, --calibrate or --threshold-file")
+    try:
+        router.check_policy(policy)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+
+    if args.serve:
+        from prp.route.serve import serve_router
+
+        serve_router(router, policy, args)
+        return None
+
+    rows = route_run.route_file(router, args.data, args.out, policy, batch_size=args.batch_size,
+                                resume=args.resume or args.retry_errors, retry_errors=args.retry_errors,
+                                max_prompt_tokens=args.max_prompt_tokens, target_all=args.measure_target_only,
+                                judge=judge)
+    summary = route_run.summarize(rows)
+    print(f"wrote {len(rows)} lines to {args.out}")
+    print(route_run.format_summary(summary))
+    Path(args.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from prp.eval.html import write_routes_html  # the per-query browser (docs/report.md)
+
+    print(f"browse: {write_routes_html(args.out, rows, records=args.data, summary=summary, models=vars(args))}")
+    return summary
+
+
+def cli() -> int:
+    """`prp-route` and `python route.py`: user errors are one line on stderr, exit status 2."""
+    return run_main(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
