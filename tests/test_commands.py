@@ -267,6 +267,38 @@ def test_route_missing_data_file_before_loading_models(scripts, capsys, tmp_path
     assert_user_error(capsys.readouterr().err, "route.py", f"--data {tmp_path / 'q.jsonl'}: no such file")
 
 
+def test_route_user_errors_in_the_flags_and_files_are_one_line(scripts, capsys, tmp_path):
+    """A directory or FIFO as --data, a malformed --threshold-file, a non-http URL: one line before any model
+    loads (the draft folder here is not a model, so reaching the loader would name it instead)."""
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"id": "1", "question": "1+1?", "answer": "2"}\n')
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    bad_json, a_list = tmp_path / "t.json", tmp_path / "list.json"
+    bad_json.write_text("not json{")
+    a_list.write_text("[1, 2]")
+    base = ["--draft", str(tmp_path), "--target", str(tmp_path), "--pt", "0.5"]
+    cases = [
+        (["--data", str(tmp_path)], f"--data {tmp_path}: not a regular file"),
+        (["--data", str(fifo)], f"--data {fifo}: not a regular file"),
+        (["--data", str(data), "--threshold-file", str(bad_json)], f"--threshold-file {bad_json}: not a calibration"),
+        (["--data", str(data), "--threshold-file", str(a_list)], f"--threshold-file {a_list}: not a calibration"),
+        (["--data", str(data), "--target", "ftp://host/x"], "--target ftp://host/x: unsupported URL scheme"),
+    ]
+    for extra, message in cases:
+        assert run_main(scripts["route.py"].main, base + extra, prog="route.py") == 2, extra
+        assert_user_error(capsys.readouterr().err, "route.py", message)
+
+
+@pytest.mark.parametrize("flag, value", [("--pt", "1.5"), ("--pt", "-0.1"), ("--pt", "nan"), ("--target-acc", "2"),
+                                         ("--tau", "0"), ("--tau", "-1"), ("--tau", "inf"), ("--timeout", "0")])
+def test_route_out_of_range_numbers_are_usage_errors(scripts, capsys, flag, value):
+    with pytest.raises(SystemExit) as stop:
+        run_main(scripts["route.py"].main, ["--data", "q.jsonl", flag, value], prog="route.py")
+    assert stop.value.code == 2
+    assert f"argument {flag}: '{value}'" in capsys.readouterr().err
+
+
 def test_route_serve_port_in_use_before_loading_models(scripts, capsys):
     sock, port = listening_socket()
     try:

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from prp.core.cli import UserError, check_port_free, run_main
-from prp.route.run import add_router_arguments
+from prp.route.run import add_router_arguments, share
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = ap.add_argument_group("decision (Sec. 4.4)")
     de.add_argument("--threshold", type=float, help="s > T keeps the draft")
-    de.add_argument("--pt", type=float, help="share routed to the target: per batch, or the --calibrate goal")
+    de.add_argument("--pt", type=share, help="share routed to the target: per batch, or the --calibrate goal")
     de.add_argument("--batch-size", type=int, default=20)
     de.add_argument("--calibrate", metavar="VAL.jsonl", nargs="?", const="default",
                     help="choose T on a labelled validation split (no file: the embedded default's)")
-    de.add_argument("--target-acc", type=float, help="calibration goal: cheapest T reaching this accuracy")
+    de.add_argument("--target-acc", type=share, help="calibration goal: cheapest T reaching this accuracy")
     de.add_argument("--threshold-out", default=None, help="where --calibrate saves T (default: next to --out)")
     de.add_argument("--threshold-file", help="reuse a saved calibration")
     de.add_argument("--measure-target-only", action="store_true",
@@ -92,8 +92,21 @@ def main(argv: list[str] | None = None) -> dict | None:
     args.out = args.out or "routes.jsonl"
     for flag, path in (("--data", None if args.serve else args.data), ("--threshold-file", args.threshold_file),
                        ("--calibrate", None if args.calibrate == "default" else args.calibrate)):
-        if path and not Path(path).is_file():  # fail before loading the models
+        if path and not Path(path).exists():  # fail before loading the models
             raise UserError(f"{flag} {path}: no such file; check the path (relative paths start at the current folder)")
+        if path and not Path(path).is_file():  # a directory or a FIFO would fail (or hang) later
+            raise UserError(f"{flag} {path}: not a regular file (a directory, FIFO or device); give a JSON/JSONL file")
+    for flag, value in (("--draft", args.draft), ("--target", args.target)):
+        if "://" in value and not value.startswith(("http://", "https://")):
+            raise UserError(f"{flag} {value}: unsupported URL scheme; give an http(s):// URL or a model folder")
+    if args.threshold_file:  # malformed: one line naming the file, before loading the models
+        from prp.route.decide import Calibration
+
+        try:
+            Calibration.load(args.threshold_file)
+        except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise UserError(f"--threshold-file {args.threshold_file}: not a calibration saved by --calibrate "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rerun --calibrate") from None
     if args.serve:
         check_port_free(args.host, args.port)  # a port in use: one line now, not after loading the models
     router = route_run.build_router(args)

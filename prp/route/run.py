@@ -14,8 +14,10 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import math
 import os
 import statistics
 from collections.abc import Iterable
@@ -39,6 +41,22 @@ ENGINE_KINDS = ("eager", "compiled", "static")
 # ------------------------------------------------------------------------------ router from the command line
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (--tau divides by it; --timeout bounds an attempt)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number > 0")
+    return value
+
+
+def share(text: str) -> float:
+    """argparse type: a share or an accuracy in [0, 1] (--pt, --target-acc)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number between 0 and 1 (0.6 means 60%)")
+    return value
+
+
 def add_router_arguments(ap, *, title: str = "models") -> None:
     """The flags route.py and eval.py share: models, the evaluation stage (Sec. 4.2-4.3), a remote target."""
     io = ap.add_argument_group(title)
@@ -57,7 +75,7 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
     sc.add_argument("--mode", choices=("drl", "jrl"), default="jrl",
                     help="prompt and prefix grammar: jrl (P_joint, d and t) or drl (P_draft, d only)")
     sc.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first")
-    sc.add_argument("--tau", type=float, default=2.0, help="JRL scale (ignored in DRL)")
+    sc.add_argument("--tau", type=positive_float, default=2.0, help="JRL scale (ignored in DRL)")
     sc.add_argument("--ipr", choices=("add", "band", "off"), default="add")
     sc.add_argument("--ipr-backend", default="auto", choices=("auto", "torch", "triton"))
     sc.add_argument("--rating", choices=("free", "forced"), default=None,
@@ -69,7 +87,7 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
 
     rm = ap.add_argument_group("remote target")
     rm.add_argument("--tries", type=int, default=4)
-    rm.add_argument("--timeout", type=float, default=60.0,
+    rm.add_argument("--timeout", type=positive_float, default=60.0,
                     help="seconds per attempt, in all (connect + answer): a query falls back to the draft "
                          "within timeout x tries + backoff")
     rm.add_argument("--backoff", type=float, default=0.5, help="first retry wait; doubles each retry")
