@@ -56,3 +56,11 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path):
     bad = tmp_path / "m.py"
     bad.write_text("from prp.toy.tiny import build_tiny_model\nimport prp.eval.metrics\n")
     assert _imported_wings(bad) == {"toy", "eval"}
+
+
+def test_the_answer_tag_regex_has_one_home():
+    """One `<answer>` regex (prp.core.answers.ANSWER_TAG): training's parser and evaluation's
+    extraction must not drift apart by each keeping a copy."""
+    homes = [str(p.relative_to(PRP)) for p in sorted(PRP.rglob("*.py"))
+             if 're.compile(r"<answer>' in p.read_text()]
+    assert homes == ["core/answers.py"]

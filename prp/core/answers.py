@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)  # also prp.core.parsing's
 _ANSWER_IS = re.compile(r"(?:the\s+(?:final\s+|correct\s+)?answer\s+is|answer\s*:)\s*:?\s*([^\n]+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"))
@@ -103,7 +103,7 @@ def _first_sentence(text: str, keep_abbreviations: bool) -> str:
 
 def _stated_answer(text: str, keep_abbreviations: bool) -> str | bool | None:
     """Steps 1-3 of the module's rule; False when none of them applies."""
-    tags = _ANSWER_TAG.findall(text)
+    tags = ANSWER_TAG.findall(text)
     if tags:
         return clean_answer(tags[-1], keep_abbreviations=keep_abbreviations)
     boxed = _last_boxed(text)

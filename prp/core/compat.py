@@ -1,6 +1,6 @@
 """transformers version differences, in one place.
 
-The supported range is declared in setup.py (lowest tested: 5.17, what current GPU images ship;
+The supported range is declared in pyproject.toml (lowest tested: 5.17, what current GPU images ship;
 CI also runs the decode and router tests on it, `make test-lowest`).  Across that range the KV
 cache argument of `model.forward` was renamed: 5.17 takes `past_key_values=` and returns
 `out.past_key_values`; 5.24 takes `cache=` and returns `out.cache` (the old name is still

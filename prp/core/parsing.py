@@ -30,6 +30,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prp.core.answers import ANSWER_TAG
+
 Span = tuple[int, int]  # [start, end) character offsets into the completion text
 
 # A well-formed score: a plain ASCII decimal such as 0.87, 1, .5 or 1.00 (no sign, no exponent).
@@ -38,7 +40,6 @@ _SCORE_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
 # (unclosed) the first word, up to whitespace or the next tag.
 _CLOSED = {tag: re.compile(rf"([^<]*)</{tag}>") for tag in ("target", "confidence")}
 _FIRST_WORD = re.compile(r"\s*([^\s<]+)")
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 # Free text: any characters, but never a structural tag, so that a second think/answer block
 # (or a rating inside the reasoning) cannot hide inside the first one's `.*`.
@@ -108,7 +109,7 @@ def parse_completion(text: str, mode: str) -> ParsedCompletion:
     _check_mode(mode)
     confidence, confidence_span = _read_score(text, "confidence") if mode != "grpo" else (None, None)
     target, target_span = _read_score(text, "target") if mode == "jrl" else (None, None)
-    answers = _ANSWER_RE.findall(text)
+    answers = ANSWER_TAG.findall(text)
     answer = answers[-1].strip() if answers else None
     format_ok = _GRAMMARS[mode].fullmatch(text) is not None
     return ParsedCompletion(
