@@ -64,3 +64,20 @@ def test_the_answer_tag_regex_has_one_home():
     homes = [str(p.relative_to(PRP)) for p in sorted(PRP.rglob("*.py"))
              if 're.compile(r"<answer>' in p.read_text()]
     assert homes == ["core/answers.py"]
+
+
+def test_every_function_docs_architecture_names_exists():
+    """Each `path` `name` pair in docs/architecture.md's step tables is defined in that file."""
+    import re
+
+    doc = (PRP.parent / "docs" / "architecture.md").read_text()
+    pairs = [(path, name) for path, names in re.findall(r"`((?:prp|kernels)/[\w/]+\.py)`((?:[ ,/→or]*`[\w.]+`)+)", doc)
+             for name in re.findall(r"`([\w.]+)`", names)]
+    assert len(pairs) > 30
+    missing = []
+    for path, name in pairs:
+        src = (PRP.parent / path).read_text()
+        last = name.split(".")[-1]
+        if not re.search(rf"^\s*(?:def|class)\s+{last}\b|^\s*{last}\s*[:=]", src, re.M):
+            missing.append(f"{path} {name}")
+    assert not missing
