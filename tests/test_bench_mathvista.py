@@ -260,6 +260,17 @@ def test_malformed_output_files_raise_one_clear_error(tmp_path, name, text, mess
     assert path in str(err.value) and "\n" not in str(err.value)
 
 
+def test_directory_or_fifo_output_file_is_refused_without_blocking(tmp_path):
+    from prp.eval.bench.outputs import ScoreFileError
+
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)  # reading it would block forever: no writer ever opens it
+    for path in (str(fifo), str(tmp_path)):
+        with pytest.raises(ScoreFileError, match="not a regular file") as err:
+            score_output_file(path, TESTMINI)
+        assert path in str(err.value)
+
+
 def test_repeated_pids_are_warned_and_the_last_counts(tmp_path, caplog):
     path = _write(tmp_path, "out.json", '{"5": {"extraction": "B"}, "5": {"extraction": "A"}}')
     result = score_output_file(path, TESTMINI)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from typing import Any
 
@@ -40,6 +41,8 @@ def _load_json(path: str, text: str) -> tuple[Any, Counter]:
 
 
 def _read_text(path: str) -> str:
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block the read forever
+        raise ScoreFileError(f"{path}: not a regular file (a directory, FIFO or device)")
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
