@@ -249,6 +249,14 @@ def test_eval_missing_table_file(scripts, capsys, tmp_path):
     assert_user_error(capsys.readouterr().err, "eval.py", f"{missing}: no such file or directory")
 
 
+def test_eval_table_that_is_a_fifo_or_a_folder(scripts, capsys, tmp_path):
+    fifo = tmp_path / "instances.jsonl"
+    os.mkfifo(fifo)  # reading it would block forever
+    for table in (fifo, tmp_path):
+        assert run_main(scripts["eval.py"].main, ["--bench", "demo", "--table", str(table)], prog="eval.py") == 2
+        assert_user_error(capsys.readouterr().err, "eval.py", f"--table {table}: not a regular file")
+
+
 # ------------------------------------------------------------------ route.py / train.py / servers
 
 

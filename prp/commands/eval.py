@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     from prp.route.run import read_rows
 
     out_dir = Path(args.out_dir or f"runs/eval-{args.bench}")
+    if args.table and Path(args.table).exists() and not Path(args.table).is_file():  # a FIFO would block the read
+        raise UserError(f"--table {args.table}: not a regular file (a directory, FIFO or device); "
+                        "give the instances.jsonl of an earlier run")
     table = args.table or run_models(args, out_dir)
     all_rows = read_rows(table)
     rows = [r for r in all_rows if "error" not in r]
