@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import urllib.error
 from pathlib import Path
 
@@ -234,6 +235,13 @@ def test_config_modes_table_names_and_extends(tmp_path):
         load_config(tmp_path / "loop.yaml")
     with pytest.raises(ConfigError, match="does not exist; pass --config FILE"):
         load_config(tmp_path / "missing.yaml")
+    (tmp_path / "latin1.yaml").write_bytes(b"model: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
+    os.mkfifo(tmp_path / "fifo.yaml")  # reading it would block forever
+    for not_a_file in ("fifo.yaml", "."):
+        with pytest.raises(ConfigError, match="is not a regular file; pass --config FILE"):
+            load_config(tmp_path / not_a_file)
     # report_to as a YAML list
     (tmp_path / "tb.yaml").write_text("model: m\ntrain_data: d\nreport_to: [tensorboard, wandb]\n")
     assert load_config(tmp_path / "tb.yaml").reporters == ["tensorboard", "wandb"]

@@ -215,12 +215,18 @@ def _coerce(name: str, value: Any) -> Any:
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, dict]]:
     """(top-level values, modes table) of a YAML config, with its `extends:` chain applied."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder or a FIFO (whose read would block)
+        raise ConfigError(f"config {path} is not a regular file; pass --config FILE (see configs/*.yaml)")
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist; pass --config FILE (see configs/*.yaml)")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: `extends` loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save the config as UTF-8 YAML") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:  # a syntax error: one line naming the file and the place
         mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or "syntax error"
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
