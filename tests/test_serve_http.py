@@ -66,6 +66,17 @@ def test_unread_bodies_are_never_parsed_as_requests(server):
     assert _responses(got) == 1 and b'"data"' not in got
 
 
+def test_transfer_encoding_with_content_length_is_refused_and_closed(server):
+    """CL.TE desync: a proxy framing by Content-Length forwards "0\r\n\r\nGET ..." as this request's body; the
+    server must not answer the GET hidden in it on the same connection."""
+    host, _ = host_port(server)
+    smuggled = f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode()
+    got = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+    assert _responses(got) == 1 and b" 400 " in got.split(b"\r\n")[0] + b" " and b'"data"' not in got
+    assert b"connection: close" in got.lower()
+
+
 def test_body_size_limit_413_and_the_connection_closes(server):
     status, body, headers = post(server, b"x" * 150_000, headers=AUTH)
     assert status == 413 and "100000" in body["error"]["message"]

@@ -87,8 +87,27 @@ async def await_answer(request: Request, future, timeout_s: float):
     raise RequestError(504, f"no answer within {timeout_s:g}s")
 
 
+class RefuseAmbiguousFraming:
+    """ASGI middleware: a request with both Transfer-Encoding and Content-Length gets 400 and the connection is
+    closed (RFC 9112 6.1: such a message "might indicate an attempt to perform request smuggling"; a proxy that
+    frames by Content-Length would otherwise see the rest of the chunked body as a second request)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            names = {name.lower() for name, _ in scope["headers"]}
+            if b"transfer-encoding" in names and b"content-length" in names:
+                refusal = _error(400, "both Transfer-Encoding and Content-Length: ambiguous framing", close=True)
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(backend, worker: Worker, limits: ServeLimits, *, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="PRP router", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RefuseAmbiguousFraming)
     key = api_key.encode() if api_key else None
 
     def unauthorized(request: Request) -> JSONResponse | None:
