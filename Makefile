@@ -33,6 +33,12 @@ demo: $(STAMP)
 
 test: lint browser $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --doctest-modules prp tests
+	$(PY) -m pytest -q -p no:cacheprovider $(COMPILED_TESTS)
+
+# The dynamo-traced engine step under a light backend and its compile count (slow-marked, ~25 s of
+# tracing): run by name after the suite, here and under the lowest transformers (test-lowest).
+COMPILED_TESTS := tests/test_engine.py::test_compiled_step_equals_eager_loop \
+	tests/test_engine.py::test_batch_size_sequence_compiles_a_bounded_number_of_graphs
 
 # Debian's Chromium for the report.html browser test, installed only when missing (needs root).
 browser:
@@ -52,13 +58,9 @@ $(LOWEST_STAMP): pyproject.toml setup.py
 	$(LOWEST_PY) -m pip install -q "$(LOWEST_TRANSFORMERS)" -e ".[dev]"
 	touch $@
 
-# ... plus the dynamo-traced engine step under a light backend and its compile count (slow-marked:
-# ~25 s of tracing, so `make test` skips them).
-LOWEST_COMPILED := tests/test_engine.py::test_compiled_step_equals_eager_loop \
-	tests/test_engine.py::test_batch_size_sequence_compiles_a_bounded_number_of_graphs
 test-lowest: $(LOWEST_STAMP)
 	$(LOWEST_PY) -m pytest -q -p no:cacheprovider -m "not slow" $(LOWEST_TESTS)
-	$(LOWEST_PY) -m pytest -q -p no:cacheprovider $(LOWEST_COMPILED)
+	$(LOWEST_PY) -m pytest -q -p no:cacheprovider $(COMPILED_TESTS)
 
 # ruff's rules and line length: pyproject.toml [tool.ruff]; the same check runs as a pre-commit hook
 LINT_PATHS ?= prp tests kernels benchmarks scripts train.py route.py eval.py

@@ -223,7 +223,7 @@ def test_cli_three_threshold_modes(pair, data, tmp_path):
     assert s["queries"] == 12 and s["share_routed"] == 0.5  # 3 of each batch of 6
     rows = read_jsonl(tmp_path / "pt.jsonl")
     assert all(set(r) >= {"id", "d", "t", "ipr_d", "ipr_t", "score", "route", "answer", "fallback",
-                          "prefix_latency_s", "draft_latency_s", "target_latency_s", "prefix_tokens",
+                          "prefix_latency_s", "continue_latency_s", "target_latency_s", "prefix_tokens",
                           "completion_tokens", "gold", "correct"} for r in rows)
     threshold = sorted(r["score"] for r in rows)[5]
     s = route.main([*common, "--threshold", str(threshold), "--out", str(tmp_path / "fixed.jsonl")])
@@ -337,9 +337,9 @@ def test_route_rows_are_typed_per_query_and_round_trip(draft, target):
     for row in rows:
         assert isinstance(row, RouteRow) and row.rule == "draft_first" and row.mode == "jrl"
         assert RouteRow.from_json(json.loads(json.dumps(row.to_json()))) == row
-        assert row.latency_s == pytest.approx(row.prefix_latency_s + row.draft_latency_s)
+        assert row.latency_s == pytest.approx(row.prefix_latency_s + row.continue_latency_s)
         assert row.target_latency_s is None
-    assert len({row.draft_latency_s for row in rows}) == 1  # one continuation call, divided evenly
+    assert len({row.continue_latency_s for row in rows}) == 1  # one continuation call, divided evenly
 
 
 def test_route_never_imports_eval_or_train():

@@ -59,7 +59,6 @@ class Query:
     max_new_tokens: int | None = None  # this query's cap on its answer (after the prefix); None: the config's
 
 
-Rating = RatingRow  # the old name of step 2's output
 
 
 @dataclass
@@ -293,7 +292,7 @@ class Router:
                 answered_by="draft" if by_draft else tgt.model,
                 answer=draft_answer if by_draft else self.extract(text), text=text, fallback=fallback,
                 error=tgt.error if fallback else None,
-                draft_latency_s=d_lat, target_latency_s=t_lat,
+                continue_latency_s=d_lat, target_latency_s=t_lat,
                 target_attempts=tgt.attempts if (tgt is not None and not keep[i]) else None,
                 latency_s=r.prefix_latency_s + (d_lat or 0.0) + (t_lat or 0.0),
                 completion_tokens=len(draft_ids) if by_draft else tgt.completion_tokens,

@@ -49,7 +49,7 @@ class RouteRow(RatingRow):
     fallback: bool = False
     error: str | None = None
     line: int | None = None  # input line, on error lines
-    draft_latency_s: float | None = None
+    continue_latency_s: float | None = None
     target_latency_s: float | None = None
     target_attempts: int | None = None
     latency_s: float | None = None  # prefix + draft continuation (if the draft answered) + target (if routed)

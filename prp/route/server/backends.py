@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # the router's metadata returned to clients under "prp" (never the target's URL: see prp.route.remote)
 ROUTE_META = ("route", "answered_by", "d", "t", "ipr_d", "ipr_t", "score", "fallback", "error", "prefix",
-              "prefix_latency_s", "draft_latency_s", "target_latency_s", "latency_s", "prefix_tokens")
+              "prefix_latency_s", "continue_latency_s", "target_latency_s", "latency_s", "prefix_tokens")
 
 
 def _field(row, key):
