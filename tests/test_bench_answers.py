@@ -65,7 +65,7 @@ def test_extract_short_answer(text, expected):
 
 def test_benchmarks_pick_their_extraction():
     from prp.core.answers import extract_short_answer
-    from prp.eval.bench.records import BenchRecord
+    from prp.core.data import Record
     from prp.eval.bench.registry import BENCHMARKS
 
     for name in ("chartqa", "docvqa", "m3cot"):
@@ -74,8 +74,8 @@ def test_benchmarks_pick_their_extraction():
         assert BENCHMARKS[name].extract is extract_answer
     completion = "The date is 12/15/89"
     docvqa = BENCHMARKS["docvqa"]
-    record = BenchRecord(id="1", question="Date?", image=None, answer=["The date is 12/15/89"])
+    record = Record(id="1", question="Date?", image=None, answer=["The date is 12/15/89"])
     assert docvqa.judge(record, docvqa.extract(completion))
-    chart = BenchRecord(id="2", question="Which country?", image=None, answer="U.S.")
+    chart = Record(id="2", question="Which country?", image=None, answer="U.S.")
     assert BENCHMARKS["chartqa"].judge(chart, BENCHMARKS["chartqa"].extract("<answer>U.S.</answer>"))
     assert not BENCHMARKS["chartqa"].judge(chart, extract_answer("<answer>U.S.</answer>"))  # "U.S" != "U.S."

@@ -43,13 +43,13 @@ def test_anls(prediction, answers, expected):
     ],
 )
 def test_per_item_verdict_agrees_with_the_official_score(prediction, answers, score, ok):
+    from prp.core.data import Record
     from prp.eval.bench.docvqa import anls_correct
-    from prp.eval.bench.records import BenchRecord
     from prp.eval.bench.registry import get_benchmark
 
     assert anls(prediction, answers) == pytest.approx(score)
     assert anls_correct(prediction, answers) is ok
-    record = BenchRecord(id="1", question="q", image=None, answer=answers)
+    record = Record(id="1", question="q", image=None, answer=answers)
     assert get_benchmark("docvqa").judge(record, prediction) is ok
 
 

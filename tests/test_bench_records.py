@@ -35,3 +35,18 @@ def test_format_accuracy():
     assert format_accuracy(261, 1000) == "accuracy: 26.1 (261/1000)"
     assert format_accuracy(1, 3) == "accuracy: 33.3 (1/3)"
     assert format_accuracy(0, 0) == "accuracy: 0.0 (0/0)"
+
+
+def test_routing_judge_reads_choices_from_a_routed_records_meta():
+    """A routed JSONL line keeps MathVista's choices in meta; the judge sees them as the record's
+    choices, so "B" (the second choice, "5") is the gold 5 and "A" ("3") is not."""
+    from prp.core.data import Record
+    from prp.eval.judge import routing_judge
+
+    judge = routing_judge("mathvista")
+    meta = {"question_type": "multi_choice", "answer_type": "text", "precision": None}
+    routed = Record(id="1", question="?", answer="5", image=None, meta={**meta, "choices": ["3", "5"]})
+    loaded = Record(id="1", question="?", answer="5", image=None, choices=["3", "5"], meta=meta)
+    for record in (routed, loaded):
+        assert [judge(record, p) for p in ("5", "B", "A", "3")] == [True, True, False, False]
+    assert routed.choices is None and "choices" in routed.meta  # the judge does not change the record

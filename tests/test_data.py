@@ -1,6 +1,8 @@
 """prp.core.data: every bad line is counted and reported with its own line number, none is fatal."""
 import json
 
+import pytest
+
 from prp.core.data import ImageError, load_jsonl, load_rows
 from prp.toy.synthetic import render
 
@@ -48,3 +50,24 @@ def test_open_image_error_names_the_reason(tmp_path):
         assert str(exc).startswith("missing_image")
     else:
         raise AssertionError("expected ImageError")
+
+
+def test_one_record_type_serves_training_routing_and_benchmarks(tmp_path):
+    """Record.load_image: a path is opened (and checked), a decoded image is handed back as is,
+    None is a text-only item; a benchmark's list gold, choices and split sit on the same class."""
+    from PIL import Image
+
+    from prp.core.data import Record
+    from prp.eval.bench import Record as BenchExport
+
+    assert BenchExport is Record
+    render([1, 2]).save(tmp_path / "ok.png")
+    from_path = Record(id="a", question="Q?", answer="$3$", image=str(tmp_path / "ok.png")).load_image()
+    assert from_path.mode == "RGB" and from_path.size == render([1, 2]).size
+    decoded = Image.new("L", (4, 2))
+    assert Record(id="b", question="Q?", answer=None, image=decoded).load_image() is decoded
+    assert Record(id="c", question="Q?", answer=None, image=None).load_image() is None
+    doc = Record(id="d", question="Date?", image=None, answer=["12/15/89", "1989"], choices=["A", "B"], split="human")
+    assert (doc.answer, doc.choices, doc.split, doc.meta) == (["12/15/89", "1989"], ["A", "B"], "human", {})
+    with pytest.raises(ImageError, match=r"^missing_image"):
+        Record(id="e", question="Q?", answer=None, image=str(tmp_path / "gone.png")).load_image()

@@ -151,8 +151,8 @@ def test_p2_row_uses_the_sft_cn_models_own_answers(tmp_path, pair):
     read off its own answer), not the routing draft's; both baselines decide post hoc."""
     from transformers import AutoModelForImageTextToText
 
+    from prp.core.data import Record
     from prp.core.modeling import load_model
-    from prp.eval.bench.records import BenchRecord
     from prp.eval.bench.registry import get_benchmark
     from prp.eval.run import Baselines, evaluate_batch, special_token_answers
     from prp.route.router import LocalTarget, Query, Router, RouterConfig
@@ -169,7 +169,7 @@ def test_p2_row_uses_the_sft_cn_models_own_answers(tmp_path, pair):
                     RouterConfig(mode="jrl", rating="forced", max_new_tokens=3))
     bench = get_benchmark("demo")
     images = [render([2, 3]), render([4, 5])]
-    records = [BenchRecord(id=f"r{i}", question="What is the sum of the numbers in the image?", image=None,
+    records = [Record(id=f"r{i}", question="What is the sum of the numbers in the image?", image=None,
                            answer=str(a)) for i, a in enumerate((5, 9))]
     rows = evaluate_batch(router, bench, records, images,
                           baselines=Baselines(sft_cn_model=cn_model, sft_cn_processor=cn_proc, sft_cn_name="cn",

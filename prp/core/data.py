@@ -30,13 +30,25 @@ class ImageError(ValueError):
 
 @dataclass
 class Record:
+    """One question, for training, routing and every benchmark alike.
+
+    ``question`` is the exact text fed to the model (a benchmark's official query where it has
+    one); ``split`` names a split or subset reported apart (ChartQA human/augmented, MathVerse
+    version); ``meta`` holds the rest of the source row (MathVista's question_type, ...).
+    """
+
     id: str
     question: str
-    answer: str | None  # gold, e.g. "$17$" or "B"; None for unlabelled traffic
-    image: str | None  # absolute path, or None for a text-only query
+    answer: str | list[str] | None  # gold, e.g. "$17$" or "B"; DocVQA: the accepted answers; None: unlabelled
+    image: str | Image.Image | None  # a file path, a decoded image (parquet downloads), or None for text only
+    choices: list[str] | None = None
+    split: str = ""
     meta: dict = field(default_factory=dict)
 
     def load_image(self) -> Image.Image | None:
+        """The image decoded as RGB (`open_image`'s checks for a path); None for a text-only item."""
+        if self.image is None or isinstance(self.image, Image.Image):
+            return self.image
         return open_image(self.image) if self.image else None
 
 

@@ -8,9 +8,9 @@ the same one `eval.py --bench NAME` uses.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from prp.core.data import Record
-from prp.eval.bench.records import BenchRecord
 from prp.eval.bench.registry import get_benchmark
 
 Judge = Callable[[Record, "str | None"], bool]
@@ -27,10 +27,12 @@ def routing_judge(bench: str = "demo") -> Judge:
     benchmark = get_benchmark(bench)
 
     def judge(record: Record, prediction: str | None) -> bool:
+        # a routed line carries choices / split in its meta (prp.core.data.parse_record keeps them there)
         meta = dict(record.meta or {})
-        as_bench = BenchRecord(id=record.id, question=record.question, image=None, answer=record.answer,
-                               choices=meta.get("choices"), split=str(meta.get("split") or ""), meta=meta)
-        return bool(benchmark.judge(as_bench, prediction))
+        filled = replace(record, image=None, meta=meta,
+                         choices=record.choices if record.choices is not None else meta.get("choices"),
+                         split=record.split or str(meta.get("split") or ""))
+        return bool(benchmark.judge(filled, prediction))
 
     judge.bench = bench
     judge.extract = benchmark.extract  # completion -> answer, the benchmark's own rule (Router(extract=...))

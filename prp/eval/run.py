@@ -32,9 +32,8 @@ import torch
 from tqdm import tqdm
 
 from prp.core.batches import build_batch, build_prompts, completion_logprobs
-from prp.core.data import ImageError, open_image
+from prp.core.data import ImageError, Record
 from prp.core.prompts import CN_TOKEN, UN_TOKEN, build_messages
-from prp.eval.bench.records import BenchRecord
 from prp.eval.bench.registry import Benchmark
 from prp.route.router import Query, Router
 from prp.route.run import JsonlSink, read_rows
@@ -56,10 +55,8 @@ class Baselines:
     max_new_tokens: int = 256
 
 
-def _image_of(record: BenchRecord):
-    if record.image is None or not isinstance(record.image, (str, Path)):
-        return record.image  # None, or a decoded PIL image (parquet downloads)
-    return open_image(record.image)
+def _image_of(record: Record):
+    return record.load_image()  # None, a decoded PIL image (parquet downloads) as is, or the file opened
 
 
 @torch.no_grad()
@@ -138,7 +135,7 @@ def _own_answers(model_name: str, answer: str | None, correct: bool, latency_s: 
             "decision": "post_hoc"}
 
 
-def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord], images: list, *,
+def evaluate_batch(router: Router, bench: Benchmark, records: list[Record], images: list, *,
                    baselines: Baselines) -> list[dict]:
     """Steps 1-5 for one batch of records and their decoded images."""
     extract = bench.extract  # the benchmark's own answer extraction, then its own judge
@@ -201,7 +198,7 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[BenchRecord],
     return rows
 
 
-def run_benchmark(router: Router, bench: Benchmark, records: list[BenchRecord], cache: str | Path, *,
+def run_benchmark(router: Router, bench: Benchmark, records: list[Record], cache: str | Path, *,
                   batch_size: int = 8, resume: bool = True, baselines: Baselines | None = None) -> list[dict]:
     """Evaluate every record into `cache` (resumable); returns all rows of the cache.
 

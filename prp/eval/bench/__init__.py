@@ -1,10 +1,11 @@
 """Benchmark loaders and official scorers (MathVista, MathVerse, ChartQA, M3CoT, DocVQA).
 
-Every loader returns a :class:`~prp.eval.bench.records.LoadResult` of :class:`BenchRecord` s and a
+Every loader returns a :class:`~prp.eval.bench.records.LoadResult` of :class:`~prp.core.data.Record` s and a
 count of what it skipped; every scorer follows its benchmark's own evaluation code (cited in
 each module's docstring; MathVerse's GPT judge has a documented rule-based stand-in) and returns
 a :class:`ScoreResult` (DocVQA: :class:`AnlsResult`).  docs/scoring.md lists every deviation.
 """
-from prp.eval.bench.records import AnlsResult, BenchRecord, LoadResult, ScoreResult, format_accuracy
+from prp.core.data import Record
+from prp.eval.bench.records import AnlsResult, LoadResult, ScoreResult, format_accuracy
 
-__all__ = ["AnlsResult", "BenchRecord", "LoadResult", "ScoreResult", "format_accuracy"]
+__all__ = ["AnlsResult", "LoadResult", "Record", "ScoreResult", "format_accuracy"]

@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from prp.eval.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.core.data import Record
+from prp.eval.bench.records import LoadResult, ScoreResult, attach_image, group_counts, read_rows
 
 SPLITS = ("human", "augmented")
 
@@ -47,7 +48,7 @@ def load_chartqa(root: str, *, splits: Iterable[str] = SPLITS, require_images: b
             image, keep = attach_image(result, os.path.join("png", str(row["imgname"])), test_dir, rid, require_images)
             if keep:
                 result.records.append(
-                    BenchRecord(id=rid, question=str(row["query"]), image=image, answer=str(row["label"]),
+                    Record(id=rid, question=str(row["query"]), image=image, answer=str(row["label"]),
                                 split=split, meta={"imgname": row["imgname"]})
                 )
     result.log_summary("chartqa")
@@ -78,7 +79,7 @@ def relaxed_correctness(target: str, prediction: str | None, max_relative_change
     return prediction.lower() == target.lower()
 
 
-def score_chartqa(records: Iterable[BenchRecord], predictions: Mapping[str, str | None]) -> ScoreResult:
+def score_chartqa(records: Iterable[Record], predictions: Mapping[str, str | None]) -> ScoreResult:
     """Relaxed accuracy; ``per_group`` has "human" and "augmented", the totals are overall.
 
     ``predictions`` maps record id to the extracted answer; a missing id counts as wrong.

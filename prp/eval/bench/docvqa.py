@@ -22,8 +22,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
+from prp.core.data import Record
 from prp.eval.bench.levenshtein import levenshtein
-from prp.eval.bench.records import AnlsResult, BenchRecord, LoadResult, attach_image, read_rows
+from prp.eval.bench.records import AnlsResult, LoadResult, attach_image, read_rows
 
 ANLS_THRESHOLD = 0.5
 
@@ -48,7 +49,7 @@ def load_docvqa(path: str, *, image_root: str | None = None, require_images: boo
         image, keep = attach_image(result, row.get("image"), root, str(rid), require_images)
         if keep:
             result.records.append(
-                BenchRecord(id=str(rid), question=row["question"], image=image, answer=list(answers),
+                Record(id=str(rid), question=row["question"], image=image, answer=list(answers),
                             split=str(row.get("data_split", "val")),
                             meta={k: row[k] for k in ("question_types", "docId") if k in row})
             )
@@ -89,7 +90,7 @@ def anls_correct(prediction: str | None, answers: list[str], threshold: float = 
     return anls(prediction, answers, threshold) >= threshold
 
 
-def score_docvqa(records: Iterable[BenchRecord], predictions: Mapping[str, str | None]) -> AnlsResult:
+def score_docvqa(records: Iterable[Record], predictions: Mapping[str, str | None]) -> AnlsResult:
     """Mean ANLS over the records; a record with no prediction scores 0."""
     per_pid = {r.id: anls(predictions.get(r.id), r.answer) for r in records}
     total = len(per_pid)

@@ -15,7 +15,8 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from prp.eval.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.core.data import Record
+from prp.eval.bench.records import LoadResult, ScoreResult, attach_image, group_counts, read_rows
 
 LETTERS = [chr(ord("A") + i) for i in range(26)]
 _LETTER_IN_PARENS = re.compile(r"\(([A-Za-z])\)")
@@ -64,7 +65,7 @@ def load_m3cot(path: str, *, image_root: str | None = None, split: str | None = 
         image, keep = attach_image(result, row.get("image_path") or row.get("image"), root, str(rid), require_images)
         if keep:
             result.records.append(
-                BenchRecord(id=str(row["id"]), question=build_question(row), image=image,
+                Record(id=str(row["id"]), question=build_question(row), image=image,
                             answer=answer.strip("() ").upper(), choices=[str(c) for c in choices],
                             split=str(row.get("split") or split or ""),
                             meta={k: row.get(k) for k in ("domain", "topic", "category")})
@@ -101,7 +102,7 @@ def judge_answer(text: str | None, choices: list[str], answer: str | int) -> boo
     return bool(picked) and picked[-1] == answer
 
 
-def score_m3cot(records: Iterable[BenchRecord], predictions: Mapping[str, str | None]) -> ScoreResult:
+def score_m3cot(records: Iterable[Record], predictions: Mapping[str, str | None]) -> ScoreResult:
     """Accuracy by judge_answer; ``per_group`` by domain.  A missing prediction is wrong."""
     records = list(records)
     per_pid = {r.id: judge_answer(predictions.get(r.id), r.choices, r.answer) for r in records}

@@ -31,8 +31,9 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
+from prp.core.data import Record
 from prp.eval.bench.mathform import same_answer
-from prp.eval.bench.records import BenchRecord, LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.eval.bench.records import LoadResult, ScoreResult, attach_image, group_counts, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def load_mathverse(path: str, *, image_root: str | None = None, require_images: 
         image, keep = attach_image(result, row.get("image"), root, str(rid), require_images)
         if keep:
             result.records.append(
-                BenchRecord(id=str(row["sample_index"]), question=row["query_wo"], image=image,
+                Record(id=str(row["sample_index"]), question=row["query_wo"], image=image,
                             answer=str(row["answer"]), choices=parse_choices(row["query_wo"]),
                             split=str(row["problem_version"]),
                             meta={"question_type": row["question_type"],
@@ -168,7 +169,7 @@ def is_correct(prediction: str | None, answer: str, question_type: str, choices:
     return free_form_correct(prediction, answer)
 
 
-def score_mathverse(records: Iterable[BenchRecord], predictions: Mapping[str, str | None]) -> ScoreResult:
+def score_mathverse(records: Iterable[Record], predictions: Mapping[str, str | None]) -> ScoreResult:
     """Accuracy; ``per_group`` by problem version.  ``predictions``: id -> extracted answer."""
     records = list(records)
     per_pid = {r.id: is_correct(predictions.get(r.id), r.answer, r.meta["question_type"], r.choices)

@@ -36,10 +36,10 @@ import re
 from typing import Any
 
 from prp.core.answers import extract_answer
+from prp.core.data import Record
 from prp.eval.bench.levenshtein import levenshtein
 from prp.eval.bench.outputs import ScoreFileError, read_output_file
 from prp.eval.bench.records import (
-    BenchRecord,
     LoadResult,
     ScoreResult,
     as_int_or_none,
@@ -135,7 +135,7 @@ def load_mathvista(
         problem = dict(row, precision=precision, choices=list(row["choices"]) if multi else row.get("choices"))
         question = queries.get(pid) or row.get("query") or build_query(problem)
         result.records.append(
-            BenchRecord(
+            Record(
                 id=pid,
                 question=question,
                 image=image,

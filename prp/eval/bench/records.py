@@ -1,4 +1,4 @@
-"""The common record, load result and score result of every benchmark, plus file readers.
+"""The common load result and score result of every benchmark, plus file readers.
 
 Loaders never crash on one bad record: they skip it, count the reason in
 ``LoadResult.skipped`` and log a warning, so a partly corrupt download still evaluates.
@@ -15,38 +15,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prp.core.data import read_parquet
+from prp.core.data import Record, read_parquet
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BenchRecord:
-    """One benchmark question, whatever its source.
-
-    ``question`` is the exact text fed to the model (the benchmark's official query where it
-    has one); ``image`` a file path, a decoded PIL image (parquet downloads) or None for a
-    text-only item; ``answer`` the gold (DocVQA: the list of accepted answers).
-    """
-
-    id: str
-    question: str
-    image: Any  # str path | PIL.Image.Image | None
-    answer: Any  # str, or list[str] for DocVQA
-    choices: list[str] | None = None
-    split: str = ""  # split or subset reported apart (ChartQA human/augmented, MathVerse version)
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class LoadResult:
     """What a loader read: the usable records and why the others were skipped."""
 
-    records: list[BenchRecord]
+    records: list[Record]
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     missing_images: int = 0  # kept with image=None because require_images=False
 
-    def __iter__(self) -> Iterator[BenchRecord]:
+    def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
 
     def __len__(self) -> int:

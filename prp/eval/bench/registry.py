@@ -12,16 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prp.core.answers import extract_answer, extract_short_answer
+from prp.core.data import Record
 from prp.core.judge import accuracy_reward
 from prp.eval.bench import chartqa, docvqa, m3cot, mathverse, mathvista
-from prp.eval.bench.records import BenchRecord, LoadResult, attach_image, read_rows
+from prp.eval.bench.records import LoadResult, attach_image, read_rows
 
 
 @dataclass(frozen=True)
 class Benchmark:
     name: str
     load: Callable[..., LoadResult]  # (data_path, require_images=...) -> LoadResult
-    judge: Callable[[BenchRecord, str | None], bool]
+    judge: Callable[[Record, str | None], bool]
     default_file: str  # inside --data-dir
     # completion text -> the answer judge() takes: the math rule (its last-number fallback) for
     # math benchmarks and the demo; the whole stripped text for short-answer ones (ChartQA,
@@ -40,17 +41,17 @@ def _find(data_dir: str, *names: str) -> str:
     raise FileNotFoundError(f"none of {names} found under {data_dir}")
 
 
-def _judge_mathvista(record: BenchRecord, prediction: str | None) -> bool:
+def _judge_mathvista(record: Record, prediction: str | None) -> bool:
     problem = {"choices": record.choices, "answer": record.answer, **record.meta}
     return mathvista.score_problem({"extraction": prediction or ""}, problem)
 
 
-def _judge_docvqa(record: BenchRecord, prediction: str | None) -> bool:
+def _judge_docvqa(record: Record, prediction: str | None) -> bool:
     # routing needs a verdict per item: right when the official score is not zeroed (ANLS >= 0.5)
     return docvqa.anls_correct(prediction, record.answer)
 
 
-def _judge_demo(record: BenchRecord, prediction: str | None) -> bool:
+def _judge_demo(record: Record, prediction: str | None) -> bool:
     return accuracy_reward(prediction, str(record.answer)) == 1.0
 
 
@@ -66,7 +67,7 @@ def load_demo(path: str, *, require_images: bool = True) -> LoadResult:
         image, keep = attach_image(result, row.get("image"), root, rid, require_images)
         if keep:
             result.records.append(
-                BenchRecord(id=rid, question=row["question"], image=image, answer=str(row["answer"]),
+                Record(id=rid, question=row["question"], image=image, answer=str(row["answer"]),
                             split=f"k={row['level']}" if "level" in row else str(row.get("split", "")),
                             meta={k: v for k, v in row.items() if k not in ("question", "answer", "image")})
             )
