@@ -299,12 +299,22 @@ def test_route_user_errors_in_the_flags_and_files_are_one_line(scripts, capsys, 
 
 
 @pytest.mark.parametrize("flag, value", [("--pt", "1.5"), ("--pt", "-0.1"), ("--pt", "nan"), ("--target-acc", "2"),
-                                         ("--tau", "0"), ("--tau", "-1"), ("--tau", "inf"), ("--timeout", "0")])
+                                         ("--tau", "0"), ("--tau", "-1"), ("--tau", "inf"), ("--timeout", "0"),
+                                         ("--batch-size", "0"), ("--tries", "0"), ("--port", "99999"),
+                                         ("--port", "-1"), ("--threads", "0")])
 def test_route_out_of_range_numbers_are_usage_errors(scripts, capsys, flag, value):
     with pytest.raises(SystemExit) as stop:
         run_main(scripts["route.py"].main, ["--data", "q.jsonl", flag, value], prog="route.py")
     assert stop.value.code == 2
     assert f"argument {flag}: '{value}'" in capsys.readouterr().err
+
+
+def test_serve_port_out_of_range_is_a_usage_error(capsys):
+    from prp.route import serve
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(serve.main, ["--canned", "hi", "--port", "70000"], prog="prp.serve")
+    assert stop.value.code == 2 and "argument --port: '70000'" in capsys.readouterr().err
 
 
 def test_route_serve_port_in_use_before_loading_models(scripts, capsys):

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from prp.core.cli import UserError, run_main
+from prp.core.cli import UserError, positive_int, run_main
 from prp.route.run import add_router_arguments
 
 
@@ -32,13 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--p1-model", metavar="DIR",
                     help="Paradigm-1 baseline model (the paper: the GRPO-trained model): s_1 on its own answers, "
                          "judged and timed as that model's; default: s_1 on the routing draft's answers")
-    ap.add_argument("--batch-size", type=int, default=8, help="1 gives per-query latencies (Tab. 2)")
+    ap.add_argument("--batch-size", type=positive_int, default=8, help="1 gives per-query latencies (Tab. 2)")
     ap.add_argument("--limit", type=int, help="first N records only")
     ap.add_argument("--p-t", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6], help="Tab. 2 rows")
     ap.add_argument("--out-dir", default=None, help="default runs/eval-<bench>")
     ap.add_argument("--no-resume", action="store_true", help="start the instance cache afresh")
     ap.add_argument("--allow-missing-images", action="store_true", help="keep records whose image is missing")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     ap.add_argument("-v", "--verbose", action="store_true", help="also print the traceback of a user error")
     add_router_arguments(
         ap, title="models (all of --data-dir, --draft, --target omitted with --bench demo: the embedded demo)")

@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from prp.core.cli import UserError, check_port_free, run_main
+from prp.core.cli import UserError, check_port_free, port_number, positive_int, run_main
 from prp.route.run import add_router_arguments, share
 
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     de = ap.add_argument_group("decision (Sec. 4.4)")
     de.add_argument("--threshold", type=float, help="s > T keeps the draft")
     de.add_argument("--pt", type=share, help="share routed to the target: per batch, or the --calibrate goal")
-    de.add_argument("--batch-size", type=int, default=20)
+    de.add_argument("--batch-size", type=positive_int, default=20)
     de.add_argument("--calibrate", metavar="VAL.jsonl", nargs="?", const="default",
                     help="choose T on a labelled validation split (no file: the embedded default's)")
     de.add_argument("--target-acc", type=share, help="calibration goal: cheapest T reaching this accuracy")
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = ap.add_argument_group("serving")
     sv.add_argument("--serve", action="store_true", help="serve the router on /v1/chat/completions")
     sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=port_number, default=8000)
     sv.add_argument("--batch-window-ms", type=float, default=20.0, help="wait this long for more requests to batch")
     sv.add_argument("--serve-api-key-env", default=None,
                     help="NAME of an env var holding the key clients must send (Authorization: Bearer KEY); "
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     from prp.route.server.limits import add_limit_arguments
 
     add_limit_arguments(ap)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 

@@ -20,6 +20,7 @@ so an internal bug is not disguised as a user mistake.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import socket
@@ -95,6 +96,22 @@ def as_user_error(exc: BaseException) -> UserError | None:
     return None
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size, a count of threads, tries or tokens)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer >= 1")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free port) to 65535."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a port from 0 (any free port) to 65535")
+    return value
+
+
 def check_port_free(host: str, port: int) -> None:
     """Raise a UserError now if `host:port` cannot be bound (before loading any model).
 
@@ -153,4 +170,5 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = N
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
-__all__ = ["EXIT_USER_ERROR", "UserError", "as_user_error", "check_port_free", "report_user_error", "run_main"]
+__all__ = ["EXIT_USER_ERROR", "UserError", "as_user_error", "check_port_free", "port_number", "positive_int",
+           "report_user_error", "run_main"]

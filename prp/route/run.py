@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prp.core.cli import positive_int
 from prp.core.data import ImageError, load_jsonl
 from prp.route.batchfile import read_batch_file
 from prp.route.isolate import run_isolated
@@ -86,12 +87,12 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
                     help="default 1024 (the embedded default's own limit there)")
 
     rm = ap.add_argument_group("remote target")
-    rm.add_argument("--tries", type=int, default=4)
+    rm.add_argument("--tries", type=positive_int, default=4)
     rm.add_argument("--timeout", type=positive_float, default=60.0,
                     help="seconds per attempt, in all (connect + answer): a query falls back to the draft "
                          "within timeout x tries + backoff")
     rm.add_argument("--backoff", type=float, default=0.5, help="first retry wait; doubles each retry")
-    rm.add_argument("--concurrency", type=int, default=8)
+    rm.add_argument("--concurrency", type=positive_int, default=8)
 
 
 def build_router(args) -> Router:

@@ -19,7 +19,7 @@ import argparse
 import logging
 import os
 
-from prp.core.cli import check_port_free, run_main
+from prp.core.cli import check_port_free, port_number, positive_int, run_main
 from prp.route.run import ENGINE_KINDS
 from prp.route.server.backends import ModelBackend, RouterBackend, parse_faults
 from prp.route.server.limits import add_limit_arguments, limits_from_args
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", help="HF model dir (required unless --canned)")
     ap.add_argument("--name", help="model name reported in responses (default: the dir name)")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8001, help="0 = any free port (printed)")
+    ap.add_argument("--port", type=port_number, default=8001, help="0 = any free port (printed)")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="cap on (and default of) max_tokens")
     ap.add_argument("--canned", help="answer this text without a model (HTTP load tests)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     ap.add_argument("--engine", choices=ENGINE_KINDS, default=None,
                     help="decode engine: eager (CPU, debugging), static or compiled (default: compiled on CUDA, "
                          "eager elsewhere)")
