@@ -4,7 +4,8 @@ import json
 
 from PIL import Image
 
-from prp.eval.bench.records import LoadResult, attach_image, format_accuracy, read_rows
+from prp.core.data import LoadResult
+from prp.eval.bench.records import attach_image, format_accuracy, read_rows
 
 
 def test_read_rows_formats(tmp_path):
@@ -50,3 +51,23 @@ def test_routing_judge_reads_choices_from_a_routed_records_meta():
     for record in (routed, loaded):
         assert [judge(record, p) for p in ("5", "B", "A", "3")] == [True, True, False, False]
     assert routed.choices is None and "choices" in routed.meta  # the judge does not change the record
+
+
+def test_one_load_result_for_training_and_benchmarks(tmp_path):
+    """A benchmark's skip() fills the same counts and error list the training loaders report."""
+    from prp.core.data import Record, load_jsonl
+    from prp.eval.bench import LoadResult as BenchExport
+
+    assert BenchExport is LoadResult
+    result = LoadResult(records=[Record(id="a", question="Q?", answer="1", image=None)])
+    result.skip("malformed", "b", "needs question and answer")
+    result.skip("missing_image", "c", line=7)
+    result.missing_images += 1
+    assert len(result) == 1 and [r.id for r in result] == ["a"]
+    assert result.skipped == {"malformed": 1, "missing_image": 1}
+    assert result.errors == [{"line": None, "id": "b", "error": "malformed"},
+                             {"line": 7, "id": "c", "error": "missing_image"}]
+    assert result.summary() == "1 records, skipped 2 (malformed=1, missing_image=1)"
+    (tmp_path / "d.jsonl").write_text('{"id": "x", "question": "Q?"}\n{broken\n')
+    loaded = load_jsonl(tmp_path / "d.jsonl")
+    assert type(loaded) is LoadResult and len(loaded) == 1 and loaded.missing_images == 0

@@ -54,13 +54,35 @@ class Record:
 
 @dataclass
 class LoadResult:
+    """What a loader read (training set, routing input or benchmark): the usable records and why
+    the others were skipped."""
+
     records: list[Record]
-    skipped: Counter  # reason -> count
-    errors: list[dict] = field(default_factory=list)  # {"line": n, "id": ..., "error": reason}
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    errors: list[dict] = field(default_factory=list)  # {"line": n or None, "id": ..., "error": reason}
+    missing_images: int = 0  # benchmarks: kept with image=None because require_images=False
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def skip(self, reason: str, record_id, detail: str = "", *, line: int | None = None) -> None:
+        """Count, record and log one skipped record."""
+        self.skipped[reason] += 1
+        self.errors.append({"line": line, "id": record_id, "error": reason})
+        log.warning("skipping record %r: %s%s", record_id, reason, f" ({detail})" if detail else "")
 
     def summary(self) -> str:
         parts = ", ".join(f"{reason}={n}" for reason, n in sorted(self.skipped.items()))
         return f"{len(self.records)} records" + (f", skipped {sum(self.skipped.values())} ({parts})" if parts else "")
+
+    def log_summary(self, name: str) -> None:
+        log.info(
+            "%s: %d records loaded, %d skipped %s, %d without their image file",
+            name, len(self.records), sum(self.skipped.values()), dict(self.skipped), self.missing_images,
+        )
 
 
 @dataclass(frozen=True)

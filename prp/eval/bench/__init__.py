@@ -5,7 +5,7 @@ count of what it skipped; every scorer follows its benchmark's own evaluation co
 each module's docstring; MathVerse's GPT judge has a documented rule-based stand-in) and returns
 a :class:`ScoreResult` (DocVQA: :class:`AnlsResult`).  docs/scoring.md lists every deviation.
 """
-from prp.core.data import Record
-from prp.eval.bench.records import AnlsResult, LoadResult, ScoreResult, format_accuracy
+from prp.core.data import LoadResult, Record
+from prp.eval.bench.records import AnlsResult, ScoreResult, format_accuracy
 
 __all__ = ["AnlsResult", "LoadResult", "Record", "ScoreResult", "format_accuracy"]

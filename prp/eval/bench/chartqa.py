@@ -21,8 +21,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from prp.core.data import Record
-from prp.eval.bench.records import LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.core.data import LoadResult, Record
+from prp.eval.bench.records import ScoreResult, attach_image, group_counts, read_rows
 
 SPLITS = ("human", "augmented")
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from prp.core.data import Record
+from prp.core.data import LoadResult, Record
 from prp.eval.bench.levenshtein import levenshtein
-from prp.eval.bench.records import AnlsResult, LoadResult, attach_image, read_rows
+from prp.eval.bench.records import AnlsResult, attach_image, read_rows
 
 ANLS_THRESHOLD = 0.5
 

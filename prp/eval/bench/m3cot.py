@@ -15,8 +15,8 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from prp.core.data import Record
-from prp.eval.bench.records import LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.core.data import LoadResult, Record
+from prp.eval.bench.records import ScoreResult, attach_image, group_counts, read_rows
 
 LETTERS = [chr(ord("A") + i) for i in range(26)]
 _LETTER_IN_PARENS = re.compile(r"\(([A-Za-z])\)")

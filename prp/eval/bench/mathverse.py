@@ -31,9 +31,9 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from prp.core.data import Record
+from prp.core.data import LoadResult, Record
 from prp.eval.bench.mathform import same_answer
-from prp.eval.bench.records import LoadResult, ScoreResult, attach_image, group_counts, read_rows
+from prp.eval.bench.records import ScoreResult, attach_image, group_counts, read_rows
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,10 @@ import re
 from typing import Any
 
 from prp.core.answers import extract_answer
-from prp.core.data import Record
+from prp.core.data import LoadResult, Record
 from prp.eval.bench.levenshtein import levenshtein
 from prp.eval.bench.outputs import ScoreFileError, read_output_file
 from prp.eval.bench.records import (
-    LoadResult,
     ScoreResult,
     as_int_or_none,
     attach_image,

@@ -1,4 +1,4 @@
-"""The common load result and score result of every benchmark, plus file readers.
+"""The common score result of every benchmark, plus file readers (records and load results: prp.core.data).
 
 Loaders never crash on one bad record: they skip it, count the reason in
 ``LoadResult.skipped`` and log a warning, so a partly corrupt download still evaluates.
@@ -10,40 +10,12 @@ import json
 import logging
 import math
 import os
-from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prp.core.data import Record, read_parquet
+from prp.core.data import LoadResult, read_parquet
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoadResult:
-    """What a loader read: the usable records and why the others were skipped."""
-
-    records: list[Record]
-    skipped: Counter = field(default_factory=Counter)  # reason -> count
-    missing_images: int = 0  # kept with image=None because require_images=False
-
-    def __iter__(self) -> Iterator[Record]:
-        return iter(self.records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def skip(self, reason: str, record_id: Any, detail: str = "") -> None:
-        """Count and log one skipped record."""
-        self.skipped[reason] += 1
-        log.warning("skipping record %r: %s%s", record_id, reason, f" ({detail})" if detail else "")
-
-    def log_summary(self, name: str) -> None:
-        log.info(
-            "%s: %d records loaded, %d skipped %s, %d without their image file",
-            name, len(self.records), sum(self.skipped.values()), dict(self.skipped), self.missing_images,
-        )
 
 
 @dataclass

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prp.core.answers import extract_answer, extract_short_answer
-from prp.core.data import Record
+from prp.core.data import LoadResult, Record
 from prp.core.judge import accuracy_reward
 from prp.eval.bench import chartqa, docvqa, m3cot, mathverse, mathvista
-from prp.eval.bench.records import LoadResult, attach_image, read_rows
+from prp.eval.bench.records import attach_image, read_rows
 
 
 @dataclass(frozen=True)
