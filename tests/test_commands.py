@@ -309,12 +309,17 @@ def test_route_out_of_range_numbers_are_usage_errors(scripts, capsys, flag, valu
     assert f"argument {flag}: '{value}'" in capsys.readouterr().err
 
 
-def test_serve_port_out_of_range_is_a_usage_error(capsys):
+@pytest.mark.parametrize("flag, value", [("--port", "70000"), ("--max-body-bytes", "-1"), ("--max-queue", "0"),
+                                         ("--request-timeout", "0"), ("--max-aspect-ratio", "nan"),
+                                         ("--backlog", "-5")])
+def test_serve_nonsense_limits_are_usage_errors(capsys, flag, value):
+    """A NaN aspect limit would switch the check off (every comparison with NaN is false); 0 or less would refuse
+    every request: argparse refuses them before the server starts."""
     from prp.route import serve
 
     with pytest.raises(SystemExit) as stop:
-        run_main(serve.main, ["--canned", "hi", "--port", "70000"], prog="prp.serve")
-    assert stop.value.code == 2 and "argument --port: '70000'" in capsys.readouterr().err
+        run_main(serve.main, ["--canned", "hi", "--port", "0", flag, value], prog="prp.serve")
+    assert stop.value.code == 2 and f"argument {flag}: '{value}'" in capsys.readouterr().err
 
 
 def test_route_serve_port_in_use_before_loading_models(scripts, capsys):

@@ -16,8 +16,8 @@ import json
 import logging
 from pathlib import Path
 
-from prp.core.cli import UserError, check_port_free, port_number, positive_int, run_main
-from prp.route.run import add_router_arguments, share
+from prp.core.cli import UserError, check_port_free, port_number, positive_int, run_main, share
+from prp.route.run import add_router_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:

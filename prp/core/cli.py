@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import socket
 import sys
@@ -104,6 +105,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (--tau divides by it; --timeout bounds an attempt)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number > 0")
+    return value
+
+
+def share(text: str) -> float:
+    """argparse type: a share or an accuracy in [0, 1] (--pt, --target-acc)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number between 0 and 1 (0.6 means 60%)")
+    return value
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 0 (any free port) to 65535."""
     value = int(text)
@@ -170,5 +187,5 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = N
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
-__all__ = ["EXIT_USER_ERROR", "UserError", "as_user_error", "check_port_free", "port_number", "positive_int",
-           "report_user_error", "run_main"]
+__all__ = ["EXIT_USER_ERROR", "UserError", "as_user_error", "check_port_free", "port_number", "positive_float",
+           "positive_int", "report_user_error", "run_main", "share"]

@@ -14,18 +14,16 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import os
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prp.core.cli import positive_int
-from prp.core.data import ImageError, load_jsonl
+from prp.core.cli import positive_float, positive_int
+from prp.core.data import ImageError, jsonl_lines, load_jsonl
 from prp.route.batchfile import read_batch_file
 from prp.route.isolate import run_isolated
 from prp.route.rows import error_row
@@ -40,22 +38,6 @@ ENGINE_KINDS = ("eager", "compiled", "static")
 
 
 # ------------------------------------------------------------------------------ router from the command line
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (--tau divides by it; --timeout bounds an attempt)."""
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number > 0")
-    return value
-
-
-def share(text: str) -> float:
-    """argparse type: a share or an accuracy in [0, 1] (--pt, --target-acc)."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number between 0 and 1 (0.6 means 60%)")
-    return value
 
 
 def add_router_arguments(ap, *, title: str = "models") -> None:
@@ -145,9 +127,7 @@ class JsonlSink:
         self.done: dict[int, str | None] = {}
         if resume and self.path.exists():
             keep, dropped = [], {"torn": 0, "no_line": 0, "retry": 0, "repeat": 0}
-            for raw in self.path.read_bytes().split(b"\n"):
-                if not raw.strip():
-                    continue
+            for _, raw in jsonl_lines(self.path):
                 try:
                     row = json.loads(raw.decode("utf-8"))
                 except ValueError:  # a line torn by the interruption
@@ -197,7 +177,8 @@ class JsonlSink:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Every row of a routed output file; a line that is not UTF-8 JSON raises (the file is ours)."""
+    return [json.loads(line.decode("utf-8")) for _, line in jsonl_lines(path)]
 
 
 # ------------------------------------------------------------------------------ scoring

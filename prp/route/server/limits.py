@@ -11,6 +11,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
+from prp.core.cli import positive_float, positive_int
 from prp.core.data import ImageLimits
 
 log = logging.getLogger(__name__)
@@ -42,25 +43,26 @@ def add_limit_arguments(ap: argparse.ArgumentParser, *, max_images: int = 1) -> 
     """The limit flags (shared by `route.py --serve` and `python -m prp.serve`)."""
     d = ServeLimits(max_images=max_images)
     g = ap.add_argument_group("serving limits (a request over one gets a 4xx of its own)")
-    g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body size (413)")
-    g.add_argument("--max-images", type=int, default=d.max_images, help="images per request (400)")
-    g.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels,
+    g.add_argument("--max-body-bytes", type=positive_int, default=d.max_body_bytes, help="request body size (413)")
+    g.add_argument("--max-images", type=positive_int, default=d.max_images, help="images per request (400)")
+    g.add_argument("--max-image-pixels", type=positive_int, default=d.max_image_pixels,
                    help="width x height, from the header before decoding (400)")
-    g.add_argument("--max-aspect-ratio", type=float, default=d.max_aspect_ratio,
+    g.add_argument("--max-aspect-ratio", type=positive_float, default=d.max_aspect_ratio,
                    help="long side / short side of an image (400; the Qwen processor's own limit is 200)")
-    g.add_argument("--max-prompt-tokens", type=int, default=None,
+    g.add_argument("--max-prompt-tokens", type=positive_int, default=None,
                    help="prompt tokens, text and image (400; default: the model's positions minus the "
                         "generation budget); route.py batch files too (an error row)")
-    g.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting for the model (503)")
-    g.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
+    g.add_argument("--max-queue", type=positive_int, default=d.max_queue, help="requests waiting for the model (503)")
+    g.add_argument("--request-timeout", type=positive_float, default=d.request_timeout_s,
                    help="seconds a request may wait for its answer, queue included (504)")
-    g.add_argument("--body-timeout", type=float, default=d.body_timeout_s, help="seconds to send the body (408)")
-    g.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+    g.add_argument("--body-timeout", type=positive_float, default=d.body_timeout_s,
+                   help="seconds to send the body (408)")
+    g.add_argument("--header-timeout", type=positive_float, default=d.header_timeout_s,
                    help="seconds to send the request line and headers (connection closed)")
-    g.add_argument("--keep-alive", type=float, default=d.keep_alive_s, help="idle keep-alive seconds")
-    g.add_argument("--limit-concurrency", type=int, default=d.limit_concurrency,
+    g.add_argument("--keep-alive", type=positive_float, default=d.keep_alive_s, help="idle keep-alive seconds")
+    g.add_argument("--limit-concurrency", type=positive_int, default=d.limit_concurrency,
                    help="open connections + requests in flight (503 above)")
-    g.add_argument("--backlog", type=int, default=d.backlog, help="listen backlog")
+    g.add_argument("--backlog", type=positive_int, default=d.backlog, help="listen backlog")
 
 
 def limits_from_args(args, *, max_tokens: int) -> ServeLimits:
