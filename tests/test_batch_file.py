@@ -127,6 +127,16 @@ def test_resume_refuses_an_output_written_for_another_input(router, tmp_path):
         route_run.route_file(router, other, out, BatchFraction(0.5), batch_size=16, resume=True)
 
 
+def test_image_limit_flags_apply_to_batch_files(router, tmp_path):
+    """route.py's --max-image-pixels / --max-aspect-ratio reach the batch file (they were served-only)."""
+    path, _ = write_poisoned_file(tmp_path, 3)
+    limits = ImageLimits(max_pixels=10, max_aspect_ratio=200.0)  # every demo image is larger than 10 pixels
+    rows = route_run.route_file(router, path, tmp_path / "out.jsonl", BatchFraction(0.5), image_limits=limits)
+    with_image = [r for r, rec in zip(rows, map(json.loads, path.read_text().splitlines()), strict=True)
+                  if rec.get("image")]
+    assert with_image and all((r["error"] or "").startswith("image_too_large") for r in with_image)
+
+
 def test_an_overlong_question_gets_its_own_error_row(router, tmp_path):
     path, _ = write_poisoned_file(tmp_path, 5)
     lines = path.read_text().splitlines()

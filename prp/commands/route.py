@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                         format="%(levelname)s %(name)s: %(message)s")
     import torch
 
+    from prp.core.data import ImageLimits
     from prp.eval.judge import routing_judge
     from prp.route import run as route_run
     from prp.route.decide import BatchFraction, Calibration, FixedThreshold
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     rows = route_run.route_file(router, args.data, args.out, policy, batch_size=args.batch_size,
                                 resume=args.resume or args.retry_errors, retry_errors=args.retry_errors,
                                 max_prompt_tokens=args.max_prompt_tokens, target_all=args.measure_target_only,
+                                image_limits=ImageLimits(max_pixels=args.max_image_pixels,
+                                                         max_aspect_ratio=args.max_aspect_ratio),
                                 judge=judge)
     summary = route_run.summarize(rows)
     print(f"wrote {len(rows)} lines to {args.out}")

@@ -45,11 +45,11 @@ class Record:
     split: str = ""
     meta: dict = field(default_factory=dict)
 
-    def load_image(self) -> Image.Image | None:
+    def load_image(self, limits: ImageLimits | None = None) -> Image.Image | None:
         """The image decoded as RGB (`open_image`'s checks for a path); None for a text-only item."""
         if self.image is None or isinstance(self.image, Image.Image):
             return self.image
-        return open_image(self.image) if self.image else None
+        return open_image(self.image, limits=limits or DEFAULT_IMAGE_LIMITS) if self.image else None
 
 
 @dataclass
@@ -230,17 +230,32 @@ def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, s
     )
 
 
-def _numbered_jsonl(path: Path) -> Iterator[tuple[int, dict | None]]:
-    """(line number, object or None if the line is not a JSON object), blank lines left out."""
-    with path.open("rb") as f:  # bytes: one non-UTF-8 line is a bad line, not a crash
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, the line's bytes without its newline) for every non-blank line of a
+    JSONL file: the one JSONL line reader.  Bytes, so each caller decides what a line that is not
+    UTF-8 or not JSON means (a counted skip, a logged None row, or an error).
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
+    ...     _ = f.write(b'{"a": 1}\\n\\n  \\n{torn')
+    >>> list(jsonl_lines(f.name))
+    [(1, b'{"a": 1}'), (4, b'{torn')]
+    >>> Path(f.name).unlink()
+    """
+    with Path(path).open("rb") as f:
         for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raw = None
-            yield line_no, raw if isinstance(raw, dict) else None
+            if line.strip():
+                yield line_no, line[:-1] if line.endswith(b"\n") else line
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | None]]:
+    """(line number, object or None if the line is not a JSON object), blank lines left out."""
+    for line_no, line in jsonl_lines(path):
+        try:
+            raw = json.loads(line.decode("utf-8"))  # one non-UTF-8 line is a bad line, not a crash
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raw = None
+        yield line_no, raw if isinstance(raw, dict) else None
 
 
 def load_jsonl(
@@ -258,7 +273,7 @@ def load_jsonl(
     """
     path = Path(path)
     return _load_numbered(
-        _numbered_jsonl(path), base_dir=Path(image_root) if image_root else path.parent, source=path.name,
+        iter_jsonl(path), base_dir=Path(image_root) if image_root else path.parent, source=path.name,
         fields=fields, check_images=check_images, require_answer=require_answer,
     )
 
@@ -284,7 +299,7 @@ def _read_table(path: Path) -> list:
     if path.suffix == ".parquet":
         return read_parquet(str(path))
     if path.suffix == ".jsonl":
-        return [raw for _, raw in _numbered_jsonl(path)]  # None: counted as bad_json below
+        return [raw for _, raw in iter_jsonl(path)]  # None: counted as bad_json below
     data = json.loads(path.read_text(encoding="utf-8"))
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]

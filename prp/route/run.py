@@ -218,7 +218,7 @@ def default_prompt_limit(router: Router) -> int:
 
 def route_file(router: Router, data: str | Path, out: str | Path, policy, *, batch_size: int = 16,
                resume: bool = False, retry_errors: bool = False, target_all: bool = False,
-               judge=None, max_prompt_tokens: int | None = None) -> list[dict]:
+               judge=None, max_prompt_tokens: int | None = None, image_limits=None) -> list[dict]:
     """Route every line of `data` into `out`: exactly one row per input line (prp.route.batchfile),
     an error row for a line that cannot be routed.  Returns all rows of `out` in input order.
 
@@ -249,7 +249,7 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
                     sink.write(error_row(bl.id, too_long, line=bl.line))
                     continue
                 try:
-                    image = bl.record.load_image()
+                    image = bl.record.load_image(image_limits)  # None: prp.core.data's defaults
                 except ImageError as exc:
                     sink.write(error_row(bl.id, str(exc), line=bl.line))
                     continue
