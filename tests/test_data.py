@@ -71,3 +71,32 @@ def test_one_record_type_serves_training_routing_and_benchmarks(tmp_path):
     assert (doc.answer, doc.choices, doc.split, doc.meta) == (["12/15/89", "1989"], ["A", "B"], "human", {})
     with pytest.raises(ImageError, match=r"^missing_image"):
         Record(id="e", question="Q?", answer=None, image=str(tmp_path / "gone.png")).load_image()
+
+
+def test_one_jsonl_line_reader_each_caller_keeps_its_error_rule(tmp_path):
+    """jsonl_lines numbers the file's own lines and leaves blanks out; what a bad line means stays
+    each caller's: a None (training/routing input, benchmark rows), an error (routed output), a skip
+    (target-accuracy cache)."""
+    import json as _json
+
+    from prp.core.data import iter_jsonl, jsonl_lines
+    from prp.eval.bench.records import read_rows as bench_rows
+    from prp.route.run import read_rows as routed_rows
+    from prp.train.presample import read_cache
+
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"id": "a", "acc": 0.5}\r\n\n  \n{torn\n[1]\n{"id": "b", "acc": 1}')
+    assert list(jsonl_lines(path)) == [(1, b'{"id": "a", "acc": 0.5}\r'), (4, b"{torn"), (5, b"[1]"),
+                                       (6, b'{"id": "b", "acc": 1}')]
+    assert [(n, raw is not None) for n, raw in iter_jsonl(path)] == [(1, True), (4, False), (5, False), (6, True)]
+    assert bench_rows(str(path)) == [{"id": "a", "acc": 0.5}, None, [1], {"id": "b", "acc": 1}]
+    assert read_cache(path) == {"a": 0.5, "b": 1.0}
+    with pytest.raises(_json.JSONDecodeError):
+        routed_rows(path)
+    path.write_bytes(b'{"line": 2}\n\n[3]\r\n')
+    assert routed_rows(path) == [{"line": 2}, [3]]
+    path.write_bytes(b'{"id": "a", "acc": 0.5}\n\xff\xfe\n')
+    assert [raw for _, raw in iter_jsonl(path)] == [{"id": "a", "acc": 0.5}, None]  # a bad line, not a crash
+    for reader in (read_cache, routed_rows, lambda p: bench_rows(str(p))):
+        with pytest.raises(UnicodeDecodeError):
+            reader(path)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from prp.core.data import LoadResult, read_parquet
+from prp.core.data import LoadResult, jsonl_lines, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,13 @@ def read_rows(path: str) -> list[dict]:
         return read_parquet(path)
     if path.endswith(".jsonl"):
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    log.warning("%s:%d: not JSON (%s)", path, n, err)
-                    rows.append(None)  # still a row, so the loader counts it as malformed
+        for n, line in jsonl_lines(path):
+            text = line.decode("utf-8")  # not UTF-8: the whole file is unreadable (raises)
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError as err:
+                log.warning("%s:%d: not JSON (%s)", path, n, err)
+                rows.append(None)  # still a row, so the loader counts it as malformed
         return rows
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
