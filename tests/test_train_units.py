@@ -317,6 +317,15 @@ def _png(path):
     Image.new("RGB", (56, 56), (120, 110, 100)).save(path)
 
 
+def test_train_data_fifo_is_refused_without_blocking(tmp_path):
+    from prp.train.config import ConfigError, TrainConfig
+    from prp.train.sampler import resolve_data
+
+    os.mkfifo(tmp_path / "train.jsonl")  # reading it would block forever: no writer ever opens it
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        resolve_data(TrainConfig(train_data=str(tmp_path / "train.jsonl")))
+
+
 def test_jsonl_skips_are_counted(tmp_path):
     _png(tmp_path / "ok.png")
     (tmp_path / "bad.png").write_bytes(b"not a png")

@@ -35,6 +35,8 @@ def resolve_data(cfg: TrainConfig) -> Path:
     if not path.exists():
         raise ConfigError(f"train_data {path} does not exist; pass --train-data FILE "
                           "(JSONL with id, image, question, answer; or synthetic:<n>)")
+    if not path.is_file() and not path.is_dir():  # a FIFO or a device: reading it could block forever
+        raise ConfigError(f"train_data {path} is not a regular file (a FIFO or device); pass --train-data FILE")
     return path
 
 
