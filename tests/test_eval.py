@@ -170,7 +170,7 @@ def test_p2_row_uses_the_sft_cn_models_own_answers(tmp_path, pair):
     bench = get_benchmark("demo")
     images = [render([2, 3]), render([4, 5])]
     records = [Record(id=f"r{i}", question="What is the sum of the numbers in the image?", image=None,
-                           answer=str(a)) for i, a in enumerate((5, 9))]
+                      answer=str(a)) for i, a in enumerate((5, 9))]
     rows = evaluate_batch(router, bench, records, images,
                           baselines=Baselines(sft_cn_model=cn_model, sft_cn_processor=cn_proc, sft_cn_name="cn",
                                               max_new_tokens=3))

@@ -49,7 +49,7 @@ def load_chartqa(root: str, *, splits: Iterable[str] = SPLITS, require_images: b
             if keep:
                 result.records.append(
                     Record(id=rid, question=str(row["query"]), image=image, answer=str(row["label"]),
-                                split=split, meta={"imgname": row["imgname"]})
+                           split=split, meta={"imgname": row["imgname"]})
                 )
     result.log_summary("chartqa")
     return result

@@ -50,8 +50,8 @@ def load_docvqa(path: str, *, image_root: str | None = None, require_images: boo
         if keep:
             result.records.append(
                 Record(id=str(rid), question=row["question"], image=image, answer=list(answers),
-                            split=str(row.get("data_split", "val")),
-                            meta={k: row[k] for k in ("question_types", "docId") if k in row})
+                       split=str(row.get("data_split", "val")),
+                       meta={k: row[k] for k in ("question_types", "docId") if k in row})
             )
     result.log_summary("docvqa")
     return result

@@ -66,9 +66,9 @@ def load_m3cot(path: str, *, image_root: str | None = None, split: str | None = 
         if keep:
             result.records.append(
                 Record(id=str(row["id"]), question=build_question(row), image=image,
-                            answer=answer.strip("() ").upper(), choices=[str(c) for c in choices],
-                            split=str(row.get("split") or split or ""),
-                            meta={k: row.get(k) for k in ("domain", "topic", "category")})
+                       answer=answer.strip("() ").upper(), choices=[str(c) for c in choices],
+                       split=str(row.get("split") or split or ""),
+                       meta={k: row.get(k) for k in ("domain", "topic", "category")})
             )
     result.log_summary("m3cot")
     return result

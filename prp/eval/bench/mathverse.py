@@ -61,12 +61,12 @@ def load_mathverse(path: str, *, image_root: str | None = None, require_images: 
         if keep:
             result.records.append(
                 Record(id=str(row["sample_index"]), question=row["query_wo"], image=image,
-                            answer=str(row["answer"]), choices=parse_choices(row["query_wo"]),
-                            split=str(row["problem_version"]),
-                            meta={"question_type": row["question_type"],
-                                  "problem_index": row.get("problem_index"),
-                                  "question_for_eval": row.get("question_for_eval"),
-                                  "metadata": row.get("metadata") or {}})
+                       answer=str(row["answer"]), choices=parse_choices(row["query_wo"]),
+                       split=str(row["problem_version"]),
+                       meta={"question_type": row["question_type"],
+                             "problem_index": row.get("problem_index"),
+                             "question_for_eval": row.get("question_for_eval"),
+                             "metadata": row.get("metadata") or {}})
             )
     result.log_summary("mathverse")
     return result
