@@ -15,6 +15,25 @@ from prp.toy.tiny import save_tiny_pair
 PERTURB_STD = 0.15
 
 
+class Interrupt(BaseException):  # like a kill: not an item's failure, so never isolated as one
+    pass
+
+
+class InterruptingPolicy:
+    """Decides like BatchFraction(0.5), but the n-th batch is interrupted (like a killed process)."""
+
+    def __init__(self, at_batch: int):
+        self.calls, self.at_batch = 0, at_batch
+
+    def keep(self, scores):
+        from prp.route.decide import BatchFraction
+
+        self.calls += 1
+        if self.calls == self.at_batch:
+            raise Interrupt
+        return BatchFraction(0.5).keep(scores)
+
+
 def build_pair(root: Path) -> dict[str, Path]:
     """root/test (the draft, perturbed) and root/target (same tiny size, another seed)."""
     from transformers import AutoModelForImageTextToText

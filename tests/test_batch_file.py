@@ -6,6 +6,7 @@ import json
 
 import pytest
 from batch_fixtures import POISON, poison_assets, write_poisoned_file
+from route_fixtures import Interrupt, InterruptingPolicy
 from serve_fixtures import bomb_png
 
 from prp.core.data import ImageError, ImageLimits, image_error_reason, load_jsonl, open_image
@@ -14,21 +15,6 @@ from prp.route import run as route_run
 from prp.route.batchfile import read_batch_file
 from prp.route.decide import BatchFraction
 from prp.route.router import LocalTarget, Router, RouterConfig
-
-
-class Interrupt(BaseException):  # a kill: not an item's failure
-    pass
-
-
-class InterruptingPolicy:
-    def __init__(self, at_batch: int):
-        self.calls, self.at_batch = 0, at_batch
-
-    def keep(self, scores):
-        self.calls += 1
-        if self.calls == self.at_batch:
-            raise Interrupt
-        return BatchFraction(0.5).keep(scores)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from route_fixtures import build_queries, read_jsonl
+from route_fixtures import Interrupt, InterruptingPolicy, build_queries, read_jsonl
 
 from prp.core.modeling import digit_token_ids, load_model, prepare_inputs
 from prp.core.prompts import build_messages
@@ -238,23 +238,6 @@ def test_cli_three_threshold_modes(pair, data, tmp_path):
 
 
 # ------------------------------------------------------------------ failures lose nothing
-
-
-class Interrupt(BaseException):  # like a kill: not an item's failure, so not isolated
-    pass
-
-
-class InterruptingPolicy:
-    """Decides normally, but the n-th batch is interrupted (like a killed process)."""
-
-    def __init__(self, at_batch: int):
-        self.calls, self.at_batch = 0, at_batch
-
-    def keep(self, scores):
-        self.calls += 1
-        if self.calls == self.at_batch:
-            raise Interrupt
-        return BatchFraction(0.5).keep(scores)
 
 
 def test_resume_every_line_once(draft, target, data, tmp_path):
