@@ -67,6 +67,17 @@ def _bool(x) -> bool | None:
     return None if x is None else bool(x)
 
 
+def _rating_fields(row: Mapping, rec: Mapping) -> dict:
+    """The fields both adapters read the same way: the query, its gold and its ratings."""
+    return {
+        "id": str(row["id"]),
+        "split": row.get("split") or rec.get("split"),
+        "question": _text(row.get("question", rec.get("question"))),
+        "gold": _text(row.get("gold")),
+        **{k: row.get(k) for k in ("d", "t", "ipr_d", "ipr_t")},
+    }
+
+
 def eval_queries(
     rows: Sequence[Mapping],
     *,
@@ -92,14 +103,7 @@ def eval_queries(
         views.append(
             query_view(
                 i,
-                id=str(row["id"]),
-                split=row.get("split") or rec.get("split"),
-                question=_text(row.get("question", rec.get("question"))),
-                gold=_text(row.get("gold")),
-                d=row.get("d"),
-                t=row.get("t"),
-                ipr_d=row.get("ipr_d"),
-                ipr_t=row.get("ipr_t"),
+                **_rating_fields(row, rec),
                 score=score,
                 route="target" if to_target else "draft",
                 draft_answer=_text(row.get("draft_answer")),
@@ -137,14 +141,7 @@ def route_queries(
         views.append(
             query_view(
                 i,
-                id=str(row["id"]),
-                split=row.get("split") or rec.get("split"),
-                question=_text(row.get("question", rec.get("question"))),
-                gold=_text(row.get("gold")),
-                d=row.get("d"),
-                t=row.get("t"),
-                ipr_d=row.get("ipr_d"),
-                ipr_t=row.get("ipr_t"),
+                **_rating_fields(row, rec),
                 score=row.get("score"),
                 route=route,
                 draft_answer=_text(draft_answer),
