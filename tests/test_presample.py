@@ -69,3 +69,23 @@ def test_a_benchmark_judge_brings_its_own_extraction(tmp_path):
 def test_unjudgeable_gold_gets_no_label(tmp_path):
     counts = presample([_rec("x", "")], lambda chunk: [["\\boxed{1}"]], tmp_path / "a.jsonl", m=1)
     assert counts["no_gold"] == 1 and read_cache(tmp_path / "a.jsonl") == {}
+
+
+def test_local_sampler_draws_m_samples_through_the_decode_engine(pair, monkeypatch):
+    """Alg. 2 l.4 with a local target: M completions per record, sampled by prp.route.decode (the engine),
+    and the same seed gives the same samples (a resumed presample draws what it drew before)."""
+    from PIL import Image
+
+    from prp.route import decode
+    from prp.train.presample import local_sampler
+
+    calls = []
+    real = decode.generate
+    monkeypatch.setattr(decode, "generate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    image = Image.new("RGB", (56, 56), (120, 30, 200))
+    records = [Record(id=f"r{i}", question=f"What is {i}+1?", answer=str(i + 1), image=image) for i in range(2)]
+    sample = local_sampler(pair["target"], m=3, max_new_tokens=4, temperature=1.0, seed=7)
+    first, again = sample(records), sample(records)
+    assert [len(x) for x in first] == [3, 3] and all(isinstance(s, str) for x in first for s in x)
+    assert first == again
+    assert len(calls) == 2 and calls[0]["temperature"] == 1.0 and calls[0]["max_new_tokens"] == 4

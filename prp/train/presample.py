@@ -151,10 +151,14 @@ def local_sampler(
     model_dir: str | Path, *, m: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
     seed: int = 0, device: str | None = None, max_pixels: int | None = None,
 ) -> Sampler:
-    """Sample M completions per record from a local HF model (Alg. 2 l.4)."""
+    """Sample M completions per record from a local HF model (Alg. 2 l.4), through the decode engine
+    (prp.route.decode: the compiled static-cache step on CUDA, the eager loop on CPU)."""
+    import torch
+
     from prp.core.batches import build_prompts
     from prp.core.modeling import load_model
-    from prp.train.rollout import generate_rollout, step_seed
+    from prp.route import decode
+    from prp.train.rollout import step_seed, vision_token_ids
 
     model, processor = load_model(model_dir, device=device)
     if max_pixels:
@@ -164,9 +168,11 @@ def local_sampler(
         prompts = build_prompts(processor, msgs, [r.load_image() for r in chunk], repeat=m,
                                 device=model.device)
         # Seeded by the first record's id: a resumed run draws the same samples for a record.
-        rollout = generate_rollout(model, processor, prompts, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, top_p=top_p, seed=step_seed(seed, chunk[0].id))
-        texts = processor.tokenizer.batch_decode(rollout.completions, skip_special_tokens=True)
+        gen = torch.Generator(device=model.device).manual_seed(step_seed(seed, chunk[0].id))
+        completions = decode.generate(model, processor.tokenizer, prompts.model_inputs,
+                                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                      generator=gen, suppress=vision_token_ids(model))
+        texts = processor.tokenizer.batch_decode(completions, skip_special_tokens=True)
         return [texts[i * m:(i + 1) * m] for i in range(len(chunk))]
 
     return sample
