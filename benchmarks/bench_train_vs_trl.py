@@ -48,7 +48,7 @@ def machine() -> str:
 
 def bench_prp(model_dir: Path, data: Path, out: Path, args) -> list[float]:
     from prp.train.config import load_config
-    from prp.train.trainer import train
+    from prp.train.loop import train
 
     cfg = load_config(overrides={
         "mode": "grpo", "model": str(model_dir), "train_data": str(data), "output_dir": str(out),
