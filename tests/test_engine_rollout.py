@@ -70,6 +70,23 @@ def test_inference_copy_follows_the_policy_weights(draft):
     assert torch.equal(twin.lm_head.weight, model.lm_head.weight)
 
 
+def test_inference_copy_is_refreshed_once_per_weights_version(draft):
+    """Micro-steps of one optimizer step share the weights: the same version is not copied again."""
+    model, _ = draft
+    twin = inference_copy(model, version=3)
+    w = model.lm_head.weight
+    with torch.no_grad():
+        w.add_(1.0)
+    try:
+        assert not torch.equal(inference_copy(model, version=3).lm_head.weight, w)  # same step: no copy
+        assert torch.equal(inference_copy(model, version=4).lm_head.weight, w)  # next step: copied
+    finally:
+        with torch.no_grad():
+            w.sub_(1.0)
+    inference_copy(model)
+    assert torch.equal(twin.lm_head.weight, model.lm_head.weight)
+
+
 def test_rollout_engine_config_field():
     assert TrainConfig.rollout_engine == "hf"
     with pytest.raises(ValueError, match="hf or engine"):

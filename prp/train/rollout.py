@@ -68,6 +68,7 @@ def trim_at_eos(row: list[int], eos: set[int]) -> tuple[list[int], bool]:
 def generate_rollout(
     model, processor, prompts: PromptBatch, *, max_new_tokens: int, temperature: float, top_p: float,
     seed: int, synced_gpus: bool = False, suppress: Sequence[int] = (), engine: str = "hf",
+    weights_version: int | None = None,
 ) -> Rollout:
     """Sample one completion per prompt row (Alg. 1 l.3).
 
@@ -76,11 +77,12 @@ def generate_rollout(
     --resume bit-exact).  Under ZeRO-3 `synced_gpus=True` keeps every rank stepping until all
     have finished, else ranks with shorter outputs leave the collectives early.  `suppress`: token
     ids never sampled (besides the vision placeholders), e.g. sft-cn's [CN] / [UN].
-    `engine="engine"`: sample with the decode engine instead (`engine_rollout`).
+    `engine="engine"`: sample with the decode engine instead (`engine_rollout`); `weights_version`
+    (the optimizer step) lets it skip refreshing its inference copy while the weights are unchanged.
     """
     if engine == "engine":
         return engine_rollout(model, processor, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p, seed=seed, suppress=suppress)
+                              top_p=top_p, seed=seed, suppress=suppress, weights_version=weights_version)
     if engine != "hf":
         raise ValueError(f"rollout_engine must be hf or engine, got {engine!r}")
     tokenizer = processor.tokenizer
@@ -93,18 +95,20 @@ def generate_rollout(
         pad_token_id=tokenizer.pad_token_id, suppress_tokens=[*vision_token_ids(model), *suppress] or None,
     )  # [B*N, P + L']
     model.train(was_training)
-    eos = eos_ids_of(model, tokenizer)
-    completions, truncated = [], []
-    for row in out[:, prompts.input_ids.shape[1]:].tolist():
-        ids, cut = trim_at_eos(row, eos)
-        completions.append(ids)
-        truncated.append(cut)
-    return Rollout(prompts=prompts, completions=completions, truncated=truncated)
+    return _rollout_of(prompts, out[:, prompts.input_ids.shape[1]:].tolist(), eos_ids_of(model, tokenizer))
 
 
-def inference_copy(model, *, dtype: torch.dtype | None = None):
+def _rollout_of(prompts: PromptBatch, rows: list[list[int]], eos: set[int]) -> Rollout:
+    """Each generated row cut after its first EOS (or marked truncated)."""
+    cut = [trim_at_eos(row, eos) for row in rows]
+    return Rollout(prompts=prompts, completions=[ids for ids, _ in cut], truncated=[t for _, t in cut])
+
+
+def inference_copy(model, *, dtype: torch.dtype | None = None, version: int | None = None):
     """The policy's inference twin for the decode engine (built once, cached on the model), with
     the policy's current weights copied in.  dtype: bf16 on CUDA, the policy's own elsewhere.
+    `version` (the optimizer step): the copy is skipped when the twin already holds that version's
+    weights, so gradient accumulation's micro-steps copy (and gather) once per optimizer step.
 
     Under ZeRO-3 each rank gathers the full parameters for the copy (`GatheredParameters`), so
     the engine's forwards need no collectives and ranks may finish at different lengths."""
@@ -120,6 +124,8 @@ def inference_copy(model, *, dtype: torch.dtype | None = None):
         twin.generation_config = policy.generation_config
         twin.requires_grad_(False)
         object.__setattr__(policy, "_prp_inference_copy", twin)  # not a submodule: not trained, not saved
+    elif version is not None and getattr(twin, "_prp_version", None) == version:
+        return twin
     params = list(policy.parameters())
     gathered = any(hasattr(p, "ds_id") for p in params)
     if gathered:
@@ -138,18 +144,19 @@ def inference_copy(model, *, dtype: torch.dtype | None = None):
         for name, b in policy.named_buffers():
             if name in mine_buffers:
                 mine_buffers[name].copy_(b)
+    object.__setattr__(twin, "_prp_version", version)
     return twin
 
 
 def engine_rollout(
     model, processor, prompts: PromptBatch, *, max_new_tokens: int, temperature: float, top_p: float,
-    seed: int, suppress: Sequence[int] = (),
+    seed: int, suppress: Sequence[int] = (), weights_version: int | None = None,
 ) -> Rollout:
     """Alg. 1 l.3 with the decode engine on `inference_copy(model)`.  Sampling draws from a generator
     seeded with `seed` (on the model's device), so it is a function of the step, as with HF."""
     from prp.route.decode import generate
 
-    twin = inference_copy(model)
+    twin = inference_copy(model, version=weights_version)
     device = next(twin.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     inputs = prompts.model_inputs
@@ -157,13 +164,7 @@ def engine_rollout(
         inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(next(twin.parameters()).dtype)}
     rows = generate(twin, processor.tokenizer, inputs, max_new_tokens=max_new_tokens, temperature=temperature,
                     top_p=top_p, generator=generator, suppress=[*vision_token_ids(model), *suppress])
-    eos = eos_ids_of(twin, processor.tokenizer)
-    completions, truncated = [], []
-    for row in rows:
-        ids, cut = trim_at_eos(row, eos)
-        completions.append(ids)
-        truncated.append(cut)
-    return Rollout(prompts=prompts, completions=completions, truncated=truncated)
+    return _rollout_of(prompts, rows, eos_ids_of(twin, processor.tokenizer))
 
 
 def format_score(value: float) -> str:

@@ -83,6 +83,7 @@ def rollout(ctx: StepContext, prompts: PromptBatch, micro: int, suppress: tuple[
             ctx.policy.model, ctx.policy.processor, prompts, max_new_tokens=cfg.max_completion_length,
             temperature=cfg.temperature, top_p=cfg.top_p, seed=step_seed(cfg.seed, "rollout", micro, ctx.d.rank),
             synced_gpus=ctx.d.deepspeed, suppress=suppress, engine=cfg.rollout_engine,
+            weights_version=micro // cfg.gradient_accumulation_steps,  # weights change once per optimizer step
         )
     except RuntimeError as exc:  # torch.multinomial's refusal: finite but huge weights overflow the logits
         if "inf" in str(exc) and "nan" in str(exc):
