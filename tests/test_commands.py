@@ -301,7 +301,9 @@ def test_route_user_errors_in_the_flags_and_files_are_one_line(scripts, capsys, 
 @pytest.mark.parametrize("flag, value", [("--pt", "1.5"), ("--pt", "-0.1"), ("--pt", "nan"), ("--target-acc", "2"),
                                          ("--tau", "0"), ("--tau", "-1"), ("--tau", "inf"), ("--timeout", "0"),
                                          ("--batch-size", "0"), ("--tries", "0"), ("--port", "99999"),
-                                         ("--port", "-1"), ("--threads", "0")])
+                                         ("--port", "-1"), ("--threads", "0"), ("--backoff", "-1"),
+                                         ("--backoff", "nan"), ("--max-prefix-tokens", "0"),
+                                         ("--max-new-tokens", "0")])
 def test_route_out_of_range_numbers_are_usage_errors(scripts, capsys, flag, value):
     with pytest.raises(SystemExit) as stop:
         run_main(scripts["route.py"].main, ["--data", "q.jsonl", flag, value], prog="route.py")
@@ -311,7 +313,7 @@ def test_route_out_of_range_numbers_are_usage_errors(scripts, capsys, flag, valu
 
 @pytest.mark.parametrize("flag, value", [("--port", "70000"), ("--max-body-bytes", "-1"), ("--max-queue", "0"),
                                          ("--request-timeout", "0"), ("--max-aspect-ratio", "nan"),
-                                         ("--backlog", "-5")])
+                                         ("--backlog", "-5"), ("--max-new-tokens", "0")])
 def test_serve_nonsense_limits_are_usage_errors(capsys, flag, value):
     """A NaN aspect limit would switch the check off (every comparison with NaN is false); 0 or less would refuse
     every request: argparse refuses them before the server starts."""
@@ -415,3 +417,12 @@ def test_route_serve_port_in_use_subprocess(tmp_path):
         sock.close()
     assert proc.returncode == 2, proc.stderr
     assert_user_error(proc.stderr, "route.py", f"port {port} on 127.0.0.1 is already in use")
+
+
+def test_eval_p_t_outside_zero_one_is_a_usage_error(capsys):
+    """Tab. 2's shares are checked by argparse, not by a traceback after every model has run."""
+    from prp.commands import eval as eval_cmd
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(eval_cmd.main, ["--bench", "demo", "--p-t", "0.5", "1.5"], prog="eval.py")
+    assert stop.value.code == 2 and "argument --p-t: '1.5'" in capsys.readouterr().err

@@ -105,3 +105,20 @@ def test_serving_and_batch_code_never_unpickle_or_eval():
                         and f.value.id in ("torch", "pickle", "yaml"):
                     found.append(f"{path.name}: {f.value.id}.load()")
     assert len(files) > 15 and not found, found
+
+
+def test_many_empty_messages_cannot_slip_past_the_prompt_limit(tok):
+    """The chat template adds tokens per message: 1,000 empty messages cost 64 + 8 * 1000 = 8,064 tokens
+    by the count, over a 4,096 limit (before the fix they counted as the 64-token margin alone)."""
+    from types import SimpleNamespace
+
+    from prp.route.server.chat import ParsedChat, RequestError, check_prompt_tokens
+
+    processor = SimpleNamespace(tokenizer=tok)
+    empty = [{"role": "user", "content": []}] * 1000
+    with pytest.raises(RequestError) as err:
+        check_prompt_tokens(ParsedChat(messages=empty, images=[], question="", max_tokens=1), processor, 4096)
+    assert err.value.status == 400 and "1000 messages" in str(err.value)
+    two = [{"role": "user", "content": [{"type": "text", "text": "12"}]}] * 2  # "12\n12": 5 tokens here
+    n = check_prompt_tokens(ParsedChat(messages=two, images=[], question="12", max_tokens=1), processor, 4096)
+    assert n == len(tok("12\n12", add_special_tokens=False)["input_ids"]) + 64 + 2 * 8

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from prp.core.cli import UserError, positive_int, run_main
+from prp.core.cli import UserError, positive_int, run_main, share
 from prp.route.run import add_router_arguments
 
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "judged and timed as that model's; default: s_1 on the routing draft's answers")
     ap.add_argument("--batch-size", type=positive_int, default=8, help="1 gives per-query latencies (Tab. 2)")
     ap.add_argument("--limit", type=int, help="first N records only")
-    ap.add_argument("--p-t", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6], help="Tab. 2 rows")
+    ap.add_argument("--p-t", type=share, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6], help="Tab. 2 rows")
     ap.add_argument("--out-dir", default=None, help="default runs/eval-<bench>")
     ap.add_argument("--no-resume", action="store_true", help="start the instance cache afresh")
     ap.add_argument("--allow-missing-images", action="store_true", help="keep records whose image is missing")

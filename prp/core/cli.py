@@ -113,6 +113,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (--backoff: a wait before a retry)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number >= 0")
+    return value
+
+
 def share(text: str) -> float:
     """argparse type: a share or an accuracy in [0, 1] (--pt, --target-acc)."""
     value = float(text)
@@ -187,5 +195,16 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = N
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
-__all__ = ["EXIT_USER_ERROR", "UserError", "as_user_error", "check_port_free", "port_number", "positive_float",
-           "positive_int", "report_user_error", "run_main", "share"]
+__all__ = [
+    "EXIT_USER_ERROR",
+    "UserError",
+    "as_user_error",
+    "check_port_free",
+    "non_negative_float",
+    "port_number",
+    "positive_float",
+    "positive_int",
+    "report_user_error",
+    "run_main",
+    "share",
+]

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prp.core.cli import positive_float, positive_int
+from prp.core.cli import non_negative_float, positive_float, positive_int
 from prp.core.data import ImageError, jsonl_lines, load_jsonl
 from prp.route.batchfile import read_batch_file
 from prp.route.isolate import run_isolated
@@ -64,8 +64,8 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
     sc.add_argument("--rating", choices=("free", "forced"), default=None,
                     help="free: the draft writes its prefix; forced: grammar-forced, the draft picks the digits "
                          "(default: the embedded default's setting, else free)")
-    sc.add_argument("--max-prefix-tokens", type=int, default=24)
-    sc.add_argument("--max-new-tokens", type=int, default=None,
+    sc.add_argument("--max-prefix-tokens", type=positive_int, default=24)
+    sc.add_argument("--max-new-tokens", type=positive_int, default=None,
                     help="default 1024 (the embedded default's own limit there)")
 
     rm = ap.add_argument_group("remote target")
@@ -73,7 +73,7 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
     rm.add_argument("--timeout", type=positive_float, default=60.0,
                     help="seconds per attempt, in all (connect + answer): a query falls back to the draft "
                          "within timeout x tries + backoff")
-    rm.add_argument("--backoff", type=float, default=0.5, help="first retry wait; doubles each retry")
+    rm.add_argument("--backoff", type=non_negative_float, default=0.5, help="first retry wait; doubles each retry")
     rm.add_argument("--concurrency", type=positive_int, default=8)
 
 

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", help="model name reported in responses (default: the dir name)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=port_number, default=8001, help="0 = any free port (printed)")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="cap on (and default of) max_tokens")
+    ap.add_argument("--max-new-tokens", type=positive_int, default=256, help="cap on (and default of) max_tokens")
     ap.add_argument("--canned", help="answer this text without a model (HTTP load tests)")
     ap.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     ap.add_argument("--engine", choices=ENGINE_KINDS, default=None,

@@ -87,14 +87,22 @@ def image_tokens(processor, image: Image.Image) -> int:
 # a cheap gate before tokenizing: no tokenizer PRP serves packs more characters than this into
 # one token on real text, so a longer prompt is over the limit without spending time on it
 CHARS_PER_TOKEN_BOUND = 16
+# what the chat template wraps around each message (Qwen: "<|im_start|>role\n ... <|im_end|>\n" is
+# 5 tokens): counted per message, so many empty messages cannot slip a long prompt past the limit
+TEMPLATE_TOKENS_PER_MESSAGE = 8
 
 
 def check_prompt_tokens(parsed: ParsedChat, processor, limit: int, *, overhead: int = 64) -> int:
-    """Prompt tokens (text + images + a template margin); RequestError 400 over `limit`."""
+    """Prompt tokens (text + images + the template's tokens per message + a margin); RequestError 400
+    over `limit`."""
+    template = overhead + TEMPLATE_TOKENS_PER_MESSAGE * len(parsed.messages)
+    if template > limit:
+        raise RequestError(400, f"{len(parsed.messages)} messages are over the prompt limit of {limit} tokens",
+                           "messages")
     text = "\n".join(p["text"] for m in parsed.messages for p in m["content"] if p["type"] == "text")
     if len(text) > limit * CHARS_PER_TOKEN_BOUND:
         raise RequestError(400, f"prompt of {len(text)} characters is over the limit of {limit} tokens", "messages")
-    n = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) + overhead
+    n = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) + template
     try:
         n += sum(image_tokens(processor, im) for im in parsed.images)
     except ValueError as exc:  # smart_resize's own checks (e.g. aspect ratio), should the limits allow it
