@@ -231,12 +231,6 @@ def _takes_4d_mask(model) -> bool:
     return getattr(model.config, "_attn_implementation", "sdpa") in ("sdpa", "eager", None)
 
 
-def add_engine_argument(parser) -> None:
-    """`--engine eager|compiled|static` for the entry scripts (default: compiled on CUDA, else eager)."""
-    parser.add_argument("--engine", choices=("eager", "compiled", "static"), default=None,
-                        help="decode engine (docs/engine.md); default compiled on CUDA, eager on CPU")
-
-
 def set_engine(model, kind: str, **options) -> None:
     """Choose how `prp.route.decode` generates with `model` from now on (`--engine eager|compiled`)."""
     if kind != "eager":
