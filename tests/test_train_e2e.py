@@ -403,3 +403,19 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     assert steps == ref_steps == [s for s in range(1, 7) for _ in range(4)]
     init = load_file(next((tmp_path / "ref").glob("tiny-test-seed0")) / "model.safetensors")
     assert any(not torch.equal(init[k], a[k]) for k in a)
+
+
+def test_resume_with_another_process_count_is_refused(tmp_path):
+    """The data order of each rank depends on the process count: a checkpoint written by 2 processes
+    is not resumed by 1 (one clear error), unless only its weights are kept."""
+    from prp.train.config import ConfigError
+    from train import main
+
+    common = ["--mode", "drl", "--config", TINY, "--max-steps", "1", "--output-dir", str(tmp_path)]
+    assert main(common) == tmp_path / "ckpt-1"
+    state_file = tmp_path / "ckpt-1" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["world"] == 1
+    state_file.write_text(json.dumps({**state, "world": 2}))
+    with pytest.raises(ConfigError, match="written by 2 processes, this run has 1"):
+        main([*common[:-2], "--max-steps", "2", "--output-dir", str(tmp_path), "--resume"])

@@ -86,6 +86,12 @@ class Trainer:
         resume_point = ckpt_io.find_resume_point(self.out, deepspeed=self.d.deepspeed,
                                                  weights_only=cfg.resume_weights_only) if resume else None
         self.resume_from = resume_point.path if resume_point else None
+        saved_world = resume_point.trainer_state.get("world") if resume_point else None
+        if saved_world not in (None, self.d.world) and not cfg.resume_weights_only:
+            # each rank's data order and (under ZeRO-3) its optimizer shard depend on the process count
+            raise ConfigError(f"{self.resume_from} was written by {saved_world} processes, this run has "
+                              f"{self.d.world}: resume with {saved_world}, or keep only the weights with "
+                              "--resume-weights-only")
         if self.d.main:
             ckpt_io.remove_stale_tmp(self.out)
         model_path = str(self.resume_from) if self.resume_from else resolve_model(cfg.model)
