@@ -11,7 +11,7 @@ from prp.core.modeling import digit_token_ids, load_model, prepare_inputs
 from prp.core.prompts import build_messages
 from prp.route import decode as gen
 from prp.route import run as route_run
-from prp.route.decide import BatchFraction, Calibration, FixedThreshold, calibrate, n_to_target
+from prp.route.decide import BatchFraction, Calibration, FixedThreshold, calibrate, n_routed
 from prp.route.ipr import digit_stats_reference
 from prp.route.router import LocalTarget, Query, Router, RouterConfig
 from prp.route.scoring import apply_ipr, route_score
@@ -189,7 +189,7 @@ def test_ipr_off_and_band(draft, target):
 def test_fixed_threshold_and_batch_fraction():
     assert FixedThreshold(0.5).keep([0.9, 0.5, None, 0.51]) == [True, False, False, True]
     assert FixedThreshold(None).keep([0.0, None]) == [True, False]
-    assert [n_to_target(0.6, n) for n in (1, 2, 3, 5, 10, 20)] == [1, 1, 2, 3, 6, 12]
+    assert [n_routed(0.6, n) for n in (1, 2, 3, 5, 10, 20)] == [1, 1, 2, 3, 6, 12]
     # ties: earlier queries go to the target first; a missing score is the lowest
     assert BatchFraction(0.5).keep([0.5, 0.5, 0.5, None]) == [False, True, True, False]
     assert BatchFraction(0.0).keep([0.1, 0.2]) == [True, True]

@@ -100,11 +100,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     for flag, value in (("--draft", args.draft), ("--target", args.target)):
         if "://" in value and not value.startswith(("http://", "https://")):
             raise UserError(f"{flag} {value}: unsupported URL scheme; give an http(s):// URL or a model folder")
+    saved = None  # the --threshold-file's calibration, read once
     if args.threshold_file:  # malformed: one line naming the file, before loading the models
         from prp.route.decide import Calibration
 
         try:
-            Calibration.load(args.threshold_file)
+            saved = Calibration.load(args.threshold_file)
         except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise UserError(f"--threshold-file {args.threshold_file}: not a calibration saved by --calibrate "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rerun --calibrate") from None
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     rule = router.rule.name  # the decision direction belongs to the rule
 
     # decision source, in order of precedence
-    if args.threshold_file:
-        policy = Calibration.load(args.threshold_file).policy()  # refused below if its rule differs
+    if saved is not None:
+        policy = saved.policy()  # refused below if its rule differs
     elif args.threshold is not None:
         policy = FixedThreshold(args.threshold, rule)
     elif args.calibrate:

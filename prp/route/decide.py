@@ -54,15 +54,6 @@ def n_routed(p_t: float, n: int, *, rounding: str = "round") -> int:
     return min(max(k, 0), n)
 
 
-def n_to_target(p_t: float, n: int) -> int:
-    """How many of n queries go to the target for a share p_t: round half up, within [0, n].
-
-    >>> n_to_target(0.6, 5), n_to_target(0.5, 3), n_to_target(0.0, 4)
-    (3, 2, 0)
-    """
-    return n_routed(p_t, n, rounding="round")
-
-
 def _rule(rule: str | Rule) -> Rule:
     return rule if isinstance(rule, Rule) else get_rule(rule)
 
@@ -98,7 +89,7 @@ class BatchFraction:
         rule = _rule(self.rule)
         keys = [rule.keep_score(s) for s in scores]
         order = sorted(range(len(scores)), key=lambda i: (keys[i], i))  # stable: earlier first
-        routed = set(order[: n_to_target(self.p_t, len(scores))])
+        routed = set(order[: n_routed(self.p_t, len(scores))])
         return [i not in routed for i in range(len(scores))]
 
 
@@ -170,7 +161,7 @@ def calibrate(
     # acc[k]: k lowest keep scores to the target
     acc = [(sum(t[:k]) + sum(d[k:])) / n for k in range(n + 1)]
     if p_t is not None:
-        k = n_to_target(p_t, n)
+        k = n_routed(p_t, n)
         requested = {"pt": p_t}
     else:
         reaching = [k for k in range(n + 1) if acc[k] >= target_acc - 1e-12]
