@@ -39,6 +39,8 @@ import torch
 from prp.eval import metrics as M
 
 GRID = M.DEFAULT_GRID
+ROUTER_SIGNAL = "prp (s, IPR)"  # the score route.py decides on (--ipr add, its default)
+MAKE_DEMO_GOAL = "target-0.005"  # make demo's --target-acc: within 0.5 points of the target (issue item 5)
 
 
 def _queries(records):
@@ -124,7 +126,7 @@ def run_p2(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[d
 
 def by_level(rows, key) -> dict:
     levels = sorted({r["level"] for r in rows})
-    out = {f"k={k}": float(np.mean([r[key] for r in rows if r["level"] == k])) for k in levels}
+    out = {f"level {k}": float(np.mean([r[key] for r in rows if r["level"] == k])) for k in levels}
     out["mean"] = float(np.mean([r[key] for r in rows]))
     return out
 
@@ -143,6 +145,9 @@ def analyse(rows, target_rows, signals: dict[str, str]) -> dict:
            "closed_prefix_frac": float(np.mean([r.get("prefix_stop", "closed") == "closed" for r in rows]))}
     for name, key in signals.items():
         out[name] = signal_block([r[key] for r in rows], dc, tc)
+    d = np.array([math.nan if r.get("d") is None else r["d"] for r in rows], dtype=float)
+    if "d" in signals:
+        out["d_stats"] = {"mean": float(np.nanmean(d)), "std": float(np.nanstd(d)), "missing": int(np.isnan(d).sum())}
     if "t" in signals:  # JRL's target rating vs the target's own correctness (what t should predict)
         t = np.array([math.nan if r["t"] is None else r["t"] for r in rows], dtype=float)
         out["t"]["spearman_rank_target_acc"] = M.rating_rank_correlation(t, tc)
@@ -184,8 +189,8 @@ def report_instances(rows, target_rows, p2_rows=None) -> list[dict]:
                              "decision": "post_hoc"}
         out.append({"id": r["id"], "draft_correct": r["draft_correct"], "target_correct": tgt[r["id"]]["correct"],
                     "draft_latency_s": r["draft_latency_s"], "prefix_latency_s": r["prefix_latency_s"],
-                    "target_latency_s": tgt[r["id"]]["latency_s"], "split": f"k={r['level']}", "rule": "draft_first",
-                    "d": r["d"], "t": r["t"], "scores": scores, "signal_answers": answers})
+                    "target_latency_s": tgt[r["id"]]["latency_s"], "split": f"level {r['level']}",
+                    "rule": "draft_first", "d": r["d"], "t": r["t"], "scores": scores, "signal_answers": answers})
     return out
 
 
@@ -213,9 +218,10 @@ def alpha_ablation(work: Path, demo: Path, records, kw) -> dict:
 
 
 def dss_ablation(work: Path) -> dict:
+    """Fig. 5 / Sec. 3.2: DRL from the collapsed warm start (draft-sft, every rating 0.50) with DSS
+    (dss-on) and without (dss-off): rating std within a group, DSS rate and rating error per window."""
     out = {}
-    dss_on = "drl-alpha1.5" if (work / "drl-alpha1.5" / "metrics.jsonl").exists() else "drl"
-    for name in (dss_on, "drl-nodss"):
+    for name in ("dss-on", "dss-off"):
         path = work / name / "metrics.jsonl"
         if not path.exists():
             out[name] = None
@@ -235,6 +241,85 @@ def dss_ablation(work: Path) -> dict:
     return out
 
 
+def routed_demo(out: Path) -> dict:
+    """Item 5: what `make demo` runs: route.py on the embedded default with a threshold calibrated on
+    the validation split (the cheapest one within 0.5 points of the target's own validation accuracy)
+    and the target-only baseline measured on the same test queries."""
+    from prp.commands.route import main as route_main
+
+    summary = route_main(["--tau", "2", "--calibrate", "--target-acc", MAKE_DEMO_GOAL, "--measure-target-only",
+                          "--out", str(out / "routes.jsonl")])
+    cal = json.loads((out / "routes.threshold.json").read_text())
+    return {"summary": summary, "calibration": cal}
+
+
+def claims(res: dict) -> list[dict]:
+    """Issue items 1-6 as measured checks: each with its measured values and whether it held."""
+    acc = res["accuracy_by_level"]
+    out = []
+
+    def claim(item, text, measured, ok):
+        out.append({"item": item, "claim": text, "measured": measured, "reproduced": bool(ok)})
+
+    t_acc, d_acc = acc["target"]["mean"], acc.get("draft (plain)", {}).get("mean", math.nan)
+    band = "inside" if 0.4 <= d_acc <= 0.6 else "outside"
+    claim(1, "target >= draft + 15 points (the draft meant to sit near 40-60%)",
+          f"target {100 * t_acc:.1f}%, draft {100 * d_acc:.1f}% (+{100 * (t_acc - d_acc):.1f}; the draft {band} "
+          "40-60%)", t_acc >= d_acc + 0.15)
+    lat = res.get("latency", {})
+    ratio = lat.get("target_over_plain_draft", math.nan)
+    claim(2, f"target per-query wall time >= 3x the draft's (both answering plainly, batches of "
+             f"{lat.get('batch_size')})",
+          f"target {1000 * lat.get('target_s', math.nan):.1f} ms vs draft "
+          f"{1000 * lat.get('plain_draft_s', math.nan):.1f} ms per query: {ratio:.2f}x (vs the JRL draft's whole "
+          "routed answer, its rating prefix included: "
+          f"{1000 * lat.get('jrl_draft_s', math.nan):.1f} ms, {lat.get('target_over_jrl_draft', math.nan):.2f}x)",
+          ratio >= 3)
+    for mode in ("drl", "jrl"):
+        block = res.get(mode)
+        if not isinstance(block, dict):
+            claim(3, f"{mode.upper()} ratings informative and calibrated", "missing", False)
+            continue
+        d = block["d_stats"]
+        claim(3, f"{mode.upper()} d: std >= 0.1, |mean d - draft accuracy| <= 0.05",
+              f"std {d['std']:.3f}, mean {d['mean']:.3f} vs accuracy {block['draft_acc']:.3f}",
+              d["std"] >= 0.1 and abs(d["mean"] - block["draft_acc"]) <= 0.05)
+    jrl, drl = res.get("jrl"), res.get("drl")
+    if isinstance(jrl, dict):
+        rho = jrl["t"]["spearman_rank_target_acc"]
+        claim(3, "JRL t tracks the target's correctness: Spearman (paper's sign) <= -0.3", f"{rho:+.3f}", rho <= -0.3)
+    if isinstance(jrl, dict) and isinstance(drl, dict):
+        a_j, a_d = jrl[ROUTER_SIGNAL]["auc"], drl[ROUTER_SIGNAL]["auc"]
+        a_r, a_p1 = drl["random"]["auc"], drl["p1"]["auc"]
+        claim(4, "routing AUC: JRL >= DRL + 1, DRL >= random + 2, DRL >= P1 + 1",
+              f"JRL {a_j:.1f}, DRL {a_d:.1f}, random {a_r:.1f}, P1 {a_p1:.1f}",
+              a_j >= a_d + 1 and a_d >= a_r + 2 and a_d >= a_p1 + 1)
+    demo = res.get("make_demo", {}).get("summary") or {}
+    if "speedup_vs_target_only" in demo and "target_only_accuracy" in demo:
+        sp, a, ta = demo["speedup_vs_target_only"], demo["accuracy"], demo["target_only_accuracy"]
+        claim(5, "make demo: calibrated on validation, measured speedup >= 1.5x at accuracy >= target-only - 0.5",
+              f"{sp:.2f}x ({demo['speedup_basis']}), accuracy {100 * a:.1f}% vs target-only {100 * ta:.1f}%, "
+              f"{100 * demo['share_routed']:.1f}% routed", sp >= 1.5 and a >= ta - 0.005)
+    dss = res.get("dss_ablation") or {}
+    if dss.get("dss-on") and dss.get("dss-off"):
+        last = {k: list(v["windows"].values())[-1] for k, v in dss.items()}
+        on, off = last["dss-on"], last["dss-off"]
+        first = {k: next(iter(v["windows"].values())) for k, v in dss.items()}
+        # collapsed: within-group std < 0.01 and the rating error does not fall; not collapsed: a std at
+        # least 10x that and an error that falls by >= 0.1 (the signal DSS exists to restore)
+        claim(6, "from a collapsed warm start the rating std collapses without DSS, not with it",
+              f"last window: std {on['rating_d_std']:.4f} with DSS vs {off['rating_d_std']:.4f} without; rating error "
+              f"{first['dss-on']['rating_d_mae']:.3f} -> {on['rating_d_mae']:.3f} with DSS, "
+              f"{first['dss-off']['rating_d_mae']:.3f} -> {off['rating_d_mae']:.3f} without",
+              off["rating_d_std"] < 0.01 and on["rating_d_std"] >= 10 * max(off["rating_d_std"], 1e-4)
+              and on["rating_d_mae"] <= first["dss-on"]["rating_d_mae"] - 0.1
+              and off["rating_d_mae"] > first["dss-off"]["rating_d_mae"] - 0.1)
+    if "build_minutes" in res:
+        claim(7, "python scripts/build_demo.py --out demo in <= 150 min on the 2-core CPU",
+              f"{res['build_minutes']:.1f} min", res["build_minutes"] <= 150)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", default="demo")
@@ -245,6 +330,12 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--write-tables", nargs="*", default=[], metavar="MD",
+                    help="rewrite the block between the reproduce_demo.py markers of these files with every table "
+                         "(demo/README.md)")
+    ap.add_argument("--write-claims", nargs="*", default=[], metavar="MD",
+                    help="the same with the claims table only (README.md)")
+    ap.add_argument("--from-results", metavar="JSON", help="measure nothing: the tables of this results.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from prp.core.data import load_jsonl
@@ -253,6 +344,10 @@ def main(argv=None):
 
     demo, work, out = Path(args.demo), Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_results:  # rewrite the README blocks from an earlier run's results.json, measuring nothing
+        res = json.loads(Path(args.from_results).read_text())
+        res["claims"] = claims(res)
+        return write_readmes(res, args)
     records = load_jsonl(demo / "data" / f"{args.split}.jsonl", check_images=False).records
     records = records[: args.limit] if args.limit else records
     kw = {"batch_size": args.batch_size, "max_new": args.max_new_tokens}
@@ -260,8 +355,8 @@ def main(argv=None):
     t0 = time.time()
     target_rows = run_plain(demo / "models" / "target", records, **kw)
     res["accuracy_by_level"]["target"] = by_level(target_rows, "correct")
-    if (demo / "models" / "draft").exists():
-        plain = run_plain(demo / "models" / "draft", records, **kw)
+    plain = run_plain(demo / "models" / "draft", records, **kw) if (demo / "models" / "draft").exists() else None
+    if plain:
         res["accuracy_by_level"]["draft (plain)"] = by_level(plain, "correct")
     cn = latest_checkpoint(work / "sft-cn") if (work / "sft-cn").exists() else None
     p2 = run_p2(cn, records, **kw) if cn is not None else None
@@ -288,11 +383,45 @@ def main(argv=None):
         res["p2"] = f"missing (no {work}/sft-cn checkpoint)"
     res["dss_ablation"] = dss_ablation(work)
     res["alpha_ablation"] = alpha_ablation(work, demo, records, kw)
+    if "jrl" in per_mode and plain:  # per query, batches of --batch-size, the same queries
+        lat = {"batch_size": args.batch_size, "target_s": float(np.mean([r["latency_s"] for r in target_rows])),
+               "plain_draft_s": float(np.mean([r["latency_s"] for r in plain])),
+               "jrl_draft_s": float(np.mean([r["draft_latency_s"] for r in per_mode["jrl"]]))}
+        lat["target_over_plain_draft"] = lat["target_s"] / lat["plain_draft_s"]
+        lat["target_over_jrl_draft"] = lat["target_s"] / lat["jrl_draft_s"]
+        res["latency"] = lat
+    if not args.limit and args.split == "test":
+        res["make_demo"] = routed_demo(out)
+    build_time = work / "build_time.json"
+    if build_time.exists():
+        res["build_minutes"] = json.loads(build_time.read_text())["minutes"]
+    res["claims"] = claims(res)
     res["wall_s"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float))
     (out / "results.md").write_text(markdown(res))
     print(markdown(res))
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    write_readmes(res, args)
+
+
+def write_readmes(res: dict, args) -> None:
+    for path, body in [(p, markdown(res)) for p in args.write_tables] + [(p, claims_table(res))
+                                                                          for p in args.write_claims]:
+        write_between_markers(Path(path), body)
+        print(f"rewrote the reproduction block of {path}")
+
+
+BEGIN, END = "<!-- reproduce_demo.py: begin -->", "<!-- reproduce_demo.py: end -->"
+
+
+def write_between_markers(path: Path, body: str) -> None:
+    """Replace the text between BEGIN and END in `path` (README.md, demo/README.md) with `body`."""
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} block to rewrite")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
 
 
 def _f(x, fmt: str = "+.3f") -> str:
@@ -302,9 +431,19 @@ def _f(x, fmt: str = "+.3f") -> str:
     return f"{100 * x:.1f}" if fmt == "pct" else format(x, fmt)
 
 
+def claims_table(res: dict) -> str:
+    """Each claim (issue items 1-7) with its measured values and "reproduced" / "not reproduced"."""
+    lines = ["| item | claim | measured | |", "|---|---|---|---|"]
+    for c in res.get("claims", []):
+        lines.append(f"| {c['item']} | {c['claim']} | {c['measured']} | "
+                     f"{'reproduced' if c['reproduced'] else '**not reproduced**'} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(res: dict) -> str:
     """The README tables, from results.json."""
-    lines = [f"Test split, {res['n']} items, greedy.", "", "| model | " + " | ".join(
+    lines = [claims_table(res).rstrip("\n")]
+    lines += ["", f"Test split, {res['n']} items, greedy, exact accuracy per level (%):", "", "| model | " + " | ".join(
         next(iter(res["accuracy_by_level"].values())).keys()) + " |"]
     lines.append("|---" * (1 + len(next(iter(res["accuracy_by_level"].values())))) + "|")
     for name, acc in res["accuracy_by_level"].items():
@@ -347,7 +486,7 @@ def markdown(res: dict) -> str:
                          f"{_f(w['rating_d_mae'], '.3f')} | {_f(w['accuracy'], 'pct')} |")
     alpha = res.get("alpha_ablation") or {}
     if alpha:
-        keys = [k for k in next(iter(alpha.values())) if k.startswith("k=") or k == "mean"]
+        keys = [k for k in next(iter(alpha.values())) if k.startswith("level") or k == "mean"]
         lines += ["", "Alpha ablation (Fig. 15; greedy accuracy after the rating prefix):", "",
                   "| run | " + " | ".join(keys) + " | rating MAE | rating std | Spearman |",
                   "|---" * (4 + len(keys)) + "|"]

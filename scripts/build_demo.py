@@ -1,29 +1,34 @@
 """Rebuild the embedded demo (demo/models/{draft,target,drl,jrl} + demo/data) with the project's own train.py.
 
-    python scripts/build_demo.py --out demo/      # everything; ~70 min of 2 CPU cores (sum of the stage times)
+    python scripts/build_demo.py --out demo        # everything, end to end (timed: <work>/build_time.json)
 
 Two lanes run side by side (one torch thread each); every stage is a `train.py` subprocess with its
 log under --work/logs and its metrics.jsonl under --work/<stage> (default runs/demo2/):
 
-    lane D  draft-sft (0.74 M, 3000 steps from scratch, sft_rating=mixed: each record in one of the
-            three formats, so the one warm start answers P, P_draft and P_joint, rating 0.50)
-            -> draft-sft-random (400 steps, uniform random ratings in the prefix)
+    lane D  draft-sft (0.74 M, 4 layers, from scratch, sft_rating=mixed: each record in one of the
+            three formats, so the one warm start answers P, P_draft and P_joint, rating 0.50;
+            the trace writes the sum at once, `12+34=46`)
+            -> draft-sft-random (uniform random ratings in the prefix)
             -> draft-grpo                                                  -> demo/models/draft
             -> drl (DRL, Alg. 3)                                           -> demo/models/drl
-            -> drl-nodss (DSS ablation), drl-alpha<a> (Fig. 15 ablation), sft-cn (P2 baseline)  (runs/ only)
-    lane T  target-sft (3.7 M tiny target, 2500 steps from scratch) -> target-sft2 (1500) -> target-grpo
-                                                                   -> demo/models/target
+            -> dss-on / dss-off (Fig. 5: DRL from the collapsed draft-sft, with / without DSS),
+               drl-alpha<a> (Fig. 15), sft-cn (P2 baseline)                   (runs/ only)
+    lane T  target-sft (3.6 M, 12 layers of width 128, from scratch, plain format; the trace adds
+            column by column, `12+34:2+4=6,0+1+3=4`)                      -> demo/models/target
             -> presample (train.py --mode presample: M samples of that target per JRL record = Acc_tgt)
             -> jrl (JRL, Alg. 4, from draft-grpo, with the Acc_tgt cache)  -> demo/models/jrl
 
-Recipe (demo/README.md): two-digit numbers on the 28-px grid, processor-mean
-background, rope_theta 10, frozen vision biases, batch 32, AdamW (2e-3 draft / 1.5e-3 target),
-cosine with ~100 warm-up steps, fp32, loss on the completion only.  What differs (measured here,
-2026-11, see demo/README.md): the demo models' chat template (demo_template(), saved with each
-model) renders a short format marker and the question instead of the ~150-token Table-4 prompt,
-with the image last; the draft's text RoPE base is DRAFT_ROPE_THETA (1000); the rating prefix is
-learned in the same SFT as the answer (a constant 0.50), so ratings carry information only after
-DRL / JRL (rating reward + DSS).
+The benchmark (prp.toy.synthetic, docs/tiny-models.md): one, two or three numbers of 0-99 on the
+28-px grid, and level 4, three numbers with one hidden under a box (no model can solve it: the
+items JRL exists for).  Recipe: processor-mean background, frozen vision biases, batch 32, AdamW,
+cosine with ~100 warm-up steps, fp32, loss on the completion only.  What differs between the two
+models (measured here, 2026-11, see demo/README.md): the draft's text RoPE base is DRAFT_ROPE_THETA
+(1000) and its chat template puts the image last; the target keeps prp.toy.tiny's 10 and the image
+first; the target is deep and narrow (TARGET_SHAPE) and writes a longer, column-by-column trace:
+a costlier, more reliable reasoner, as a large target model is.  The demo models' chat template
+(demo_template(), saved with each model) renders a short format marker and the question instead
+of the ~150-token Table-4 prompt; the rating prefix is learned in the same SFT as the answer, so
+ratings carry information only after DRL / JRL (rating reward + DSS).
 
 Each stage's recipe (mode, learning rate, steps, warm-up, batch, seed) is a YAML file in
 configs/demo/<stage>.yaml (all extend configs/demo/base.yaml); this script only chains the stages
@@ -31,11 +36,14 @@ configs/demo/<stage>.yaml (all extend configs/demo/base.yaml); this script only 
 `--stage-set drl:max_steps=100` changes one stage's value (the warm-up keeps its length in steps).
 
 Stages are resumable: one whose final checkpoint (`ckpt-<steps>`) exists is skipped; one whose
-metrics.jsonl another process is writing is waited for.
+metrics.jsonl another process is writing is waited for.  The build is deterministic from --seed
+(fixed data, seeds and one thread per stage).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,7 +56,7 @@ PY = sys.executable
 
 CONFIGS = ROOT / "configs" / "demo"  # one YAML per stage
 STAGES = ("draft-sft", "draft-sft-random", "draft-grpo", "drl", "drl-ablation", "sft-cn",
-          "target-sft", "target-sft2", "target-grpo", "presample", "jrl")
+          "target-sft", "presample", "jrl")
 
 
 # The demo models' chat template: instead of the ~150-token Table-4 prompt, a short format marker and
@@ -64,14 +72,16 @@ _TEXT = ("{% set text = content['text'] %}"
          "{{ text.split('\\n')[-1] }}")
 
 
-def demo_template() -> str:
-    """The demo chat template: the format marker and question, then the image (next to the answer).
+def demo_template(*, image_first: bool = False) -> str:
+    """The demo chat template: the format marker and question, then the image (next to the answer);
+    `image_first`: the image, then the question (the target's).
 
     The tiny models find each digit by its M-RoPE position relative to the answer token, so the
     distance image -> answer matters; see DRAFT_ROPE_THETA for what was measured."""
     image = _IMAGE + "<|vision_start|><|image_pad|><|vision_end|>{% endif %}"
     text = "{% if 'text' in content and content['type'] != 'image' %}" + _TEXT + "{% endif %}"
-    body = "".join("{% for content in message['content'] %}" + p + "{% endfor %}" for p in (text, image))
+    parts = (image, text) if image_first else (text, image)
+    body = "".join("{% for content in message['content'] %}" + p + "{% endfor %}" for p in parts)
     return ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
             "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
             "{% else %}" + body + "<|im_end|>\n{% endif %}{% endfor %}"
@@ -89,18 +99,28 @@ def demo_template() -> str:
 # Which of the two changes mattered more was not separated.
 DRAFT_ROPE_THETA = 1000.0
 
+# The target: deep and narrow (12 layers of width 128 vs the draft's 4 of 96; 3.6 M parameters).
+# On a CPU a tiny model's time per generated token grows with its layer count (one set of kernel
+# launches per layer), while its training cost grows with layers x width^2: 12 x 128 costs about what
+# the previous 6 x 192 target did to train, but ~3-4x the draft's time per token (measured 2026-11).
+TARGET_SHAPE = {"num_hidden_layers": 12, "hidden_size": 128, "num_attention_heads": 4, "intermediate_size": 384,
+                "vision_out_hidden_size": 128}
 
-def build_tiny(size: str, seed: int, dest: Path, *, rope_theta: float | None = None) -> Path:
-    """A random-init tiny model dir (prp.toy.tiny) with demo_template(), optionally another text RoPE base."""
+
+def build_tiny(size: str, seed: int, dest: Path, *, rope_theta: float | None = None, image_first: bool = False,
+               **overrides) -> Path:
+    """A random-init tiny model dir (prp.toy.tiny) with demo_template(), optionally another text RoPE base
+    and other text-config values (`overrides`, e.g. num_hidden_layers)."""
     from prp.toy.tiny import build_processor, build_tiny_model, build_tokenizer
 
     if (dest / "config.json").exists():
         return dest
+    template = demo_template(image_first=image_first)
     tok = build_tokenizer()
-    tok.chat_template = demo_template()
+    tok.chat_template = template
     proc = build_processor(tokenizer=tok)
-    proc.chat_template = demo_template()
-    model = build_tiny_model(size, seed=seed, tokenizer=tok)
+    proc.chat_template = template
+    model = build_tiny_model(size, seed=seed, tokenizer=tok, **overrides)
     if rope_theta is not None:  # not a weight: only the saved config changes
         model.config.text_config.rope_parameters["rope_theta"] = rope_theta
     tmp = dest.with_name(dest.name + ".tmp")
@@ -209,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-jrl", type=int, default=800, help="train records presampled for JRL")
     ap.add_argument("--alphas", default="1,1.5,5,10", help="alpha ablation (Fig. 15); empty: skip")
     ap.add_argument("--skip", default="", help="comma-separated optional stages to leave out: draft-sft-random, "
-                    "target-sft2, draft-grpo, target-grpo, drl-ablation, sft-cn")
+                    "draft-grpo, drl-ablation, sft-cn")
     ap.add_argument("--stage-set", action="append", default=[], metavar="STAGE:KEY=VALUE",
                     help="change one value of configs/demo/<STAGE>.yaml (repeatable), e.g. drl:max_steps=100")
     ap.add_argument("--lanes", default="TD", help="T: the target lane, D: the draft lane (both by default)")
@@ -217,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = parse_stage_sets(args.stage_set)
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
 
+    t0 = time.time()  # end to end: data, every stage, the exports
     out, work = (ROOT / args.out).resolve(), (ROOT / args.work).resolve()
     data = work / "data"
     from prp.toy.synthetic import build_benchmark
@@ -247,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             try:
                 init = build_tiny("draft", args.seed, work / "init-draft", rope_theta=DRAFT_ROPE_THETA)
-                base = stage("draft-sft", init)
+                collapsed = stage("draft-sft", init)  # every rating 0.50: the collapsed warm start of Fig. 5
+                base = collapsed
                 # the rating digits vary: DRL can move them without breaking the format
                 if "draft-sft-random" not in skip:
                     base = stage("draft-sft-random", base)
@@ -258,7 +280,10 @@ def main(argv: list[str] | None = None) -> None:
             export(stage("drl", draft[0]), out / "models" / "drl")
             # ablations and baselines (runs/ only; benchmarks/reproduce_demo.py reads them)
             if "drl-ablation" not in skip:
-                stage("drl-nodss", draft[0], config="drl-ablation", extra=["--set", "dss=false"])
+                # Sec. 3.2 / Fig. 5: DRL from the collapsed warm start, with and without DSS
+                for dss in ("on", "off"):
+                    stage(f"dss-{dss}", collapsed, config="drl-ablation",
+                          extra=["--set", f"dss={'true' if dss == 'on' else 'false'}"])
                 for a in filter(None, args.alphas.split(",")):
                     stage(f"drl-alpha{a}", draft[0], config="drl-ablation", extra=["--set", f"alpha={a}"])
             if "sft-cn" not in skip:
@@ -270,12 +295,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def lane_target():
         try:
-            t = stage("target-sft", build_tiny("target", args.seed + 1, work / "init-target"))
-            if "target-sft2" not in skip:
-                t = stage("target-sft2", t)
-            if "target-grpo" not in skip:
-                t = stage("target-grpo", t)
-            export(t, out / "models" / "target")
+            init = build_tiny("target", args.seed + 1, work / "init-target", image_first=True, **TARGET_SHAPE)
+            export(stage("target-sft", init), out / "models" / "target")
             if not acc_cache.exists() or len(acc_cache.read_text().splitlines()) < args.n_jrl:
                 _presample(jrl_data, out / "models" / "target", acc_cache, work, overrides)
             draft_ready.wait()
@@ -291,15 +312,18 @@ def main(argv: list[str] | None = None) -> None:
         done = work / name
         draft.extend([done] if any(done.glob("ckpt-*")) else [])  # a run folder: train.py takes its latest ckpt
         draft_ready.set()
-    t0 = time.time()
     lanes = [threading.Thread(target=fn) for key, fn in (("T", lane_target), ("D", lane_draft)) if key in args.lanes]
     for th in lanes:
         th.start()
     for th in lanes:
         th.join()
-    log(f"total {(time.time() - t0) / 60:.1f} min")
+    minutes = (time.time() - t0) / 60
+    log(f"total {minutes:.1f} min")
     if errors:
         raise SystemExit(f"build failed: {errors}")
+    if args.lanes == "TD":  # benchmarks/reproduce_demo.py reports it (item 7 of its claims)
+        (work / "build_time.json").write_text(json.dumps({"minutes": round(minutes, 2), "cpus": os.cpu_count(),
+                                                          "finished": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
     log("accuracy per level, ratings and ablations: python benchmarks/reproduce_demo.py --work " + args.work)
 
 

@@ -1,29 +1,52 @@
-"""The shipped demo (demo/, built by scripts/build_demo.py) still works: a change that breaks the
-trained checkpoints, their chat templates, the prompts, prefix generation, parsing or the rank
-correlation fails here.
+"""The shipped demo (demo/, built by scripts/build_demo.py) keeps the effects it was built to show.
 
-On 200 test items, greedy, one thread (~15 s on a 2-core CPU):
-- the target still reads and adds: exact accuracy at k=1 (one number) >= 90% (shipped: 100%);
-- the DRL draft closes its rating prefix by itself (free generation) on >= 95% of items, its mean
-  rating matches its accuracy within 0.1, and its ratings rank its correct answers first (Tab. 1):
-  Spearman of rank & correctness <= -0.5 (shipped: -0.86; P1 on the same answers: -0.67).
+A change that breaks the trained checkpoints, their chat templates, the prompts, prefix generation,
+parsing, the judge or the metrics fails here, and so does a rebuilt demo that lost its effects.
+On the first 200 test items, greedy, one thread, measured with benchmarks/reproduce_demo.py's own
+functions (~1 min on a 2-core CPU); the full 400-item values are in demo/README.md:
+- item 1: the target is clearly stronger: accuracy >= the plain draft's + 15 points;
+- item 3: DRL's and JRL's d spread (std >= 0.1) and are calibrated (|mean d - accuracy| <= 0.05);
+  JRL's t ranks the target's correct answers first (Spearman with the paper's sign <= -0.3);
+- item 4: routing AUC: JRL >= DRL + 1, DRL >= random + 2 and >= P1 + 1;
+- every rating prefix closes by itself (free generation).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from prp.eval.metrics import rating_rank_correlation
 from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo
 
-DEMO = Path(__file__).resolve().parent.parent / "demo"
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo"
 N_ITEMS = 200
 
-pytestmark = pytest.mark.skipif(not (DEMO / "models" / "drl" / "config.json").exists(),
+pytestmark = pytest.mark.skipif(not (DEMO / "models" / "jrl" / "config.json").exists(),
                                 reason="demo checkpoints not built (python scripts/build_demo.py --out demo)")
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """reproduce_demo.py's rows and analysis of the target, the plain draft, DRL and JRL on 200 items."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import reproduce_demo as R
+
+    from prp.core.data import load_jsonl
+
+    torch.set_num_threads(1)
+    records = load_jsonl(DEMO / "data" / "test.jsonl", check_images=False).records[:N_ITEMS]
+    kw = {"batch_size": 50, "max_new": 48}
+    target = R.run_plain(DEMO / "models" / "target", records, **kw)
+    plain = R.run_plain(DEMO / "models" / "draft", records, **kw)
+    out = {"target": target, "plain": plain}
+    for mode in ("drl", "jrl"):
+        rows = R.run_rating_draft(DEMO / "models" / mode, mode, records, **kw)
+        signals = {R.ROUTER_SIGNAL: "score", "d": "d", "p1": "p1", **({"t": "t"} if mode == "jrl" else {})}
+        out[mode] = R.analyse(rows, target, signals)
+    return out
 
 
 def test_default_demo_points_at_the_shipped_models():
@@ -36,62 +59,34 @@ def test_default_demo_points_at_the_shipped_models():
 
 def test_shipped_checkpoints_are_small():
     total = sum(f.stat().st_size for f in (DEMO / "models").rglob("*") if f.is_file())
-    assert total < 25e6, f"demo/models is {total / 1e6:.1f} MB"
+    assert total <= 40e6, f"demo/models is {total / 1e6:.1f} MB"
 
 
-def _records(n: int = N_ITEMS):
-    from prp.core.data import load_jsonl
-
-    return load_jsonl(DEMO / "data" / "test.jsonl", check_images=False).records[:n]
-
-
-def _queries(records):
-    from prp.route.router import Query
-
-    return [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in records]
+def test_target_is_clearly_stronger(measured):
+    t = sum(r["correct"] for r in measured["target"]) / N_ITEMS
+    d = sum(r["correct"] for r in measured["plain"]) / N_ITEMS
+    assert t >= d + 0.15, f"target {t:.1%} vs draft {d:.1%}: the demo target is no longer clearly stronger"
 
 
-@torch.no_grad()
-def test_target_reads_single_numbers():
-    from prp.core.modeling import load_model
-    from prp.route.router import LocalTarget, extract_answer
-    from prp.train.rewards import accuracy_reward
-
-    torch.set_num_threads(1)
-    model, proc = load_model(str(DEMO / "models" / "target"), device="cpu")
-    target = LocalTarget(model, proc, max_new_tokens=40)
-    records = [r for r in _records() if r.meta.get("level") == 1]
-    answers = target.answer(_queries(records))
-    acc = np.mean([accuracy_reward(extract_answer(a.text), r.answer) or 0.0
-                   for a, r in zip(answers, records, strict=True)])
-    assert acc >= 0.9, f"target accuracy at k=1 is {acc:.0%} (shipped: 100%): the demo target broke"
+@pytest.mark.parametrize("mode", ["drl", "jrl"])
+def test_ratings_spread_and_are_calibrated(measured, mode):
+    block = measured[mode]
+    d = block["d_stats"]
+    assert block["closed_prefix_frac"] >= 0.95, f"only {block['closed_prefix_frac']:.0%} of rating prefixes closed"
+    assert d["std"] >= 0.1, f"{mode} d std {d['std']:.3f}: the ratings no longer tell items apart"
+    gap = abs(d["mean"] - block["draft_acc"])
+    assert gap <= 0.05, f"{mode} mean d {d['mean']:.3f} vs accuracy {block['draft_acc']:.3f}: calibration lost"
 
 
-@torch.no_grad()
-def test_drl_draft_rates_its_own_accuracy():
-    from prp.core.modeling import load_model
-    from prp.route.router import Router, RouterConfig, extract_answer
-    from prp.train.rewards import accuracy_reward
+def test_jrl_target_rating_tracks_the_target(measured):
+    rho = measured["jrl"]["t"]["spearman_rank_target_acc"]
+    assert rho <= -0.3, f"Spearman of t's rank & the target's correctness {rho:+.3f}: t no longer tracks the target"
 
-    torch.set_num_threads(1)
-    model, proc = load_model(str(DEMO / "models" / "drl"), device="cpu")
-    router = Router(model, proc, None, RouterConfig(mode="drl", rating="free", ipr="off", max_new_tokens=40))
-    records = _records()
-    d, correct, closed = [], [], []
-    for i in range(0, len(records), 50):
-        chunk = records[i:i + 50]
-        prefix = router.pregenerate(_queries(chunk))
-        ratings = router.evaluate(prefix)
-        new, _ = router.continue_draft(prefix, list(range(len(chunk))))
-        for j, (rec, rt) in enumerate(zip(chunk, ratings, strict=True)):
-            answer = extract_answer(proc.tokenizer.decode(new[j], skip_special_tokens=True))
-            correct.append(float(accuracy_reward(answer, rec.answer) or 0.0))
-            d.append(np.nan if rt.d is None else rt.d)
-            closed.append(prefix.stop[j] == "closed")
-    d, correct = np.array(d), np.array(correct)
-    assert np.mean(closed) >= 0.95, f"only {np.mean(closed):.0%} of rating prefixes closed"
-    assert np.all((d[~np.isnan(d)] >= 0) & (d[~np.isnan(d)] <= 1))
-    gap = abs(np.nanmean(d) - correct.mean())
-    assert gap < 0.1, f"mean rating {np.nanmean(d):.2f} vs accuracy {correct.mean():.2f}: DRL calibration lost"
-    rho = rating_rank_correlation(d, correct)
-    assert rho <= -0.5, f"Spearman of rank & correctness {rho:+.2f} (shipped -0.86): DRL ratings no longer rank"
+
+def test_routing_auc_ordering(measured):
+    import reproduce_demo as R
+
+    jrl, drl = measured["jrl"][R.ROUTER_SIGNAL]["auc"], measured["drl"][R.ROUTER_SIGNAL]["auc"]
+    rand, p1 = measured["drl"]["random"]["auc"], measured["drl"]["p1"]["auc"]
+    assert jrl >= drl + 1, f"AUC JRL {jrl:.1f} vs DRL {drl:.1f}"
+    assert drl >= rand + 2 and drl >= p1 + 1, f"AUC DRL {drl:.1f} vs random {rand:.1f}, P1 {p1:.1f}"

@@ -12,7 +12,7 @@ import build_demo  # noqa: E402
 
 # stage -> the training mode its name promises (docstring of scripts/build_demo.py)
 MODES = {"draft-sft": "sft", "draft-sft-random": "sft", "draft-grpo": "grpo", "drl": "drl", "drl-ablation": "drl",
-         "sft-cn": "sft-cn", "target-sft": "sft", "target-sft2": "sft", "target-grpo": "grpo",
+         "sft-cn": "sft-cn", "target-sft": "sft",
          "presample": "presample", "jrl": "jrl"}
 
 

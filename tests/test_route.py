@@ -235,6 +235,15 @@ def test_cli_three_threshold_modes(pair, data, tmp_path):
     s = route.main([*common, "--threshold-file", str(tmp_path / "cal.threshold.json"),
                               "--out", str(tmp_path / "reuse.jsonl"), "--measure-target-only"])
     assert s["share_routed"] == 0.25 and s["speedup_basis"] == "measured"
+    rows = read_jsonl(tmp_path / "reuse.jsonl")  # the baseline: every query also answered by the target alone
+    assert all(r["target_only_latency_s"] > 0 and isinstance(r["target_only_correct"], bool) for r in rows)
+    assert s["target_only_accuracy"] == sum(r["target_only_correct"] for r in rows) / len(rows)
+    kept = [r for r in rows if r["route"] == "draft"]
+    assert kept and all(r["target_latency_s"] is None for r in kept)  # the baseline call is not the routing
+    # --target-acc target: the cheapest T whose validation accuracy reaches the target's own
+    route.main([*common, "--calibrate", str(data), "--target-acc", "target", "--out", str(tmp_path / "tgt.jsonl")])
+    saved = json.loads((tmp_path / "tgt.threshold.json").read_text())
+    assert saved["requested"] == {"target_acc": "target"} and saved["accuracy"] >= saved["target_accuracy"]
 
 
 # ------------------------------------------------------------------ failures lose nothing

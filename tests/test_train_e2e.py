@@ -144,6 +144,32 @@ def test_sft_mixed_writes_each_record_in_its_own_format(tmp_path):
     assert seen == {"none", "drl", "jrl"}  # 16 records: all three formats occur
 
 
+def test_sft_trace_field_is_configurable(tmp_path):
+    """sft_reasoning names the record field of the trace (the demo target learns `reasoning_steps`);
+    a record without it is skipped and counted, not trained on an empty trace."""
+    import json
+
+    from prp.train import step as st
+    from prp.train.config import load_config
+    from prp.train.loop import Trainer
+
+    cfg = materialise_specs(load_config(TINY, mode="sft", overrides={
+        "output_dir": str(tmp_path), "sft_reasoning": "reasoning_steps", "sft_rating": "none",
+        "per_device_batch_size": 4, "max_completion_length": 64}))
+    data = Path(cfg.train_data)
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    del rows[0]["reasoning_steps"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = Trainer(cfg)
+    assert t.skipped["no_reasoning"] == 1 and rows[0]["id"] not in {r.id for r in t.sampler.records}
+    records = t.sampler.records_for(0)
+    out = st.sft_micro(t.ctx, 0, records)
+    tok, comp = t.ctx.policy.tok, out.batch.input_ids[:, out.batch.prompt_len:]
+    for i, r in enumerate(records):
+        text = tok.decode(comp[i][out.batch.completion_mask[i].bool()], skip_special_tokens=True)
+        assert text == f"<think>{r.meta['reasoning_steps']}</think><answer>{r.answer}</answer>"
+
+
 def test_sft_random_ratings_vary_and_replay(tmp_path):
     """sft_rating_value < 0: each record and step gets a uniform 0.00-0.99 rating, the same on a replay
     of that step (resume) and different on the next step."""

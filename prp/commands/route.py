@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from prp.core.cli import UserError, check_port_free, port_number, positive_int, run_main, share
+from prp.core.cli import UserError, check_port_free, port_number, positive_int, run_main, share, share_or_target
 from prp.route.run import add_router_arguments
 
 
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--batch-size", type=positive_int, default=20)
     de.add_argument("--calibrate", metavar="VAL.jsonl", nargs="?", const="default",
                     help="choose T on a labelled validation split (no file: the embedded default's)")
-    de.add_argument("--target-acc", type=share, help="calibration goal: cheapest T reaching this accuracy")
+    de.add_argument("--target-acc", type=share_or_target,
+                    help="calibration goal: cheapest T reaching this accuracy; `target`: the target's own; "
+                         "`target-0.01`: one point below it")
     de.add_argument("--threshold-out", default=None, help="where --calibrate saves T (default: next to --out)")
     de.add_argument("--threshold-file", help="reuse a saved calibration")
     de.add_argument("--measure-target-only", action="store_true",

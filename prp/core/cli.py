@@ -129,6 +129,18 @@ def share(text: str) -> float:
     return value
 
 
+def share_or_target(text: str) -> float | str:
+    """argparse type of --target-acc: an accuracy in [0, 1], `target` (the target's own accuracy) or
+    `target-T` (T below it, T in [0, 1])."""
+    text = text.strip().lower()
+    if text == "target":
+        return text
+    if text.startswith("target-"):
+        share(text.removeprefix("target-"))  # the tolerance is a share too
+        return text
+    return share(text)
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 0 (any free port) to 65535."""
     value = int(text)

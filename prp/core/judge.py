@@ -45,11 +45,24 @@ def accuracy_reward(answer: str | None, gold: str) -> float | None:
     return None if same is None else float(same)
 
 
+# A plain integer, optionally in $...$: compared as integers without math-verify, which spends
+# ~1.5 ms parsing each (1.5 min to check the golds of a 30k-record train split).  Same verdict.
+_PLAIN_INT = re.compile(r"\$?\s*(-?\d{1,18})\s*\$?")
+
+
 def math_equivalent(answer: str | None, gold: str) -> bool | None:
     """math-verify's symbolic equivalence of two answers (each read as LaTeX in $...$).
 
     None when the gold itself cannot be parsed; False for a missing or unparsable answer.
+
+    >>> math_equivalent("$046$", "46"), math_equivalent("45", "$46$"), math_equivalent(None, "$46$")
+    (True, False, False)
     """
+    gold_int = _PLAIN_INT.fullmatch(gold.strip())
+    answer_int = _PLAIN_INT.fullmatch(answer.strip()) if answer is not None else None
+    if gold_int and (answer_int or answer is None or not answer.strip()):
+        return bool(answer_int) and int(answer_int.group(1)) == int(gold_int.group(1))
+
     from math_verify import parse, verify
 
     # math-verify's timeouts use SIGALRM, which only works on the main thread (a server

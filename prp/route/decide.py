@@ -122,13 +122,27 @@ class Calibration:
         return cls(**json.loads(Path(path).read_text()))
 
 
+def target_goal(target_acc: float | str, target_accuracy: float) -> float:
+    """A calibration goal: a number, or "target" / "target-<tolerance>" relative to the target's accuracy.
+
+    >>> target_goal(0.7, 0.8), target_goal("target", 0.8), round(target_goal("target-0.01", 0.8), 4)
+    (0.7, 0.8, 0.79)
+    """
+    if isinstance(target_acc, str):
+        name, _, tolerance = target_acc.partition("-")
+        if name != "target":
+            raise ValueError(f"target_acc {target_acc!r}: a number, 'target' or 'target-<tolerance>'")
+        return target_accuracy - float(tolerance or 0.0)
+    return target_acc
+
+
 def calibrate(
     scores: Sequence[float | None],
     draft_correct: Sequence[float],
     target_correct: Sequence[float],
     *,
     p_t: float | None = None,
-    target_acc: float | None = None,
+    target_acc: float | str | None = None,
     rule: str | Rule = "draft_first",
 ) -> Calibration:
     """Choose T on validation (Sec. 4.4 a).  Exactly one of p_t / target_acc.
@@ -137,13 +151,18 @@ def calibrate(
     acc(k) = (sum_{i<k} target_i + sum_{i>=k} draft_i) / n.
     - p_t: k = round(p_t * n).
     - target_acc: the smallest k with acc(k) >= target_acc (fewest target calls); if no k
-      reaches it, the k with the best accuracy.
+      reaches it, the k with the best accuracy.  "target": the target's own accuracy on these
+      queries (the cheapest threshold that loses nothing against target-only); "target-0.01": one
+      point below it.
     T is the s of the k-th query sent (k = 0: None).  With tied scores the rule's test can route
     more than k queries on new data: the share achieved on validation is reported in `p_t`.
 
     >>> c = calibrate([0.9, 0.2, 0.5, 0.7], [1, 0, 0, 1], [1, 1, 1, 0], p_t=0.5)
     >>> c.threshold, c.p_t, c.accuracy
     (0.5, 0.5, 1.0)
+    >>> c = calibrate([0.9, 0.2, 0.5, 0.7], [1, 0, 0, 1], [1, 1, 0, 1], target_acc="target")
+    >>> c.threshold, c.p_t, c.accuracy, c.target_accuracy
+    (0.2, 0.25, 0.75, 0.75)
     >>> c = calibrate([0.9, 0.2, 0.5, 0.7], [0, 1, 1, 0], [1, 1, 1, 0], p_t=0.5, rule="target_first")
     >>> c.threshold, c.p_t, c.accuracy
     (0.7, 0.5, 0.75)
@@ -164,7 +183,8 @@ def calibrate(
         k = n_routed(p_t, n)
         requested = {"pt": p_t}
     else:
-        reaching = [k for k in range(n + 1) if acc[k] >= target_acc - 1e-12]
+        goal = target_goal(target_acc, sum(t) / n)
+        reaching = [k for k in range(n + 1) if acc[k] >= goal - 1e-12]
         k = reaching[0] if reaching else max(range(n + 1), key=lambda j: (acc[j], -j))
         requested = {"target_acc": target_acc}
     key = None if k == 0 else keys[order[k - 1]]

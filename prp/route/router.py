@@ -245,15 +245,16 @@ class Router:
                    draft_all: bool = False) -> list[RouteRow]:
         """Route one batch; one RouteRow per query, in order.
 
-        `target_all` also asks the target for kept queries (measured target-only latency and
-        target correctness, for calibration or `--measure-target-only`); `draft_all` also
-        continues the draft for routed ones (draft correctness, for calibration).
+        `target_all` also measures the target-only baseline: a second, separate target call on the
+        whole batch (its per-query latency, answer and correctness; calibration and
+        `--measure-target-only`), so the routed queries' latency stays that of the routed-only call;
+        `draft_all` also continues the draft for routed ones (draft correctness, for calibration).
         """
         self.check_policy(policy)
         n = len(queries)
         prefix, ratings = self.rate(queries)  # steps 1-2
         keep = policy.keep([r.score for r in ratings])  # step 3
-        to_target = [i for i in range(n) if target_all or not keep[i]]
+        to_target = [i for i in range(n) if not keep[i]]
         to_draft = [i for i in range(n) if draft_all or keep[i]]
 
         # step 4: a remote target works while the draft continues; a local one after it (one device)
@@ -265,6 +266,7 @@ class Router:
         if pool:
             pool.shutdown()
         target_by_row = dict(zip(to_target, answers, strict=True))
+        target_only = self.target.answer(queries) if target_all else None  # the baseline, measured apart
         # failures lose nothing: the draft answers from its cache
         failed = [i for i in range(n) if not keep[i] and target_by_row[i].text is None and i not in draft_new]
         fb_new, fb_s = self.continue_draft(prefix, failed, [caps[i] for i in failed])
@@ -297,10 +299,11 @@ class Router:
                 latency_s=r.prefix_latency_s + (d_lat or 0.0) + (t_lat or 0.0),
                 completion_tokens=len(draft_ids) if by_draft else tgt.completion_tokens,
             )
-            if target_all and tgt is not None:
-                row.target_only_latency_s = tgt.latency_s if tgt.text is not None else None
-                row.target_text = tgt.text
-                row.target_answer = self.extract(tgt.text)
+            if target_only is not None:
+                base = target_only[i]
+                row.target_only_latency_s = base.latency_s if base.text is not None else None
+                row.target_text = base.text
+                row.target_answer = self.extract(base.text)
             if draft_all and draft_text is not None:
                 row.draft_text = draft_text
                 row.draft_answer = draft_answer

@@ -61,6 +61,7 @@ class RouteRow(RatingRow):
     draft_answer: str | None = None
     gold: str | None = None
     correct: bool | None = None  # `answer` judged with the benchmark's rule
+    target_only_correct: bool | None = None  # `target_answer` judged likewise (--measure-target-only)
 
     @classmethod
     def from_rating(cls, rating: RatingRow, **kw) -> RouteRow:

@@ -192,6 +192,8 @@ def score_row(row: dict, record, judge=None) -> None:
         return
     row["gold"] = record.answer
     row["correct"] = None if judge is None else bool(judge(record, row.get("answer")))
+    if judge is not None and row.get("target_text") is not None:  # the measured target-only baseline
+        row["target_only_correct"] = bool(judge(record, row.get("target_answer")))
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -305,6 +307,9 @@ def summarize(rows: list[dict]) -> dict:
     if scored:
         out["accuracy"] = sum(r["correct"] for r in scored) / len(scored)
         out["accuracy_n"] = len(scored)
+    baseline = [r for r in scored if r.get("target_only_correct") is not None]
+    if scored and len(baseline) == len(scored):  # the same queries, answered by the target alone
+        out["target_only_accuracy"] = sum(r["target_only_correct"] for r in baseline) / len(baseline)
     return out
 
 
@@ -322,14 +327,15 @@ def format_summary(s: dict) -> str:
         lines.append(f"speedup vs target-only {s['speedup_vs_target_only']:.2f}x ({s['speedup_basis']}; "
                      f"target-only {s['target_only_mean_latency_s']:.3f}s/query)")
     if "accuracy" in s:
-        lines.append(f"accuracy {s['accuracy']:.1%} over {s['accuracy_n']} with gold")
+        lines.append(f"accuracy {s['accuracy']:.1%} over {s['accuracy_n']} with gold"
+                     + (f" (target-only {s['target_only_accuracy']:.1%})" if "target_only_accuracy" in s else ""))
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ calibration
 
 
-def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, target_acc: float | None,
+def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, target_acc: float | str | None,
                  batch_size: int = 16, judge=None):
     """Sec. 4.4 (a): scores on a labelled validation split, draft/target correctness, then T in the
     router's rule direction.

@@ -5,8 +5,15 @@ under which tiny Qwen2.5-VL models actually read the image:
 - a 112x112 image = a 4x4 grid of 28x28 blocks, one merged image token per block;
 - number i sits on block row i, one digit per block (two-digit numbers take two blocks);
 - the background is the image processor's mean colour (about 0 after normalisation).
-Difficulty is the number of operands k (1..4) and their range: summing is what gets
-harder for a small model, so k is the routing-relevant knob.
+Difficulty is the level (LEVELS): levels
+1-3 add one, two or three numbers of 0-99; level 4 is level 3 with one number hidden under a box,
+which no model solves (the items JRL exists for: routing them to the target spends a call and
+gains nothing).  Summing, not reading, is what gets harder for a small model.
+
+Each record carries two reference traces: `reasoning` writes the sum at once ("3+14+5=22"), the
+draft's format; `reasoning_steps` adds column by column ("4+5=9,1+3+1=5"... see
+SumItem.reasoning_steps), the longer chain of thought the demo target writes (a costlier, more
+reliable reasoner, as a large target model is).
 
 Records use the generic JSONL schema the loaders read: id, image (path relative to the
 JSONL file), question, answer ("$17$"), plus level / split fields.
@@ -28,12 +35,29 @@ BACKGROUND = (123, 117, 104)
 QUESTION = "What is the sum of the numbers in the image?"
 
 
+@dataclass(frozen=True)
+class Level:
+    """One difficulty level: `k` numbers of up to `digits` digits; `occluded`: one of them is hidden
+    under a box, so the sum cannot be known (an item no model solves)."""
+
+    k: int
+    digits: int
+    occluded: bool = False
+
+
+LEVELS: dict[int, Level] = {1: Level(1, 2), 2: Level(2, 2), 3: Level(3, 2), 4: Level(3, 2, occluded=True)}
+# The demo's mix: a draft near 45% (level 1 is always solved), a target well above it on levels 2-3.
+DEFAULT_WEIGHTS: dict[int, float] = {1: 0.35, 2: 0.3, 3: 0.15, 4: 0.2}
+
+
 @dataclass
 class SumItem:
     id: str
     numbers: list[int]
-    level: int  # k, the number of operands
+    level: int
     split: str
+    occluded_row: int | None = None  # the number drawn under a box (level 4)
+    digits: int = 2  # columns of the target's trace (numbers are padded with leading zeros)
 
     @property
     def answer(self) -> str:
@@ -41,14 +65,32 @@ class SumItem:
 
     @property
     def reasoning(self) -> str:
-        """A reference trace for SFT warm starts: '3+14+5=22'."""
+        """The draft's reference trace, the sum at once: '3+14+5=22'."""
         return "+".join(map(str, self.numbers)) + f"={sum(self.numbers)}"
 
+    @property
+    def reasoning_steps(self) -> str:
+        """The target's reference trace: the numbers read, then column by column from the units, the
+        carry first: [12, 34, 15] -> '12+34+15:2+4+5=11,1+1+3+1=6' (units 11: write 1, carry 1;
+        tens 6: the sum is 61).
 
-def render(numbers: list[int], *, rng: random.Random | None = None) -> Image.Image:
-    """Draw number i on block row i, one digit per 28x28 block, with +-2 px jitter."""
-    if len(numbers) > GRID:
-        raise ValueError(f"at most {GRID} numbers fit the grid")
+        One-digit additions are what a tiny model learns from few samples; a whole multi-digit sum
+        at once is not (docs/tiny-models.md), so this trace buys accuracy with tokens."""
+        width = max(self.digits, *(len(str(n)) for n in self.numbers))
+        parts, carry = [], 0
+        for col in range(width):
+            terms = ([carry] if col else []) + [n // 10 ** col % 10 for n in self.numbers]
+            parts.append("+".join(map(str, terms)) + f"={sum(terms)}")
+            carry = sum(terms) // 10
+        return "+".join(map(str, self.numbers)) + ":" + ",".join(parts)
+
+
+def render(numbers: list[int], *, rng: random.Random | None = None, occluded_row: int | None = None) -> Image.Image:
+    """Draw number i on block row i from the first column, one digit per 28x28 block, with +-2 px
+    jitter; `occluded_row`: that row's blocks covered by a solid box.  (Left-aligned: the layout
+    the draft's reading was measured with, docs/tiny-models.md.)"""
+    if len(numbers) > GRID or any(len(str(n)) > GRID for n in numbers):
+        raise ValueError(f"at most {GRID} numbers of at most {GRID} digits fit the grid")
     rng = rng or random.Random(0)
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
     draw = ImageDraw.Draw(image)
@@ -59,17 +101,29 @@ def render(numbers: list[int], *, rng: random.Random | None = None) -> Image.Ima
             x = col * BLOCK + 7 + rng.randint(-2, 2)
             y = row * BLOCK - 6 + rng.randint(-2, 2)
             draw.text((x, y), digit, fill=colour, font=font)
+    if occluded_row is not None:
+        grey = rng.randint(150, 190)
+        draw.rectangle([0, occluded_row * BLOCK, IMAGE_SIZE - 1, (occluded_row + 1) * BLOCK - 1], fill=(grey,) * 3)
     return image
 
 
-def make_items(n: int, *, seed: int, split: str, levels=(1, 2, 3, 4), max_value: int = 99) -> list[SumItem]:
-    """n items with k drawn uniformly from `levels` and numbers uniform in [0, max_value]."""
+def make_items(n: int, *, seed: int, split: str, levels=tuple(LEVELS), weights: dict[int, float] | None = None,
+               ) -> list[SumItem]:
+    """n items, the level drawn from `levels` (weights: DEFAULT_WEIGHTS restricted to them), each
+    number uniform in [0, 10**digits - 1]; at an occluded level one number's row is covered."""
+    unknown = set(levels) - set(LEVELS)
+    if unknown:
+        raise ValueError(f"unknown levels {sorted(unknown)}; expected some of {sorted(LEVELS)}")
+    weights = weights or DEFAULT_WEIGHTS
     rng = random.Random(f"{seed}-{split}")
     items = []
     for i in range(n):
-        k = rng.choice(levels)
-        numbers = [rng.randint(0, max_value) for _ in range(k)]
-        items.append(SumItem(id=f"{split}-{i:05d}", numbers=numbers, level=k, split=split))
+        level = rng.choices(levels, weights=[weights[x] for x in levels])[0]
+        spec = LEVELS[level]
+        numbers = [rng.randint(0, 10 ** spec.digits - 1) for _ in range(spec.k)]
+        hidden = rng.randrange(spec.k) if spec.occluded else None
+        items.append(SumItem(id=f"{split}-{i:05d}", numbers=numbers, level=level, split=split, occluded_row=hidden,
+                             digits=spec.digits))
     return items
 
 
@@ -83,13 +137,15 @@ def write_split(items: list[SumItem], out_dir: str | Path, *, seed: int) -> Path
     with path.open("w") as f:
         for item in items:
             image_path = image_dir / f"{item.id}.png"
-            render(item.numbers, rng=random.Random(f"{seed}-{item.id}")).save(image_path)
+            rng = random.Random(f"{seed}-{item.id}")
+            render(item.numbers, rng=rng, occluded_row=item.occluded_row).save(image_path)
             record = {
                 "id": item.id,
                 "image": str(image_path.relative_to(out_dir)),
                 "question": QUESTION,
                 "answer": item.answer,
                 "reasoning": item.reasoning,
+                "reasoning_steps": item.reasoning_steps,
                 "level": item.level,
                 "split": item.split,
                 "meta": asdict(item),

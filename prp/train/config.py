@@ -96,6 +96,7 @@ class TrainConfig:
     # ---- SFT warm start
     sft_rating: str = "none"  # none | drl | jrl: prefix the trace with a rating (and use that prompt); mixed: all three
     sft_rating_value: float = 0.5  # the rating written when the record carries none; < 0: uniform random
+    sft_reasoning: str = "reasoning"  # the record field holding the SFT trace (the demo target: reasoning_steps)
 
     # ---- bookkeeping
     output_dir: str = "runs/train"

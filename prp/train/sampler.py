@@ -49,7 +49,8 @@ def load_records(cfg: TrainConfig, path: Path) -> LoadResult:
     if cfg.mode == "sft":  # the warm start trains on reference traces
         kept = []
         for r in result.records:
-            if isinstance(r.meta.get("reasoning"), str) and r.meta["reasoning"].strip():
+            trace = r.meta.get(cfg.sft_reasoning)
+            if isinstance(trace, str) and trace.strip():
                 kept.append(r)
             else:
                 result.skipped["no_reasoning"] += 1

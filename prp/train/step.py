@@ -189,7 +189,8 @@ def rl_metrics(glob: dict[str, torch.Tensor], adv: GroupAdvantages, mode: Mode) 
 
 
 def sft_micro(ctx: StepContext, micro: int, records: list[Record]) -> MicroStepResult:
-    """Supervised warm start: `[rating]<think>{reasoning}</think><answer>{answer}</answer>` + EOS."""
+    """Supervised warm start: `[rating]<think>{trace}</think><answer>{answer}</answer>` + EOS, the trace
+    from the record's `cfg.sft_reasoning` field."""
     cfg, tok, eos = ctx.cfg, ctx.policy.tok, ctx.policy.eos_id
     # "mixed": each record in one of the three formats (fixed per record id), so one warm start
     # follows whichever prompt it is given (P, P_draft or P_joint), as the paper's base draft does.
@@ -206,7 +207,7 @@ def sft_micro(ctx: StepContext, micro: int, records: list[Record]) -> MicroStepR
         t = format_score(float(r.meta.get("target_rating", default[1])))
         prefix = {"none": "", "drl": f"<confidence>{d}</confidence>",
                   "jrl": f"<target>{t}</target><confidence>{d}</confidence>"}[fmt]
-        text = f"{prefix}<think>{r.meta['reasoning']}</think><answer>{r.answer}</answer>"
+        text = f"{prefix}<think>{r.meta[cfg.sft_reasoning]}</think><answer>{r.answer}</answer>"
         completions.append([*tok.encode(text, add_special_tokens=False)[:cfg.max_completion_length - 1], eos])
     batch = build_batch(prompts, completions, pad_id=tok.pad_token_id)
     weights = batch.completion_mask.float() * valid.float().unsqueeze(-1).to(ctx.policy.device)  # [B, L]

@@ -68,7 +68,7 @@ def load_demo(path: str, *, require_images: bool = True) -> LoadResult:
         if keep:
             result.records.append(
                 Record(id=rid, question=row["question"], image=image, answer=str(row["answer"]),
-                       split=f"k={row['level']}" if "level" in row else str(row.get("split", "")),
+                       split=f"level {row['level']}" if "level" in row else str(row.get("split", "")),
                        meta={k: v for k, v in row.items() if k not in ("question", "answer", "image")})
             )
     result.log_summary("demo")
