@@ -145,8 +145,8 @@ def analyse(rows, target_rows, signals: dict[str, str]) -> dict:
            "closed_prefix_frac": float(np.mean([r.get("prefix_stop", "closed") == "closed" for r in rows]))}
     for name, key in signals.items():
         out[name] = signal_block([r[key] for r in rows], dc, tc)
-    d = np.array([math.nan if r.get("d") is None else r["d"] for r in rows], dtype=float)
     if "d" in signals:
+        d = np.array([math.nan if r["d"] is None else r["d"] for r in rows], dtype=float)
         out["d_stats"] = {"mean": float(np.nanmean(d)), "std": float(np.nanstd(d)), "missing": int(np.isnan(d).sum())}
     if "t" in signals:  # JRL's target rating vs the target's own correctness (what t should predict)
         t = np.array([math.nan if r["t"] is None else r["t"] for r in rows], dtype=float)
