@@ -94,6 +94,16 @@ def pick_attn_implementation(device: torch.device | str | None) -> str:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name": resolved by from_pretrained
 
 
+def model_positions(model) -> int | None:
+    """The model's maximum positions (Qwen2.5-VL: text_config.max_position_embeddings)."""
+    cfg = getattr(model, "config", None)
+    for c in (getattr(cfg, "text_config", None), cfg):
+        n = getattr(c, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
 def check_model_dir(path: str | Path) -> None:
     """A UserError naming the fix unless `path` is a model folder (config.json + *.safetensors).
 

@@ -212,9 +212,9 @@ def _prompt_problem(router: Router, question: str, limit: int) -> str | None:
 
 def default_prompt_limit(router: Router) -> int:
     """The draft's positions left once the rating prefix and the answer are reserved (>= 256)."""
-    cfg = getattr(router.model, "config", None)
-    positions = getattr(getattr(cfg, "text_config", None), "max_position_embeddings", None) \
-        or getattr(cfg, "max_position_embeddings", None) or 32768
+    from prp.core.modeling import model_positions  # torch-heavy: this module must stay light (test_startup)
+
+    positions = model_positions(router.model) or 32768
     return max(256, positions - router.cfg.max_prefix_tokens - router.cfg.max_new_tokens)
 
 

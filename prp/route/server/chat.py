@@ -112,17 +112,9 @@ def check_prompt_tokens(parsed: ParsedChat, processor, limit: int, *, overhead: 
     return n
 
 
-def model_positions(model) -> int | None:
-    """The model's maximum positions (Qwen2.5-VL: text_config.max_position_embeddings)."""
-    cfg = getattr(model, "config", None)
-    for c in (getattr(cfg, "text_config", None), cfg):
-        n = getattr(c, "max_position_embeddings", None)
-        if isinstance(n, int) and n > 0:
-            return n
-    return None
-
-
 def default_prompt_limit(model, generation_budget: int) -> int:
     """Positions left for the prompt once the generation budget is reserved (at least 256)."""
+    from prp.core.modeling import model_positions  # torch-heavy; the model is loaded by now
+
     positions = model_positions(model) or 32768
     return max(256, positions - generation_budget) if positions > generation_budget else max(256, positions // 2)
