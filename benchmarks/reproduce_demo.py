@@ -58,7 +58,10 @@ def run_rating_draft(model_dir: Path, mode: str, records, *, batch_size: int, ma
     from prp.route.router import Router, RouterConfig
 
     model, proc = load_model(str(model_dir), device="cpu")
-    cfg = RouterConfig(mode=mode, rating="free", tau=2.0, ipr="add", max_new_tokens=max_new)
+    from prp.toy.demo import SHIPPED_DEMO
+
+    # the prefix decoding make demo routes with (the shipped demo's --rating)
+    cfg = RouterConfig(mode=mode, rating=SHIPPED_DEMO.rating, tau=2.0, ipr="add", max_new_tokens=max_new)
     router = Router(model, proc, None, cfg)
     judge = routing_judge("demo")
     tok = proc.tokenizer
@@ -263,9 +266,11 @@ def claims(res: dict) -> list[dict]:
 
     t_acc, d_acc = acc["target"]["mean"], acc.get("draft (plain)", {}).get("mean", math.nan)
     band = "inside" if 0.4 <= d_acc <= 0.6 else "outside"
-    claim(1, "target >= draft + 15 points (the draft meant to sit near 40-60%)",
+    only = res.get("exclusive", {})
+    claim(1, "target >= draft + 15 points (the draft meant to sit near 40-60%), items only one of them solves",
           f"target {100 * t_acc:.1f}%, draft {100 * d_acc:.1f}% (+{100 * (t_acc - d_acc):.1f}; the draft {band} "
-          "40-60%)", t_acc >= d_acc + 0.15)
+          f"40-60%); solved by the target only {only.get('only_target', '?')}, by the draft only "
+          f"{only.get('only_draft', '?')} of {res['n']}", t_acc >= d_acc + 0.15)
     lat = res.get("latency", {})
     ratio = lat.get("target_over_plain_draft", math.nan)
     claim(2, f"target per-query wall time >= 3x the draft's (both answering plainly, batches of "
@@ -358,6 +363,9 @@ def main(argv=None):
     plain = run_plain(demo / "models" / "draft", records, **kw) if (demo / "models" / "draft").exists() else None
     if plain:
         res["accuracy_by_level"]["draft (plain)"] = by_level(plain, "correct")
+        by_id = {r["id"]: r["correct"] for r in plain}  # items one model solves and the other does not
+        res["exclusive"] = {"only_target": sum(r["correct"] > by_id[r["id"]] for r in target_rows),
+                            "only_draft": sum(r["correct"] < by_id[r["id"]] for r in target_rows)}
     cn = latest_checkpoint(work / "sft-cn") if (work / "sft-cn").exists() else None
     p2 = run_p2(cn, records, **kw) if cn is not None else None
     per_mode = {}

@@ -14,13 +14,15 @@ log under --work/logs and its metrics.jsonl under --work/<stage> (default runs/d
             -> dss-on / dss-off (Fig. 5: DRL from the collapsed draft-sft, with / without DSS),
                drl-alpha<a> (Fig. 15), sft-cn (P2 baseline)                   (runs/ only)
     lane T  target-sft (3.6 M, 12 layers of width 128, from scratch, plain format; the trace adds
-            column by column, `12+34:2+4=6,0+1+3=4`)                      -> demo/models/target
+            column by column, `12+34:2+4=6,0+1+3=4`; every level but the draft's own, level 5)
+                                                                           -> demo/models/target
             -> presample (train.py --mode presample: M samples of that target per JRL record = Acc_tgt)
             -> jrl (JRL, Alg. 4, from draft-grpo, with the Acc_tgt cache)  -> demo/models/jrl
 
 The benchmark (prp.toy.synthetic, docs/tiny-models.md): one, two or three numbers of 0-99 on the
-28-px grid, and level 4, three numbers with one hidden under a box (no model can solve it: the
-items JRL exists for).  Recipe: processor-mean background, frozen vision biases, batch 32, AdamW,
+28-px grid; level 4, three numbers with one hidden under a box (no model can solve it); level 5, one
+number in the draft's style (mirrored digits on a dark band) that only the draft is trained on: the
+two kinds of items JRL exists for.  Recipe: processor-mean background, frozen vision biases, batch 32, AdamW,
 cosine with ~100 warm-up steps, fp32, loss on the completion only.  What differs between the two
 models (measured here, 2026-11, see demo/README.md): the draft's text RoPE base is DRAFT_ROPE_THETA
 (1000) and its chat template puts the image last; the target keeps prp.toy.tiny's 10 and the image
@@ -105,6 +107,10 @@ DRAFT_ROPE_THETA = 1000.0
 # the previous 6 x 192 target did to train, but ~3-4x the draft's time per token (measured 2026-11).
 TARGET_SHAPE = {"num_hidden_layers": 12, "hidden_size": 128, "num_attention_heads": 4, "intermediate_size": 384,
                 "vision_out_hidden_size": 128}
+
+
+# Levels the target is not trained on (prp.toy.synthetic: level 5, the draft's mirrored style).
+DRAFT_ONLY_LEVELS = (5,)
 
 
 def build_tiny(size: str, seed: int, dest: Path, *, rope_theta: float | None = None, image_first: bool = False,
@@ -251,6 +257,12 @@ def main(argv: list[str] | None = None) -> None:
         lines = (data / "train.jsonl").read_text().splitlines()[: args.n_jrl]
         jrl_data.write_text("".join(x + "\n" for x in lines))
     train = str(data / "train.jsonl")
+    # The target's data leaves out the draft's own domain (level 5, mirrored digits): the demo target has
+    # never seen it, the capability mismatch JRL's t learns from the presampled Acc_tgt (Sec. 3.3).
+    target_data = data / "train_target.jsonl"
+    if not target_data.exists():
+        lines = (data / "train.jsonl").read_text().splitlines()
+        target_data.write_text("".join(x + "\n" for x in lines if json.loads(x)["level"] not in DRAFT_ONLY_LEVELS))
     acc_cache = work / "acc_tgt.jsonl"
     errors: list[BaseException] = []
 
@@ -296,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     def lane_target():
         try:
             init = build_tiny("target", args.seed + 1, work / "init-target", image_first=True, **TARGET_SHAPE)
-            export(stage("target-sft", init), out / "models" / "target")
+            export(stage("target-sft", init, data_path=str(target_data)), out / "models" / "target")
             if not acc_cache.exists() or len(acc_cache.read_text().splitlines()) < args.n_jrl:
                 _presample(jrl_data, out / "models" / "target", acc_cache, work, overrides)
             draft_ready.wait()

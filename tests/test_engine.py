@@ -85,6 +85,49 @@ def test_static_engine_keeps_the_same_tenths_logits(draft):
             torch.testing.assert_close(got.tenths[tag][row][0], logits, rtol=1e-4, atol=1e-4)
 
 
+def test_forced_template_is_the_written_tokenisation(draft):
+    """The forced scaffold is what a trained draft writes: BPE merges across tags ('><') included,
+    the two digits of each rating free, and the closing '>' chosen among the tokens starting with it."""
+    tok = draft[1].tokenizer
+    template = gen.rating_template(tok, "jrl")
+    written = tok.encode("<target>0.12</target><confidence>0.34</confidence><think>", add_special_tokens=False)
+    digits = iter(tok.encode("1234", add_special_tokens=False))
+    filled = [next(digits) if s is None else s for s in template.slots]
+    assert written[:len(filled)] == filled and template.slots.count(None) == 4
+    assert written[len(filled)] in template.close_ids and tok.decode(written[len(filled)]) == "><"
+    assert all(tok.decode(i).startswith(">") for i in template.close_ids)
+    assert len(template) == len(filled) + 1
+
+
+def test_forced_prefix_jumps_over_the_scaffold(draft):
+    """jrl: one prefill and 5 forwards (4 digits, the closing token) instead of one per token, with
+    the tokens and IPR logits of one-token steps (the static engine feeds one token per step)."""
+    model, proc = draft
+    inputs = _inputs(proc, 3)
+    kwargs = {"digit_ids": digit_token_ids(proc.tokenizer), "forced": gen.rating_template(proc.tokenizer, "jrl")}
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        jumped = gen.generate_prefix(model, proc.tokenizer, inputs, **kwargs)
+    finally:
+        hook.remove()
+    assert len(calls) == 6 and jumped.stop == ["closed"] * 3
+    assert all(len(t) == len(kwargs["forced"]) for t in jumped.tokens)
+    set_engine(model, "static")
+    stepped = gen.generate_prefix(model, proc.tokenizer, inputs, **kwargs)
+    assert stepped.tokens == jumped.tokens
+    for tag in ("confidence", "target"):
+        for row, (logits, digit) in stepped.tenths[tag].items():
+            assert jumped.tenths[tag][row][1] == digit
+            torch.testing.assert_close(jumped.tenths[tag][row][0], logits, rtol=1e-4, atol=1e-4)
+    # the continuation from the jumped cache equals the one from the stepped cache
+    set_engine(model, "eager")
+    want = gen.continue_rows(model, proc.tokenizer, gen.generate_prefix(model, proc.tokenizer, inputs, **kwargs).state,
+                             max_new_tokens=8)
+    set_engine(model, "static")
+    assert gen.continue_rows(model, proc.tokenizer, stepped.state, max_new_tokens=8) == want
+
+
 def test_finished_rows_are_shed_to_a_smaller_bucket(draft):
     """4 rows, 3 already done: the live row moves to a batch-1 bucket and still decodes exactly."""
     model, proc = draft

@@ -58,7 +58,7 @@ def test_eval_runs_models_writes_report_and_resumes(tmp_path, capsys, pair):
     assert len(rows) == 6
     for row in rows:
         assert {"draft_correct", "target_correct", "d", "t", "ipr_d", "draft_latency_s", "target_latency_s"} <= set(row)
-        assert 0.0 <= row["d"] <= 0.99 and row["prefix"].endswith("</confidence>")
+        assert 0.0 <= row["d"] <= 0.99 and "</confidence>" in row["prefix"]
         assert 0.0 < row["scores"]["p1"] <= 1.0
         assert row["draft_latency_s"] >= row["prefix_latency_s"] > 0
         # no IPR: JRL draft-first by hand

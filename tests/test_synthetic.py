@@ -36,11 +36,13 @@ def test_level_mix_and_ranges():
     items = make_items(4000, seed=0, split="test")
     share = collections.Counter(i.level for i in items)
     assert set(share) == set(LEVELS)
-    assert abs(share[1] / 4000 - 0.35) < 0.03 and abs(share[4] / 4000 - 0.2) < 0.03
+    assert abs(share[1] / 4000 - 0.3) < 0.03 and abs(share[4] / 4000 - 0.15) < 0.03
+    assert abs(share[5] / 4000 - 0.15) < 0.03
     for item in items:
         spec = LEVELS[item.level]
         assert len(item.numbers) == spec.k and all(0 <= n <= 99 for n in item.numbers)
-        assert (item.occluded_row is not None) == spec.occluded
+        assert (item.occluded_row is not None) == spec.occluded and item.mirrored == spec.mirrored
+    assert {lv for lv, spec in LEVELS.items() if spec.mirrored} == {5}
     assert make_items(50, seed=0, split="test") == items[:50]  # deterministic from the seed
     with pytest.raises(ValueError, match="unknown levels"):
         make_items(3, seed=0, split="x", levels=(1, 9))
@@ -61,6 +63,28 @@ def test_numbers_start_in_the_first_column_and_the_occluded_row_is_covered():
     assert all(ink[1])  # the box spans the row
     assert len({tuple(p) for p in _block(image, 1, 1).reshape(-1, 3)}) == 1  # one solid colour: nothing readable
     assert not any(ink[3])
+
+
+def _ink_columns(block, light: bool):
+    """Mean column of the glyph's ink in the upper and the lower half of a block."""
+    a = block.astype(float).mean(-1)
+    ink = a > 180 if light else np.abs(block - BACKGROUND).sum(-1) > 60
+    rows, cols = np.nonzero(ink)
+    mid = (rows.min() + rows.max()) / 2
+    return cols[rows < mid].mean(), cols[rows > mid].mean()
+
+
+def test_level_5_draws_mirrored_digits_on_a_dark_band():
+    """A 7's stem runs from the top right to the bottom left; mirrored, from the top left to the
+    bottom right.  The number's row is one dark band; the other rows stay background."""
+    normal, mirrored = render([7], rng=random.Random(2)), render([7], rng=random.Random(2), mirrored=True)
+    top, bottom = _ink_columns(_block(normal, 0, 0), light=False)
+    assert bottom < top - 2
+    top, bottom = _ink_columns(_block(mirrored, 0, 0), light=True)
+    assert bottom > top + 2
+    band = _block(mirrored, 0, 2)
+    assert len({tuple(p) for p in band.reshape(-1, 3)}) == 1 and band.max() <= 45  # dark, no ink
+    assert all((_block(mirrored, r, c) == BACKGROUND).all() for r in (1, 2, 3) for c in range(GRID))
 
 
 def test_records_carry_both_traces(tmp_path):

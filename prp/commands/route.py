@@ -155,9 +155,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                                 image_limits=ImageLimits(max_pixels=args.max_image_pixels,
                                                          max_aspect_ratio=args.max_aspect_ratio),
                                 judge=judge)
-    summary = route_run.summarize(rows)
+    from prp.route.summary import format_summary, summarize
+
+    summary = summarize(rows)
     print(f"wrote {len(rows)} lines to {args.out}")
-    print(route_run.format_summary(summary))
+    print(format_summary(summary))
     Path(args.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from prp.eval.html import write_routes_html  # the per-query browser (docs/report.md)
 

@@ -297,7 +297,7 @@ def provenance_html(
 
 
 def route_summary_html(summary: Mapping) -> str:
-    """route.py's summary (prp.route.run.summarize) as a two-column table."""
+    """route.py's summary (prp.route.summary.summarize) as a two-column table."""
     rows = [[k, _f(v, ".4g") if isinstance(v, float) else v] for k, v in summary.items()]
     return "<h2>Summary</h2>" + html_table(["quantity", "value"], rows, id="summary")
 

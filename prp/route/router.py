@@ -21,8 +21,8 @@ the rows that took part; a remote target's time is its own request's.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -33,6 +33,7 @@ from prp.core.parsing import parse_completion
 from prp.core.prompts import P_TARGET, build_messages
 from prp.route import decode as gen
 from prp.route.ipr import digit_stats_from_logits
+from prp.route.isolate import run_isolated
 from prp.route.rows import RatingRow, RouteRow
 from prp.route.scoring import apply_ipr, get_rule
 
@@ -59,6 +60,28 @@ class Query:
     max_new_tokens: int | None = None  # this query's cap on its answer (after the prefix); None: the config's
 
 
+
+
+@dataclass
+class PendingBatch:
+    """One batch after `Router.start` (steps 1-3, the draft side of step 4); its routed queries
+    wait for the target (`Router.answer_routed`), then `Router.finish` writes its rows."""
+
+    queries: list[Query]
+    prefix: gen.PrefixResult  # holds the draft's cache: a routed query the target fails continues from it
+    ratings: list[RatingRow]
+    keep: list[bool]  # step 3: True = the draft answers
+    caps: list[int]  # each query's own cap on its answer
+    draft_all: bool = False  # the draft also answered the routed queries (calibration)
+    draft_new: dict[int, list[int]] = field(default_factory=dict)  # row -> the draft's tokens after the prefix
+    draft_each: float = 0.0  # per-query share of the draft continuation's wall time
+    answers: dict[int, TargetAnswer] = field(default_factory=dict)  # routed row -> the target's answer
+    future: Future | None = None  # a remote target's answers, asked for at start
+    pool: ThreadPoolExecutor | None = None
+
+    @property
+    def to_target(self) -> list[int]:
+        return [i for i, kept in enumerate(self.keep) if not kept]
 
 
 @dataclass
@@ -243,68 +266,97 @@ class Router:
 
     def route_rows(self, queries: list[Query], policy, *, target_all: bool = False,
                    draft_all: bool = False) -> list[RouteRow]:
-        """Route one batch; one RouteRow per query, in order.
+        """Route one batch; one RouteRow per query, in order: `start`, the target for its routed
+        queries (`answer_routed`), `finish`.
 
         `target_all` also measures the target-only baseline: a second, separate target call on the
         whole batch (its per-query latency, answer and correctness; calibration and
         `--measure-target-only`), so the routed queries' latency stays that of the routed-only call;
         `draft_all` also continues the draft for routed ones (draft correctness, for calibration).
         """
+        pending = self.start(queries, policy, draft_all=draft_all)
+        self.answer_routed([(pending, i) for i in pending.to_target])
+        return self.finish(pending, target_all=target_all)
+
+    def start(self, queries: list[Query], policy, *, draft_all: bool = False) -> PendingBatch:
+        """Steps 1-3 and the draft side of step 4 for one batch.  A remote target is asked for the
+        routed queries right away (it works while the draft continues); a local one waits for
+        `answer_routed`, which may gather the routed queries of several batches into one call."""
         self.check_policy(policy)
-        n = len(queries)
         prefix, ratings = self.rate(queries)  # steps 1-2
         keep = policy.keep([r.score for r in ratings])  # step 3
-        to_target = [i for i in range(n) if not keep[i]]
-        to_draft = [i for i in range(n) if draft_all or keep[i]]
+        pending = PendingBatch(queries=queries, prefix=prefix, ratings=ratings, keep=keep, draft_all=draft_all,
+                               caps=[q.max_new_tokens or self.cfg.max_new_tokens for q in queries])
+        if self.target.remote and pending.to_target:  # step 4: the remote target works while the draft continues
+            pending.pool = ThreadPoolExecutor(max_workers=1)
+            pending.future = pending.pool.submit(self.target.answer, [queries[i] for i in pending.to_target])
+        to_draft = [i for i in range(len(queries)) if draft_all or keep[i]]
+        pending.draft_new, draft_s = self.continue_draft(prefix, to_draft, [pending.caps[i] for i in to_draft])
+        pending.draft_each = draft_s / len(to_draft) if to_draft else 0.0  # per-query share (docs/routing.md)
+        return pending
 
-        # step 4: a remote target works while the draft continues; a local one after it (one device)
-        pool = ThreadPoolExecutor(max_workers=1) if self.target.remote else None
-        future = pool.submit(self.target.answer, [queries[i] for i in to_target]) if pool else None
-        caps = [q.max_new_tokens or self.cfg.max_new_tokens for q in queries]  # each request's max_tokens
-        draft_new, draft_s = self.continue_draft(prefix, to_draft, [caps[i] for i in to_draft])
-        answers = future.result() if future else self.target.answer([queries[i] for i in to_target])
-        if pool:
-            pool.shutdown()
-        target_by_row = dict(zip(to_target, answers, strict=True))
-        target_only = self.target.answer(queries) if target_all else None  # the baseline, measured apart
+    def answer_routed(self, items: list[tuple[PendingBatch, int]]) -> None:
+        """Step 4, target side (a local target): one batched call for routed queries of one or more
+        started batches.  A query the target fails on, alone (prp.route.isolate), gets a failed
+        answer, so its draft answers from the cache at `finish` (a fallback), as for a remote target."""
+        items = [(p, i) for p, i in items if p.future is None]  # a remote target was asked at start
+        if not items:
+            return
+        answers = run_isolated(self.target.answer, [p.queries[i] for p, i in items])
+        for (p, i), a in zip(items, answers, strict=True):
+            p.answers[i] = a if not isinstance(a, Exception) else TargetAnswer(
+                text=None, model=self.target.name, completion_tokens=None, latency_s=0.0,
+                error=f"target_failed: {type(a).__name__}: {a}")
+
+    def finish(self, pending: PendingBatch, *, target_all: bool = False) -> list[RouteRow]:
+        """The rows of a started batch whose routed queries are answered: fallbacks for a failed
+        target (the draft continues from its cache), per-query latencies, the target-only baseline."""
+        p, n = pending, len(pending.queries)
+        if p.future is not None:
+            p.answers = dict(zip(p.to_target, p.future.result(), strict=True))
+            p.pool.shutdown()
+        missing = [i for i in p.to_target if i not in p.answers]
+        if missing:
+            raise RuntimeError(f"finish() before the target answered rows {missing}: call answer_routed first")
+        # the baseline, measured apart (a query the target fails on alone gets no baseline latency)
+        target_only = run_isolated(self.target.answer, p.queries) if target_all else None
         # failures lose nothing: the draft answers from its cache
-        failed = [i for i in range(n) if not keep[i] and target_by_row[i].text is None and i not in draft_new]
-        fb_new, fb_s = self.continue_draft(prefix, failed, [caps[i] for i in failed])
-        draft_new.update(fb_new)
-        # per-query shares of each batched call (docs/routing.md)
-        draft_each = draft_s / len(to_draft) if to_draft else 0.0
+        failed = [i for i in p.to_target if p.answers[i].text is None and i not in p.draft_new]
+        fb_new, fb_s = self.continue_draft(p.prefix, failed, [p.caps[i] for i in failed])
+        draft_new = {**p.draft_new, **fb_new}
         fb_each = fb_s / len(failed) if failed else 0.0
 
         rows = []
-        for i, _q in enumerate(queries):
-            r, tgt = ratings[i], target_by_row.get(i)
-            fallback = not keep[i] and tgt.text is None
-            draft_ids = prefix.tokens[i] + draft_new[i] if i in draft_new else None
+        for i in range(n):
+            r, tgt, kept = p.ratings[i], p.answers.get(i), p.keep[i]
+            fallback = not kept and tgt.text is None
+            draft_ids = p.prefix.tokens[i] + draft_new[i] if i in draft_new else None
             draft_text = self.tokenizer.decode(draft_ids, skip_special_tokens=True) if draft_ids else None
             # the answer comes from after the rating: a last-number rule must not read "0.87"
             draft_answer = self.extract(self.tokenizer.decode(draft_new[i], skip_special_tokens=True)) \
                 if i in draft_new else None
-            by_draft = keep[i] or fallback
-            d_lat = (fb_each if i in fb_new else draft_each) if by_draft else None
-            t_lat = tgt.latency_s if (tgt is not None and not keep[i]) else None
+            by_draft = kept or fallback
+            d_lat = (fb_each if i in fb_new else p.draft_each) if by_draft else None
+            t_lat = tgt.latency_s if (tgt is not None and not kept) else None
             text = draft_text if by_draft else tgt.text
             row = RouteRow.from_rating(
                 r, mode=self.cfg.mode, rule=self.rule.name,
-                route="draft" if keep[i] else "target",
+                route="draft" if kept else "target",
                 answered_by="draft" if by_draft else tgt.model,
                 answer=draft_answer if by_draft else self.extract(text), text=text, fallback=fallback,
                 error=tgt.error if fallback else None,
                 continue_latency_s=d_lat, target_latency_s=t_lat,
-                target_attempts=tgt.attempts if (tgt is not None and not keep[i]) else None,
+                target_attempts=tgt.attempts if (tgt is not None and not kept) else None,
                 latency_s=r.prefix_latency_s + (d_lat or 0.0) + (t_lat or 0.0),
                 completion_tokens=len(draft_ids) if by_draft else tgt.completion_tokens,
             )
             if target_only is not None:
                 base = target_only[i]
-                row.target_only_latency_s = base.latency_s if base.text is not None else None
-                row.target_text = base.text
-                row.target_answer = self.extract(base.text)
-            if draft_all and draft_text is not None:
+                ok = not isinstance(base, Exception) and base.text is not None
+                row.target_only_latency_s = base.latency_s if ok else None
+                row.target_text = base.text if ok else None
+                row.target_answer = self.extract(base.text) if ok else None
+            if p.draft_all and draft_text is not None:
                 row.draft_text = draft_text
                 row.draft_answer = draft_answer
             rows.append(row)

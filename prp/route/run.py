@@ -3,7 +3,8 @@
 - Every input line yields exactly one output line (its `line` number): routed queries, and also
   blank, non-UTF-8 or malformed lines, duplicate ids and unusable images (an `error` field, no
   crash; prp.route.batchfile lists the reasons).  Lines are written with flush + fsync, so an
-  interrupted run (even `kill -9`) loses at most the batch in flight; `--resume` skips the input
+  interrupted run (even `kill -9`) loses at most the batches in flight (those whose routed queries
+  wait for a full target batch, at most MAX_WAITING_BATCHES + 1); `--resume` skips the input
   lines already written (dropping a torn last line), `--retry-errors` routes error and fallback
   rows again.
 - The embedded default (no model/data flags) is resolved by the entry scripts (prp.toy.demo): this
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -218,18 +218,26 @@ def default_prompt_limit(router: Router) -> int:
     return max(256, positions - router.cfg.max_prefix_tokens - router.cfg.max_new_tokens)
 
 
+# A started batch holds its draft cache until its routed queries are answered: at most this many wait
+# for a full target batch (when few queries are routed, the target is called with fewer).
+MAX_WAITING_BATCHES = 8
+
+
 def route_file(router: Router, data: str | Path, out: str | Path, policy, *, batch_size: int = 16,
                resume: bool = False, retry_errors: bool = False, target_all: bool = False,
                judge=None, max_prompt_tokens: int | None = None, image_limits=None) -> list[dict]:
     """Route every line of `data` into `out`: exactly one row per input line (prp.route.batchfile),
     an error row for a line that cannot be routed.  Returns all rows of `out` in input order.
 
+    The draft rates and continues `batch_size` queries at a time; a local target answers the
+    routed queries of consecutive batches together, `batch_size` per call (a batch's rows are
+    written once its routed queries are answered; a kill loses those still waiting, and `--resume`
+    routes them again).  `target_all`'s target-only baseline is one call per draft batch.
+
     A bad item never fails its neighbours: images are opened one by one, a question over
     `max_prompt_tokens` (default: `default_prompt_limit`) gets its own error row, and a batch the
     router fails on is split until only the failing queries get error rows (prp.route.isolate).
     """
-    from prp.route.router import Query
-
     prompt_limit = max_prompt_tokens or default_prompt_limit(router)
     lines = read_batch_file(data)
     sink = JsonlSink(out, resume=resume, retry_errors=retry_errors)
@@ -243,93 +251,102 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
                 sink.write(error_row(bl.id, bl.error, line=bl.line))
             else:
                 todo.append(bl)
+        queue = _TargetQueue(router, sink, target_all=target_all, judge=judge, batch_size=batch_size)
         for batch in _batches(todo, batch_size):
-            ready: list[tuple] = []
-            for bl in batch:
-                too_long = _prompt_problem(router, bl.record.question, prompt_limit)
-                if too_long:
-                    sink.write(error_row(bl.id, too_long, line=bl.line))
-                    continue
-                try:
-                    image = bl.record.load_image(image_limits)  # None: prp.core.data's defaults
-                except ImageError as exc:
-                    sink.write(error_row(bl.id, str(exc), line=bl.line))
-                    continue
-                rec = bl.record
-                ready.append((bl, Query(id=rec.id, question=rec.question, image=image, gold=rec.answer)))
-            results = run_isolated(lambda qs: router.route_batch(qs, policy, target_all=target_all),
-                                   [q for _, q in ready])
-            for (bl, _), row in zip(ready, results, strict=True):
-                if isinstance(row, Exception):
-                    row = error_row(bl.id, f"routing_failed: {type(row).__name__}: {row}", line=bl.line)
-                else:
-                    row["line"] = bl.line
-                    score_row(row, bl.record, judge)  # the gold of this very line
-                sink.write(row)
+            ready = _ready_queries(router, batch, sink, prompt_limit, image_limits)
+            started = run_isolated(lambda qs: _started(router.start(qs, policy)), [q for _, q in ready])
+            queue.add([(bl, s) for (bl, _), s in zip(ready, started, strict=True)])
+        queue.flush()
     finally:
         sink.close()
     return sorted(read_rows(out), key=lambda r: r.get("line") or 0)
 
 
-# ------------------------------------------------------------------------------ summary
+def _ready_queries(router: Router, batch, sink: JsonlSink, prompt_limit: int, image_limits) -> list[tuple]:
+    """(line, Query) for the lines of `batch` that can be routed; an error row for each of the others."""
+    from prp.route.router import Query
+
+    ready = []
+    for bl in batch:
+        too_long = _prompt_problem(router, bl.record.question, prompt_limit)
+        if too_long:
+            sink.write(error_row(bl.id, too_long, line=bl.line))
+            continue
+        try:
+            image = bl.record.load_image(image_limits)  # None: prp.core.data's defaults
+        except ImageError as exc:
+            sink.write(error_row(bl.id, str(exc), line=bl.line))
+            continue
+        rec = bl.record
+        ready.append((bl, Query(id=rec.id, question=rec.question, image=image, gold=rec.answer)))
+    return ready
 
 
-def summarize(rows: list[dict]) -> dict:
-    """Share routed, latency, speedup vs target-only, accuracy (where gold is present).
-
-    Speedup: mean target-only latency / mean routed latency.  Target-only latency is measured
-    per query when the run had `--measure-target-only`; otherwise it is estimated as the mean
-    target latency of the queries that did go to the target (routed queries are the hard ones,
-    so this is an estimate, labelled as such).
-    """
-    ok = [r for r in rows if not r.get("error") or r.get("fallback")]
-    out: dict = {"queries": len(rows), "errors": len(rows) - len(ok)}
-    if not ok:
-        return out
-    routed = [r for r in ok if r["route"] == "target"]
-    out["rule"] = next((r["rule"] for r in ok if r.get("rule")), None)  # which way s points (docs/routing.md)
-    out["share_routed"] = len(routed) / len(ok)
-    out["fallbacks"] = sum(1 for r in ok if r.get("fallback"))
-    out["missing_rating"] = sum(1 for r in ok if r.get("d") is None)
-    out["mean_latency_s"] = statistics.fmean(r["latency_s"] for r in ok)
-    out["mean_prefix_latency_s"] = statistics.fmean(r["prefix_latency_s"] for r in ok)
-    measured = [r["target_only_latency_s"] for r in ok if r.get("target_only_latency_s") is not None]
-    estimated = [r["target_latency_s"] for r in routed if not r.get("fallback") and r.get("target_latency_s")]
-    if measured and len(measured) == len(ok):
-        out["target_only_mean_latency_s"] = statistics.fmean(measured)
-        out["speedup_vs_target_only"] = out["target_only_mean_latency_s"] / out["mean_latency_s"]
-        out["speedup_basis"] = "measured"
-    elif estimated:
-        out["target_only_mean_latency_s"] = statistics.fmean(estimated)
-        out["speedup_vs_target_only"] = out["target_only_mean_latency_s"] / out["mean_latency_s"]
-        out["speedup_basis"] = "estimated from routed queries' target latency"
-    scored = [r for r in ok if r.get("correct") is not None]
-    if scored:
-        out["accuracy"] = sum(r["correct"] for r in scored) / len(scored)
-        out["accuracy_n"] = len(scored)
-    baseline = [r for r in scored if r.get("target_only_correct") is not None]
-    if scored and len(baseline) == len(scored):  # the same queries, answered by the target alone
-        out["target_only_accuracy"] = sum(r["target_only_correct"] for r in baseline) / len(baseline)
-    return out
+def _started(pending) -> list[tuple]:
+    """One (started batch, row) per query: run_isolated's one-result-per-item shape."""
+    return [(pending, i) for i in range(len(pending.queries))]
 
 
-def format_summary(s: dict) -> str:
-    lines = [f"queries {s['queries']}  errors {s['errors']}"]
-    if "share_routed" in s:
-        lines.append(f"routed to target {s['share_routed']:.1%}  fallbacks {s['fallbacks']}  "
-                     f"missing rating {s['missing_rating']}")
-        if s.get("rule"):
-            lines.append(f"rule {s['rule']}: " + ("high s goes to the target" if s["rule"] == "target_first"
-                                                  else "high s stays on the draft"))
-        lines.append(f"mean latency {s['mean_latency_s']:.3f}s per query, batched wall time shared evenly "
-                     f"(prefix {s['mean_prefix_latency_s']:.3f}s)")
-    if "speedup_vs_target_only" in s:
-        lines.append(f"speedup vs target-only {s['speedup_vs_target_only']:.2f}x ({s['speedup_basis']}; "
-                     f"target-only {s['target_only_mean_latency_s']:.3f}s/query)")
-    if "accuracy" in s:
-        lines.append(f"accuracy {s['accuracy']:.1%} over {s['accuracy_n']} with gold"
-                     + (f" (target-only {s['target_only_accuracy']:.1%})" if "target_only_accuracy" in s else ""))
-    return "\n".join(lines)
+class _TargetQueue:
+    """Started batches waiting for their routed queries' target answers (Router.start /
+    answer_routed / finish); rows are written as each batch finishes."""
+
+    def __init__(self, router: Router, sink: JsonlSink, *, target_all: bool, judge, batch_size: int):
+        self.router, self.sink, self.judge = router, sink, judge
+        self.target_all, self.batch_size = target_all, batch_size
+        self.waiting: list[tuple[object, list[tuple]]] = []  # (started batch, [(line, row index)])
+        self.routed: list[tuple] = []  # (started batch, row index) not yet sent to the target
+
+    def add(self, started: list[tuple]) -> None:
+        """`started`: (line, (batch, row) or the exception that row failed with) per query."""
+        by_batch: dict[int, tuple[object, list[tuple]]] = {}
+        for bl, s in started:
+            if isinstance(s, Exception):
+                self.sink.write(error_row(bl.id, f"routing_failed: {type(s).__name__}: {s}", line=bl.line))
+                continue
+            pending, i = s
+            by_batch.setdefault(id(pending), (pending, []))[1].append((bl, i))
+        for pending, members in by_batch.values():
+            self.waiting.append((pending, members))
+            if pending.future is None:  # a remote target was asked at start
+                self.routed += [(pending, i) for i in pending.to_target]
+        while len(self.routed) >= self.batch_size:  # full target batches
+            self._ask(self.batch_size)
+        if len(self.waiting) > MAX_WAITING_BATCHES:
+            self._ask(len(self.routed))
+        self._write_finished()
+
+    def flush(self) -> None:
+        self._ask(len(self.routed))
+        self._write_finished()
+
+    def _ask(self, n: int) -> None:
+        items, self.routed = self.routed[:n], self.routed[n:]
+        self.router.answer_routed(items)
+
+    def _write_finished(self) -> None:
+        still = []
+        for pending, members in self.waiting:
+            if any(i not in pending.answers for i in pending.to_target) and pending.future is None:
+                still.append((pending, members))
+                continue
+            self._write(pending, members)
+        self.waiting = still
+
+    def _write(self, pending, members: list[tuple]) -> None:
+        try:
+            rows = [r.to_json() for r in self.router.finish(pending, target_all=self.target_all)]
+        except Exception as exc:  # the batch's fallback or baseline failed: its rows say so, the rest goes on
+            log.warning("finishing a batch failed: %s: %s", type(exc).__name__, exc)
+            rows = [exc] * len(pending.queries)
+        for bl, i in members:
+            row = rows[i]
+            if isinstance(row, Exception):
+                row = error_row(bl.id, f"routing_failed: {type(row).__name__}: {row}", line=bl.line)
+            else:
+                row["line"] = bl.line
+                score_row(row, bl.record, self.judge)  # the gold of this very line
+            self.sink.write(row)
 
 
 # ------------------------------------------------------------------------------ calibration

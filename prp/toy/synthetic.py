@@ -7,8 +7,11 @@ under which tiny Qwen2.5-VL models actually read the image:
 - the background is the image processor's mean colour (about 0 after normalisation).
 Difficulty is the level (LEVELS): levels 1-3 add one, two or three numbers of 0-99; level 4 is
 level 3 with one number hidden under a box, which no model solves (the items JRL exists for:
-routing them to the target spends a call and gains nothing).  Summing, not reading, is what gets
-harder for a small model.
+routing them to the target spends a call and gains nothing); level 5 is one number drawn in the
+draft's own style (mirrored digits on a dark band), a domain the demo target is never trained on
+(scripts/build_demo.py leaves it out of the target's data): the items only the draft solves, the
+capability mismatch JRL's t is for (Sec. 3.3).  Summing, not reading, is what gets harder for a
+small model.
 
 Each record carries two reference traces: `reasoning` writes the sum at once ("3+14+5=22"), the
 draft's format; `reasoning_steps` reads the numbers, then adds column by column with the carry
@@ -43,12 +46,14 @@ class Level:
     k: int
     digits: int
     occluded: bool = False
+    mirrored: bool = False  # the draft's style: mirrored digits, light on a dark band (render)
 
 
-LEVELS: dict[int, Level] = {1: Level(1, 2), 2: Level(2, 2), 3: Level(3, 2), 4: Level(3, 2, occluded=True)}
-# The demo's mix, meant for a draft near 45% (it reads level 1, rarely adds) and a target well above it
-# on levels 2-3; the shipped draft measured 36.5%, the target 78.2% (demo/README.md).
-DEFAULT_WEIGHTS: dict[int, float] = {1: 0.35, 2: 0.3, 3: 0.15, 4: 0.2}
+LEVELS: dict[int, Level] = {1: Level(1, 2), 2: Level(2, 2), 3: Level(3, 2), 4: Level(3, 2, occluded=True),
+                            5: Level(1, 2, mirrored=True)}
+# The demo's mix, meant for a draft near 45% (it reads levels 1 and 5, rarely adds) and a target well
+# above it on levels 2-3 (it cannot read level 5); measured outcome in demo/README.md.
+DEFAULT_WEIGHTS: dict[int, float] = {1: 0.3, 2: 0.25, 3: 0.15, 4: 0.15, 5: 0.15}
 
 
 @dataclass
@@ -59,6 +64,7 @@ class SumItem:
     split: str
     occluded_row: int | None = None  # the number drawn under a box (level 4)
     digits: int = 2  # columns of the target's trace (numbers are padded with leading zeros)
+    mirrored: bool = False  # drawn in the draft's style (level 5)
 
     @property
     def answer(self) -> str:
@@ -86,10 +92,12 @@ class SumItem:
         return "+".join(map(str, self.numbers)) + ":" + ",".join(parts)
 
 
-def render(numbers: list[int], *, rng: random.Random | None = None, occluded_row: int | None = None) -> Image.Image:
+def render(numbers: list[int], *, rng: random.Random | None = None, occluded_row: int | None = None,
+           mirrored: bool = False) -> Image.Image:
     """Draw number i on block row i from the first column, one digit per 28x28 block, with +-2 px
-    jitter; `occluded_row`: that row's blocks covered by a solid box.  (Left-aligned: the layout
-    the draft's reading was measured with, docs/tiny-models.md.)"""
+    jitter; `occluded_row`: that row's blocks covered by a solid box; `mirrored`: each digit flipped
+    left-right, light on a dark band across its row (level 5).  (Left-aligned: the layout the
+    draft's reading was measured with, docs/tiny-models.md.)"""
     if len(numbers) > GRID or any(len(str(n)) > GRID for n in numbers):
         raise ValueError(f"at most {GRID} numbers of at most {GRID} digits fit the grid")
     rng = rng or random.Random(0)
@@ -97,11 +105,21 @@ def render(numbers: list[int], *, rng: random.Random | None = None, occluded_row
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=rng.randint(22, 26))
     for row, number in enumerate(numbers):
-        colour = tuple(rng.randint(0, 60) if rng.random() < 0.5 else rng.randint(200, 255) for _ in range(3))
+        if mirrored:
+            band = rng.randint(15, 45)
+            draw.rectangle([0, row * BLOCK, IMAGE_SIZE - 1, (row + 1) * BLOCK - 1], fill=(band,) * 3)
+            colour = tuple(rng.randint(200, 255) for _ in range(3))
+        else:
+            colour = tuple(rng.randint(0, 60) if rng.random() < 0.5 else rng.randint(200, 255) for _ in range(3))
         for col, digit in enumerate(str(number)):
-            x = col * BLOCK + 7 + rng.randint(-2, 2)
-            y = row * BLOCK - 6 + rng.randint(-2, 2)
-            draw.text((x, y), digit, fill=colour, font=font)
+            x, y = 7 + rng.randint(-2, 2), -6 + rng.randint(-2, 2)  # within the digit's block
+            if mirrored:  # the glyph drawn on its own tile, flipped, pasted into its block
+                tile = Image.new("RGBA", (BLOCK, BLOCK), (0, 0, 0, 0))
+                ImageDraw.Draw(tile).text((x, y), digit, fill=colour, font=font)
+                tile = tile.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                image.paste(tile, (col * BLOCK, row * BLOCK), tile)
+            else:
+                draw.text((col * BLOCK + x, row * BLOCK + y), digit, fill=colour, font=font)
     if occluded_row is not None:
         grey = rng.randint(150, 190)
         draw.rectangle([0, occluded_row * BLOCK, IMAGE_SIZE - 1, (occluded_row + 1) * BLOCK - 1], fill=(grey,) * 3)
@@ -124,7 +142,7 @@ def make_items(n: int, *, seed: int, split: str, levels=tuple(LEVELS), weights: 
         numbers = [rng.randint(0, 10 ** spec.digits - 1) for _ in range(spec.k)]
         hidden = rng.randrange(spec.k) if spec.occluded else None
         items.append(SumItem(id=f"{split}-{i:05d}", numbers=numbers, level=level, split=split, occluded_row=hidden,
-                             digits=spec.digits))
+                             digits=spec.digits, mirrored=spec.mirrored))
     return items
 
 
@@ -139,7 +157,7 @@ def write_split(items: list[SumItem], out_dir: str | Path, *, seed: int) -> Path
         for item in items:
             image_path = image_dir / f"{item.id}.png"
             rng = random.Random(f"{seed}-{item.id}")
-            render(item.numbers, rng=rng, occluded_row=item.occluded_row).save(image_path)
+            render(item.numbers, rng=rng, occluded_row=item.occluded_row, mirrored=item.mirrored).save(image_path)
             record = {
                 "id": item.id,
                 "image": str(image_path.relative_to(out_dir)),
