@@ -292,6 +292,7 @@ def test_route_user_errors_in_the_flags_and_files_are_one_line(scripts, capsys, 
         (["--data", str(data), "--threshold-file", str(bad_json)], f"--threshold-file {bad_json}: not a calibration"),
         (["--data", str(data), "--threshold-file", str(a_list)], f"--threshold-file {a_list}: not a calibration"),
         (["--data", str(data), "--target", "ftp://host/x"], "--target ftp://host/x: unsupported URL scheme"),
+        (["--data", str(data), "--confidence", "0.9"], "--confidence qualifies a calibration goal"),
     ]
     for extra, message in cases:
         assert run_main(scripts["route.py"].main, base + extra, prog="route.py") == 2, extra
@@ -303,7 +304,8 @@ def test_route_user_errors_in_the_flags_and_files_are_one_line(scripts, capsys, 
                                          ("--batch-size", "0"), ("--tries", "0"), ("--port", "99999"),
                                          ("--port", "-1"), ("--threads", "0"), ("--backoff", "-1"),
                                          ("--backoff", "nan"), ("--max-prefix-tokens", "0"),
-                                         ("--max-new-tokens", "0")])
+                                         ("--max-new-tokens", "0"), ("--confidence", "1"),
+                                         ("--confidence", "0.3"), ("--confidence", "nan")])
 def test_route_out_of_range_numbers_are_usage_errors(scripts, capsys, flag, value):
     with pytest.raises(SystemExit) as stop:
         run_main(scripts["route.py"].main, ["--data", "q.jsonl", flag, value], prog="route.py")

@@ -8,7 +8,8 @@ functions (~1 min on a 2-core CPU); the full 400-item values are in demo/README.
 - item 3: DRL's and JRL's d spread (std >= 0.1) and are calibrated (|mean d - accuracy| <= 0.05);
   JRL's t ranks the target's correct answers first (Spearman with the paper's sign <= -0.3);
 - item 4: routing AUC: JRL >= DRL + 1, DRL >= random + 2 and >= P1 + 1;
-- every rating prefix closes by itself (free generation).
+- the drafts write their rating tags themselves: free generation closes every prefix, with the
+  ratings the forced grammar (what make demo routes with) reads.
 """
 from __future__ import annotations
 
@@ -90,3 +91,31 @@ def test_routing_auc_ordering(measured):
     rand, p1 = measured["drl"]["random"]["auc"], measured["drl"]["p1"]["auc"]
     assert jrl >= drl + 1, f"AUC JRL {jrl:.1f} vs DRL {drl:.1f}"
     assert drl >= rand + 2 and drl >= p1 + 1, f"AUC DRL {drl:.1f} vs random {rand:.1f}, P1 {p1:.1f}"
+
+
+def test_drafts_write_the_ratings_the_forced_grammar_reads():
+    """make demo forces the grammar (jump-forward); the drafts close their prefixes freely too, with
+    the same d and t on (nearly) every item: forcing only skips steps."""
+    from prp.core.data import load_jsonl
+    from prp.core.modeling import load_model
+    from prp.route.router import Query, Router, RouterConfig
+
+    torch.set_num_threads(1)
+    records = load_jsonl(DEMO / "data" / "test.jsonl", check_images=False).records[:50]
+    queries = [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in records]
+    model, proc = load_model(str(DEMO / "models" / "jrl"))
+    with torch.no_grad():
+        free, forced = (Router(model, proc, None, RouterConfig(mode="jrl", rating=rating)).rate(queries)[1]
+                        for rating in ("free", "forced"))
+    assert all(r.prefix_stop == "closed" for r in free)
+    same = sum((a.d, a.t) == (b.d, b.t) for a, b in zip(free, forced, strict=True))
+    assert same >= 49, f"forced ratings differ from the free ones on {50 - same} of 50 items"
+
+
+def test_make_demo_routes_as_reproduce_demo_measures():
+    """The Makefile's demo line and benchmarks/reproduce_demo.py's item-5 run use the same flags."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import reproduce_demo as R
+
+    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if "route.py" in x and "--calibrate" in x)
+    assert " ".join(R.MAKE_DEMO_ROUTE) in line

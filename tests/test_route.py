@@ -246,6 +246,37 @@ def test_cli_three_threshold_modes(pair, data, tmp_path):
     route.main([*common, "--calibrate", str(data), "--target-acc", "target", "--out", str(tmp_path / "tgt.jsonl")])
     saved = json.loads((tmp_path / "tgt.threshold.json").read_text())
     assert saved["requested"] == {"target_acc": "target"} and saved["accuracy"] >= saved["target_accuracy"]
+    # with a confidence the bound is saved, and it reaches the goal unless no threshold does
+    route.main([*common, "--calibrate", str(data), "--target-acc", "target-0.2", "--confidence", "0.9",
+                "--out", str(tmp_path / "conf.jsonl")])
+    saved = json.loads((tmp_path / "conf.threshold.json").read_text())
+    assert saved["requested"] == {"target_acc": "target-0.2", "confidence": 0.9} and saved["bound"] is not None
+
+
+def test_confidence_bound_by_brute_force():
+    """_lower_bounds equals mean - z * sd / sqrt(n) of the routed correctness (minus the target's),
+    computed per split from scratch; the confident calibration never routes fewer queries."""
+    import statistics
+
+    import numpy as np
+
+    from prp.route.decide import _lower_bounds
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(2, 40))
+        t, d = rng.integers(0, 2, n).astype(float).tolist(), rng.integers(0, 2, n).astype(float).tolist()
+        z = statistics.NormalDist().inv_cdf(0.95)
+        for minus in (None, t):
+            got = _lower_bounds(t, d, 0.95, minus=minus)
+            for k in range(n + 1):
+                x = np.array(t[:k] + d[k:]) - (np.array(minus) if minus else 0.0)
+                assert got[k] == pytest.approx(x.mean() - z * x.std(ddof=1) / np.sqrt(n), abs=1e-9)
+        scores = rng.random(n).tolist()
+        for goal in ("target", "target-0.05", 0.5):
+            plain = calibrate(scores, d, t, target_acc=goal)
+            sure = calibrate(scores, d, t, target_acc=goal, confidence=0.95)
+            assert sure.p_t >= plain.p_t
 
 
 # ------------------------------------------------------------------ failures lose nothing

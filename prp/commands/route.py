@@ -16,7 +16,16 @@ import json
 import logging
 from pathlib import Path
 
-from prp.core.cli import UserError, check_port_free, port_number, positive_int, run_main, share, share_or_target
+from prp.core.cli import (
+    UserError,
+    check_port_free,
+    confidence_level,
+    port_number,
+    positive_int,
+    run_main,
+    share,
+    share_or_target,
+)
 from prp.route.run import add_router_arguments
 
 
@@ -45,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--target-acc", type=share_or_target,
                     help="calibration goal: cheapest T reaching this accuracy; `target`: the target's own; "
                          "`target-0.01`: one point below it")
+    de.add_argument("--confidence", type=confidence_level, default=None,
+                    help="with --target-acc: the goal must hold at this confidence on new queries (one-sided "
+                         "normal bound over the validation queries, e.g. 0.95), not just on the validation split")
     de.add_argument("--threshold-out", default=None, help="where --calibrate saves T (default: next to --out)")
     de.add_argument("--threshold-file", help="reuse a saved calibration")
     de.add_argument("--measure-target-only", action="store_true",
@@ -93,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not args.draft or not args.target or not (args.data or args.serve):
         raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
     args.out = args.out or "routes.jsonl"
+    if args.confidence is not None and not (args.calibrate and args.target_acc is not None):
+        raise UserError("--confidence qualifies a calibration goal: give it with --calibrate and --target-acc")
     for flag, path in (("--data", None if args.serve else args.data), ("--threshold-file", args.threshold_file),
                        ("--calibrate", None if args.calibrate == "default" else args.calibrate)):
         if path and not Path(path).exists():  # fail before loading the models
@@ -128,11 +142,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         if val == "default":
             val = str(ensure_default_demo(spec)["validation"])
         cal = route_run.calibrate_on(router, val, p_t=None if args.target_acc is not None else args.pt,
-                                     target_acc=args.target_acc, batch_size=args.batch_size, judge=judge)
+                                     target_acc=args.target_acc, confidence=args.confidence,
+                                     batch_size=args.batch_size, judge=judge)
         out = args.threshold_out or str(Path(args.out).with_suffix(".threshold.json"))
         cal.save(out)
+        bound = "" if cal.bound is None else f", {cal.requested['confidence']:.0%} lower bound {cal.bound:+.1%}"
         print(f"calibrated T={cal.threshold} on {cal.n} validation queries "
-              f"(p_t {cal.p_t:.1%}, accuracy {cal.accuracy:.1%}) -> {out}")
+              f"(p_t {cal.p_t:.1%}, accuracy {cal.accuracy:.1%} vs target {cal.target_accuracy:.1%}{bound}) -> {out}")
         policy = cal.policy()
     elif args.pt is not None:
         policy = BatchFraction(args.pt, rule)

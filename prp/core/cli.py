@@ -129,6 +129,14 @@ def share(text: str) -> float:
     return value
 
 
+def confidence_level(text: str) -> float:
+    """argparse type of --confidence: a level in [0.5, 1)."""
+    value = float(text)
+    if not 0.5 <= value < 1.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"{text!r}: give a confidence level in [0.5, 1), e.g. 0.95")
+    return value
+
+
 def share_or_target(text: str) -> float | str:
     """argparse type of --target-acc: an accuracy in [0, 1], `target` (the target's own accuracy) or
     `target-T` (T below it, T in [0, 1])."""

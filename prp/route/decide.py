@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,7 +104,10 @@ class Calibration:
     draft_accuracy: float
     target_accuracy: float
     n: int
-    requested: dict  # {"pt": ...} or {"target_acc": ...}
+    requested: dict  # {"pt": ...} or {"target_acc": ...} (+ "confidence")
+    # with a confidence: the one-sided lower bound, at that confidence, of the goal's quantity at T (the
+    # accuracy, or for a target-relative goal the accuracy minus the target's); None without one
+    bound: float | None = None
     mode: str = ""
     rule: str = "draft_first"
     tau: float | None = None
@@ -143,6 +147,7 @@ def calibrate(
     *,
     p_t: float | None = None,
     target_acc: float | str | None = None,
+    confidence: float | None = None,
     rule: str | Rule = "draft_first",
 ) -> Calibration:
     """Choose T on validation (Sec. 4.4 a).  Exactly one of p_t / target_acc.
@@ -154,6 +159,13 @@ def calibrate(
       reaches it, the k with the best accuracy.  "target": the target's own accuracy on these
       queries (the cheapest threshold that loses nothing against target-only); "target-0.01": one
       point below it.
+    - confidence c (with target_acc): the goal must hold with confidence c on new queries, not only
+      on these: the smallest k whose one-sided normal lower bound at c reaches it, i.e.
+      mean(x) - z_c * sd(x) / sqrt(n) >= goal with x_i the routed answer's correctness (a number
+      goal), or its difference with the target's answer (a "target" goal, paired per query:
+      >= -tolerance).  A small validation split moves acc(k) by whole queries (one of 200 is half
+      a point); without a confidence the cheapest k lands on the goal's edge, and new queries fall
+      below it about half the time.
     T is the s of the k-th query sent (k = 0: None).  With tied scores the rule's test can route
     more than k queries on new data: the share achieved on validation is reported in `p_t`.
 
@@ -163,12 +175,20 @@ def calibrate(
     >>> c = calibrate([0.9, 0.2, 0.5, 0.7], [1, 0, 0, 1], [1, 1, 0, 1], target_acc="target")
     >>> c.threshold, c.p_t, c.accuracy, c.target_accuracy
     (0.2, 0.25, 0.75, 0.75)
+    >>> scores, dc, tc = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]
+    >>> calibrate(scores, dc, tc, target_acc="target-0.1").p_t  # the draft alone ties the target here
+    0.0
+    >>> c = calibrate(scores, dc, tc, target_acc="target-0.1", confidence=0.9)  # 1/6 - 1.28 * 1/6
+    >>> c.threshold, round(c.p_t, 4), round(c.bound, 4)
+    (0.1, 0.1667, -0.0469)
     >>> c = calibrate([0.9, 0.2, 0.5, 0.7], [0, 1, 1, 0], [1, 1, 1, 0], p_t=0.5, rule="target_first")
     >>> c.threshold, c.p_t, c.accuracy
     (0.7, 0.5, 0.75)
     """
     if (p_t is None) == (target_acc is None):
         raise ValueError("give exactly one of p_t or target_acc")
+    if confidence is not None and (target_acc is None or not 0.5 <= confidence < 1):
+        raise ValueError(f"confidence {confidence!r}: a level in [0.5, 1), with target_acc")
     rule = _rule(rule)
     n = len(scores)
     if n == 0 or not (n == len(draft_correct) == len(target_correct)):
@@ -179,14 +199,22 @@ def calibrate(
     t = [float(target_correct[i]) for i in order]
     # acc[k]: k lowest keep scores to the target
     acc = [(sum(t[:k]) + sum(d[k:])) / n for k in range(n + 1)]
+    bound = None
     if p_t is not None:
         k = n_routed(p_t, n)
         requested = {"pt": p_t}
     else:
         goal = target_goal(target_acc, sum(t) / n)
-        reaching = [k for k in range(n + 1) if acc[k] >= goal - 1e-12]
-        k = reaching[0] if reaching else max(range(n + 1), key=lambda j: (acc[j], -j))
         requested = {"target_acc": target_acc}
+        level = acc
+        if confidence is not None:
+            relative = isinstance(target_acc, str)  # paired with the target: the bound of acc - target's
+            level = _lower_bounds(t, d, confidence, minus=t if relative else None)
+            goal = goal - sum(t) / n if relative else goal
+            requested["confidence"] = confidence
+        reaching = [k for k in range(n + 1) if level[k] >= goal - 1e-12]
+        k = reaching[0] if reaching else max(range(n + 1), key=lambda j: (level[j], -j))
+        bound = level[k] if confidence is not None else None
     key = None if k == 0 else keys[order[k - 1]]
     threshold = None if key is None or key == -math.inf else rule.from_keep_score(key)
     kept = FixedThreshold(threshold, rule.name).keep(scores)
@@ -195,5 +223,34 @@ def calibrate(
     ) / n
     return Calibration(
         threshold=threshold, p_t=1 - sum(kept) / n, accuracy=routed_acc,
-        draft_accuracy=sum(d) / n, target_accuracy=sum(t) / n, n=n, requested=requested, rule=rule.name,
+        draft_accuracy=sum(d) / n, target_accuracy=sum(t) / n, n=n, requested=requested, bound=bound,
+        rule=rule.name,
     )
+
+
+def _lower_bounds(t: list[float], d: list[float], confidence: float, *, minus: list[float] | None) -> list[float]:
+    """For every k (the k first queries routed to the target, the rest kept): the one-sided normal
+    lower bound at `confidence` of mean(x), x_i = t_i (i < k) else d_i, minus `minus`_i when given.
+
+    O(n) with prefix / suffix sums.  A split with no spread (every x equal) has bound = its mean.
+
+    >>> [round(b, 3) for b in _lower_bounds([1, 1], [0, 1], 0.5, minus=None)]
+    [0.5, 1.0, 1.0]
+    """
+    n = len(t)
+    m = minus or [0.0] * n
+    z = statistics.NormalDist().inv_cdf(confidence)
+    routed = [ti - mi for ti, mi in zip(t, m, strict=True)]
+    kept = [di - mi for di, mi in zip(d, m, strict=True)]
+    s1 = [0.0] * (n + 1)  # s1[k] = sum of x at split k; s2: of x^2
+    s2 = [0.0] * (n + 1)
+    s1[0], s2[0] = sum(kept), sum(x * x for x in kept)
+    for k in range(1, n + 1):
+        s1[k] = s1[k - 1] - kept[k - 1] + routed[k - 1]
+        s2[k] = s2[k - 1] - kept[k - 1] ** 2 + routed[k - 1] ** 2
+    out = []
+    for k in range(n + 1):
+        mean = s1[k] / n
+        var = max(0.0, (s2[k] - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+        out.append(mean - z * math.sqrt(var / n))
+    return out

@@ -353,7 +353,7 @@ class _TargetQueue:
 
 
 def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, target_acc: float | str | None,
-                 batch_size: int = 16, judge=None):
+                 confidence: float | None = None, batch_size: int = 16, judge=None):
     """Sec. 4.4 (a): scores on a labelled validation split, draft/target correctness, then T in the
     router's rule direction.
 
@@ -385,7 +385,7 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
             scores.append(row.score)
             dc.append(float(judge(rec, row.draft_answer)))
             tc.append(float(judge(rec, row.target_answer)))
-    cal = calibrate(scores, dc, tc, p_t=p_t, target_acc=target_acc, rule=router.rule)
+    cal = calibrate(scores, dc, tc, p_t=p_t, target_acc=target_acc, confidence=confidence, rule=router.rule)
     cal.mode, cal.tau, cal.ipr = router.cfg.mode, router.cfg.tau, router.cfg.ipr
     cal.judge = getattr(judge, "bench", "") if not table else "table"
     return cal
