@@ -288,7 +288,7 @@ def claims(res: dict) -> list[dict]:
             claim(3, f"{mode.upper()} ratings informative and calibrated", "missing", False)
             continue
         d = block["d_stats"]
-        claim(3, f"{mode.upper()} d: std >= 0.1, |mean d - draft accuracy| <= 0.05",
+        claim(3, f"{mode.upper()} d: std >= 0.1, abs(mean d - draft accuracy) <= 0.05",
               f"std {d['std']:.3f}, mean {d['mean']:.3f} vs accuracy {block['draft_acc']:.3f}",
               d["std"] >= 0.1 and abs(d["mean"] - block["draft_acc"]) <= 0.05)
     jrl, drl = res.get("jrl"), res.get("drl")
@@ -312,14 +312,15 @@ def claims(res: dict) -> list[dict]:
         last = {k: list(v["windows"].values())[-1] for k, v in dss.items()}
         on, off = last["dss-on"], last["dss-off"]
         first = {k: next(iter(v["windows"].values())) for k, v in dss.items()}
-        # collapsed: within-group std < 0.01 and the rating error does not fall; not collapsed: a std at
-        # least 10x that and an error that falls by >= 0.1 (the signal DSS exists to restore)
+        # Sec. 3.2: collapsed = within-group std < 0.01 in the last window; not collapsed = at least 10x that
         claim(6, "from a collapsed warm start the rating std collapses without DSS, not with it",
-              f"last window: std {on['rating_d_std']:.4f} with DSS vs {off['rating_d_std']:.4f} without; rating error "
+              f"last window: std {on['rating_d_std']:.4f} with DSS vs {off['rating_d_std']:.4f} without",
+              off["rating_d_std"] < 0.01 and on["rating_d_std"] >= 10 * max(off["rating_d_std"], 1e-4))
+        # what the restored spread is for: the rating error falls with DSS (by >= 0.1 in the run), not without
+        claim(6, "... and the rating error falls with DSS (by >= 0.1 over the run), not without",
               f"{first['dss-on']['rating_d_mae']:.3f} -> {on['rating_d_mae']:.3f} with DSS, "
               f"{first['dss-off']['rating_d_mae']:.3f} -> {off['rating_d_mae']:.3f} without",
-              off["rating_d_std"] < 0.01 and on["rating_d_std"] >= 10 * max(off["rating_d_std"], 1e-4)
-              and on["rating_d_mae"] <= first["dss-on"]["rating_d_mae"] - 0.1
+              on["rating_d_mae"] <= first["dss-on"]["rating_d_mae"] - 0.1
               and off["rating_d_mae"] > first["dss-off"]["rating_d_mae"] - 0.1)
     if "build_minutes" in res:
         claim(7, "python scripts/build_demo.py --out demo in <= 150 min on the 2-core CPU",
