@@ -324,7 +324,8 @@ def claims(res: dict) -> list[dict]:
               and off["rating_d_mae"] > first["dss-off"]["rating_d_mae"] - 0.1)
     if "build_minutes" in res:
         claim(7, "python scripts/build_demo.py --out demo in <= 150 min on the 2-core CPU",
-              f"{res['build_minutes']:.1f} min", res["build_minutes"] <= 150)
+              f"{res['build_minutes']:.1f} min ({res.get('build_basis', 'timed end to end')})",
+              res["build_minutes"] <= 150 and res.get("build_basis", "timed").startswith("timed"))
     return out
 
 
@@ -407,7 +408,10 @@ def main(argv=None):
         res["make_demo"] = routed_demo(out)  # route.py's embedded default is the shipped demo/
     build_time = work / "build_time.json"
     if build_time.exists():
-        res["build_minutes"] = json.loads(build_time.read_text())["minutes"]
+        timing = json.loads(build_time.read_text())
+        res["build_minutes"] = timing["minutes"]
+        if "basis" in timing:  # e.g. an estimate written by hand for a stage rerun after the timed build
+            res["build_basis"] = timing["basis"]
     res["claims"] = claims(res)
     res["wall_s"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float))
