@@ -83,6 +83,11 @@ class PendingBatch:
     def to_target(self) -> list[int]:
         return [i for i, kept in enumerate(self.keep) if not kept]
 
+    @property
+    def answered(self) -> bool:
+        """Ready for `Router.finish`: every routed query has its answer (a remote one's is on its way)."""
+        return self.future is not None or all(i in self.answers for i in self.to_target)
+
 
 @dataclass
 class TargetAnswer:
@@ -315,8 +320,8 @@ class Router:
         if p.future is not None:
             p.answers = dict(zip(p.to_target, p.future.result(), strict=True))
             p.pool.shutdown()
-        missing = [i for i in p.to_target if i not in p.answers]
-        if missing:
+        if not p.answered:
+            missing = [i for i in p.to_target if i not in p.answers]
             raise RuntimeError(f"finish() before the target answered rows {missing}: call answer_routed first")
         # the baseline, measured apart (a query the target fails on alone gets no baseline latency)
         target_only = run_isolated(self.target.answer, p.queries) if target_all else None

@@ -29,7 +29,7 @@ from prp.route.isolate import run_isolated
 from prp.route.rows import error_row
 
 if TYPE_CHECKING:  # the router pulls in torch + transformers: imported where a query is routed
-    from prp.route.router import Router
+    from prp.route.router import PendingBatch, Router
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def _ready_queries(router: Router, batch, sink: JsonlSink, prompt_limit: int, im
     return ready
 
 
-def _started(pending) -> list[tuple]:
+def _started(pending: PendingBatch) -> list[tuple[PendingBatch, int]]:
     """One (started batch, row) per query: run_isolated's one-result-per-item shape."""
     return [(pending, i) for i in range(len(pending.queries))]
 
@@ -294,12 +294,12 @@ class _TargetQueue:
     def __init__(self, router: Router, sink: JsonlSink, *, target_all: bool, judge, batch_size: int):
         self.router, self.sink, self.judge = router, sink, judge
         self.target_all, self.batch_size = target_all, batch_size
-        self.waiting: list[tuple[object, list[tuple]]] = []  # (started batch, [(line, row index)])
-        self.routed: list[tuple] = []  # (started batch, row index) not yet sent to the target
+        self.waiting: list[tuple[PendingBatch, list[tuple]]] = []  # (started batch, [(line, row index)])
+        self.routed: list[tuple[PendingBatch, int]] = []  # (started batch, row index) not yet sent to the target
 
     def add(self, started: list[tuple]) -> None:
         """`started`: (line, (batch, row) or the exception that row failed with) per query."""
-        by_batch: dict[int, tuple[object, list[tuple]]] = {}
+        by_batch: dict[int, tuple[PendingBatch, list[tuple]]] = {}
         for bl, s in started:
             if isinstance(s, Exception):
                 self.sink.write(error_row(bl.id, f"routing_failed: {type(s).__name__}: {s}", line=bl.line))
@@ -308,7 +308,7 @@ class _TargetQueue:
             by_batch.setdefault(id(pending), (pending, []))[1].append((bl, i))
         for pending, members in by_batch.values():
             self.waiting.append((pending, members))
-            if pending.future is None:  # a remote target was asked at start
+            if pending.future is None:  # else a remote target was asked at start: nothing to queue
                 self.routed += [(pending, i) for i in pending.to_target]
         while len(self.routed) >= self.batch_size:  # full target batches
             self._ask(self.batch_size)
@@ -327,13 +327,13 @@ class _TargetQueue:
     def _write_finished(self) -> None:
         still = []
         for pending, members in self.waiting:
-            if any(i not in pending.answers for i in pending.to_target) and pending.future is None:
+            if pending.answered:
+                self._write(pending, members)
+            else:
                 still.append((pending, members))
-                continue
-            self._write(pending, members)
         self.waiting = still
 
-    def _write(self, pending, members: list[tuple]) -> None:
+    def _write(self, pending: PendingBatch, members: list[tuple]) -> None:
         try:
             rows = [r.to_json() for r in self.router.finish(pending, target_all=self.target_all)]
         except Exception as exc:  # the batch's fallback or baseline failed: its rows say so, the rest goes on
