@@ -39,7 +39,8 @@ configs/demo/<stage>.yaml (all extend configs/demo/base.yaml); this script only 
 
 Stages are resumable: one whose final checkpoint (`ckpt-<steps>`) exists is skipped; one whose
 metrics.jsonl another process is writing is waited for.  The build is deterministic from --seed
-(fixed data, seeds and one thread per stage).
+(fixed data, seeds and one thread per stage; since 2026-11-30 also the two lanes' initial models, which
+were drawn from torch's one global RNG by two threads at once, prp.toy.tiny.build_tiny_model).
 """
 from __future__ import annotations
 

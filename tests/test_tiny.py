@@ -162,6 +162,24 @@ def test_sizes_and_seed_determinism(tok):
     assert not torch.equal(sa["lm_head.weight"], sc["lm_head.weight"])
 
 
+def test_seed_determinism_across_threads(tok):
+    """Two threads building at once (build_demo's lanes) get the weights of a build alone: the global
+    RNG is one per process, so unguarded seeded inits interleave their draws."""
+    import threading
+
+    want = {seed: build_tiny_model("draft", seed=seed, tokenizer=tok).state_dict() for seed in (0, 1)}
+    for _ in range(3):
+        got: dict[int, dict] = {}
+        threads = [threading.Thread(target=lambda s=seed: got.__setitem__(
+            s, build_tiny_model("draft", seed=s, tokenizer=tok).state_dict())) for seed in (0, 1)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for seed in (0, 1):
+            assert all(torch.equal(want[seed][k], got[seed][k]) for k in want[seed])
+
+
 def test_freeze_vision_biases(tok):
     model = build_tiny_model("test", seed=0, tokenizer=tok)
     n = freeze_vision_biases(model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,14 +327,20 @@ def tiny_config(
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **top)
 
 
+_SEEDED_INIT = threading.Lock()  # build_tiny_model: one seeded init at a time per process
+
+
 def build_tiny_model(
     size: str = "draft", *, seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = None,
     freeze_biases: bool = False, **overrides,
 ) -> Qwen2_5_VLForConditionalGeneration:
-    """Random-init tiny model; same (size, seed, tokenizer, overrides) -> same weights."""
+    """Random-init tiny model; same (size, seed, tokenizer, overrides) -> same weights, also when
+    several threads build models at once (scripts/build_demo.py's two lanes)."""
     config = tiny_config(size, tokenizer=tokenizer, **overrides)
-    # fork_rng: seed the init without disturbing the caller's global RNG stream.
-    with torch.random.fork_rng(devices=[]):
+    # fork_rng: seed the init without disturbing the caller's global RNG stream.  The lock: that stream is
+    # one per process, so two threads seeding and drawing at once interleave their draws (measured: the
+    # demo's two lanes built different draft weights from the same seed in two builds).
+    with _SEEDED_INIT, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = [config.text_config.eos_token_id, config.text_config.pad_token_id]
