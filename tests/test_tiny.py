@@ -170,7 +170,7 @@ def test_seed_determinism_across_threads(tok):
     want = {seed: build_tiny_model("draft", seed=seed, tokenizer=tok).state_dict() for seed in (0, 1)}
     for _ in range(3):
         got: dict[int, dict] = {}
-        threads = [threading.Thread(target=lambda s=seed: got.__setitem__(
+        threads = [threading.Thread(target=lambda s=seed, out=got: out.__setitem__(
             s, build_tiny_model("draft", seed=s, tokenizer=tok).state_dict())) for seed in (0, 1)]
         for th in threads:
             th.start()
