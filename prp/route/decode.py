@@ -5,7 +5,10 @@ Routing needs three things `model.generate` does not give together (Sec. 4.2, Al
 2. keep the full-vocabulary logits at the rating's tenths digit for IPR (Sec. 4.3),
 3. let a kept row continue from the SAME cache later (l.12), with no second prefill.
 
-So the loop is written out: one prefill, then one-token steps.  The state lives in `DecodeState`:
+So the loop is written out: one prefill, then one-token steps (under the forced rating grammar,
+`forced_prefix` feeds the fixed scaffold in runs of several tokens per forward, `feed`; the static
+engine's traced step takes one token, so there the runs are fed token by token).  The state lives in
+`DecodeState`:
 
 - Left padding (the processor's) and *holes*: once a row has finished its prefix, later steps
   feed it a pad token with attention 0 and do not advance its position, so the row's cache has
