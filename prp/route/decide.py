@@ -197,21 +197,17 @@ def calibrate(
     order = sorted(range(n), key=lambda i: (keys[i], i))
     d = [float(draft_correct[i]) for i in order]
     t = [float(target_correct[i]) for i in order]
-    # acc[k]: k lowest keep scores to the target
-    acc = [(sum(t[:k]) + sum(d[k:])) / n for k in range(n + 1)]
     bound = None
     if p_t is not None:
         k = n_routed(p_t, n)
         requested = {"pt": p_t}
     else:
-        goal = target_goal(target_acc, sum(t) / n)
-        requested = {"target_acc": target_acc}
-        level = acc
-        if confidence is not None:
-            relative = isinstance(target_acc, str)  # paired with the target: the bound of acc - target's
-            level = _lower_bounds(t, d, confidence, minus=t if relative else None)
-            goal = goal - sum(t) / n if relative else goal
-            requested["confidence"] = confidence
+        requested = {"target_acc": target_acc, **({} if confidence is None else {"confidence": confidence})}
+        # level[k], k lowest keep scores to the target: acc(k) (confidence 0.5, z = 0) or its lower bound;
+        # a "target" goal compares with the target's answers, paired: acc(k) - target accuracy
+        relative = isinstance(target_acc, str)
+        level = _lower_bounds(t, d, confidence or 0.5, minus=t if relative else None)
+        goal = target_goal(target_acc, sum(t) / n) - (sum(t) / n if relative else 0.0)
         reaching = [k for k in range(n + 1) if level[k] >= goal - 1e-12]
         k = reaching[0] if reaching else max(range(n + 1), key=lambda j: (level[j], -j))
         bound = level[k] if confidence is not None else None
@@ -230,7 +226,8 @@ def calibrate(
 
 def _lower_bounds(t: list[float], d: list[float], confidence: float, *, minus: list[float] | None) -> list[float]:
     """For every k (the k first queries routed to the target, the rest kept): the one-sided normal
-    lower bound at `confidence` of mean(x), x_i = t_i (i < k) else d_i, minus `minus`_i when given.
+    lower bound at `confidence` of mean(x), x_i = t_i (i < k) else d_i, minus `minus`_i when given
+    (at confidence 0.5, z = 0: mean(x) itself, the routing curve acc(k)).
 
     O(n) with prefix / suffix sums.  A split with no spread (every x equal) has bound = its mean.
 
