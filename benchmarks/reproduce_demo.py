@@ -23,7 +23,9 @@ What is measured (every model greedy, one torch thread unless --threads):
 - Fig. 5 / DSS: rating std and DSS trigger rate during DRL training, with and without DSS
   (from train.py's metrics.jsonl; the DSS-on run of equal length is drl-alpha1.5 when it exists);
 - Fig. 15 / alpha: greedy accuracy (answers after the rating prefix) of the DRL drafts trained with
-  each alpha, next to the draft they started from, and their final rating error.
+  each alpha, next to the draft they started from, and their final rating error;
+- item 7: the build's wall time (<work>/build_time.json) and, with --second-build, whether a second
+  build from the same seed agrees bit for bit (scripts/compare_builds.py).
 """
 from __future__ import annotations
 
@@ -326,7 +328,30 @@ def claims(res: dict) -> list[dict]:
         claim(7, "python scripts/build_demo.py --out demo in <= 150 min on the 2-core CPU",
               f"{res['build_minutes']:.1f} min ({res.get('build_basis', 'timed end to end')})",
               res["build_minutes"] <= 150 and res.get("build_basis", "timed").startswith("timed"))
+    same = res.get("determinism")
+    claim(7, "the build is deterministic from its seed: a second build from scratch agrees bit for bit "
+             "(scripts/compare_builds.py)",
+          "not checked (no --second-build)" if same is None else
+          f"{same['compared'] - len(same['differ'])} of {same['compared']} compared identical "
+          f"(vs {same['second_build']}: {same['what']})" + (f"; differ: {', '.join(same['differ'][:3])}"
+                                                             f"{' ...' if len(same['differ']) > 3 else ''}"
+                                                             if same["differ"] else ""),
+          same is not None and same["compared"] > 0 and not same["differ"])
     return out
+
+
+def determinism(work: Path, second: Path) -> dict:
+    """scripts/compare_builds.py over two build work dirs: what was compared and what differs."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from compare_builds import compare
+
+    results = compare(work, second)
+    stages = sorted({item.split("/")[0] for item, _ in results if "/" in item and not item.startswith("data/")})
+    ckpts = sum(item.endswith("model.safetensors") for item, _ in results)
+    return {"second_build": str(second), "compared": len(results), "differ": [i for i, d in results if d],
+            "what": f"the data, metrics.jsonl of {len(stages)} stages over their common steps, {ckpts} checkpoints"}
 
 
 def main(argv=None):
@@ -344,6 +369,8 @@ def main(argv=None):
                          "(demo/README.md)")
     ap.add_argument("--write-claims", nargs="*", default=[], metavar="MD",
                     help="the same with the claims table only (README.md)")
+    ap.add_argument("--second-build", metavar="WORK", help="a second scripts/build_demo.py --work from the same seed "
+                    "(whole or stopped early): item 7's determinism check compares it with --work")
     ap.add_argument("--from-results", metavar="JSON", help="measure nothing: the tables of this results.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -412,6 +439,8 @@ def main(argv=None):
         res["build_minutes"] = timing["minutes"]
         if "basis" in timing:  # e.g. an estimate written by hand for a stage rerun after the timed build
             res["build_basis"] = timing["basis"]
+    if args.second_build:
+        res["determinism"] = determinism(work, Path(args.second_build))
     res["claims"] = claims(res)
     res["wall_s"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float))

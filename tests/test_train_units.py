@@ -25,6 +25,7 @@ from prp.train.modes import get_mode
 from prp.train.presample import openai_sampler, presample, read_cache
 from prp.train.rollout import format_score, rewrite_score, trim_at_eos
 from prp.train.sampler import epoch_order
+from prp.train.step import rating_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -450,3 +451,17 @@ def test_checkpoint_commit_is_atomic_and_keeps_last(tmp_path):
     assert not half.exists()
     state, training, rng = ckpt_io.read_state(tmp_path / "ckpt-3")
     assert state == {"step": 3} and training is None and "torch" in rng
+
+
+def test_rating_stats_count_only_ratings_eq4_accepts():
+    """A "943" (reward -1 in Eq. 4) is a malformed rating, not one 942 points off: the DSS ablation's
+    rating error once read 33.5 in its first window because of such completions."""
+    nan = float("nan")
+    scores = torch.tensor([[0.2, 943.0, -0.5, nan], [0.4, 0.4, 0.9, 1.0]], dtype=torch.float64)
+    stats = rating_stats(scores, torch.tensor([0.0, 1.0]))
+    # valid: 0.2 (group 1, alone: no spread), 0.4 0.4 0.9 1.0 (group 2: mean 0.675, pop. std 0.2772)
+    assert stats["valid_frac"] == 5 / 8
+    assert stats["mae"] == pytest.approx((0.2 + 0.6 + 0.6 + 0.1 + 0.0) / 5)
+    assert stats["std"] == pytest.approx(0.277263, abs=1e-6)
+    empty = rating_stats(torch.full((1, 4), nan, dtype=torch.float64), torch.tensor([1.0]))
+    assert empty["valid_frac"] == 0.0 and math.isnan(empty["mae"]) and math.isnan(empty["std"])

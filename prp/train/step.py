@@ -177,15 +177,34 @@ def rl_metrics(glob: dict[str, torch.Tensor], adv: GroupAdvantages, mode: Mode) 
     ):
         if key not in mode.ratings:
             continue
-        ok = ~scores.isnan()
-        gap = (scores - acc.unsqueeze(-1).to(scores.dtype)).abs()
         m[f"reward/rating_{key}"] = [rewards.mean().item()]
-        m[f"rating_{key}_mae"] = [gap[ok].mean().item() if ok.any() else float("nan")]
-        m[f"rating_{key}_std"] = [torch.nan_to_num(scores, nan=0.0).std(-1, unbiased=False).mean().item()]
-        m[f"rating_{key}_valid_frac"] = [ok.float().mean().item()]
+        for name, value in rating_stats(scores, acc).items():
+            m[f"rating_{key}_{name}"] = [value]
         m[f"dss_{key}_rate"] = [fired.float().mean().item()]
         m[f"advantage/{key}_abs_mean"] = [a.abs().mean().item()]
     return m
+
+
+def rating_stats(scores: torch.Tensor, acc: torch.Tensor) -> dict[str, float]:
+    """The logged rating columns of one kind: `scores` [G, N] (NaN = no rating), `acc` [G] the group's target.
+
+    Only ratings Eq. 4 accepts (0 <= d <= 1) count: a "943" is a malformed rating (reward -1), not a
+    rating 942 points off.  mae = mean |d - Acc| over them; std = the mean over groups (with >= 2 of
+    them) of their population std, the within-group spread DSS watches; valid_frac = their share.
+
+    >>> s = torch.tensor([[0.5, 0.5, 943.0, float("nan")], [0.2, 0.6, 0.4, 0.8]], dtype=torch.float64)
+    >>> {k: round(v, 4) for k, v in rating_stats(s, torch.tensor([1.0, 0.5])).items()}
+    {'mae': 0.3, 'std': 0.1118, 'valid_frac': 0.75}
+    """
+    ok = (scores >= 0) & (scores <= 1)  # False for NaN too
+    gap = (scores - acc.unsqueeze(-1).to(scores.dtype)).abs()
+    count = ok.sum(-1)  # [G]
+    mean = torch.where(ok, scores, 0.0).sum(-1) / count.clamp(min=1)  # [G]
+    var = torch.where(ok, (scores - mean.unsqueeze(-1)) ** 2, 0.0).sum(-1) / count.clamp(min=1)  # [G]
+    spread = var[count >= 2].sqrt()
+    return {"mae": gap[ok].mean().item() if ok.any() else float("nan"),
+            "std": spread.mean().item() if spread.numel() else float("nan"),
+            "valid_frac": ok.float().mean().item()}
 
 
 def sft_micro(ctx: StepContext, micro: int, records: list[Record]) -> MicroStepResult:
