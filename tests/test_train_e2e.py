@@ -248,8 +248,8 @@ def test_tensorboard_events_read_back(tmp_path):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     rows = _metrics(tmp_path)
-    assert {"reward/format", "reward/rating_d", "rating_d_valid_frac", "dss_d_rate", "advantage/d_abs_mean", "loss", "lr",
-            "completion_len_mean", "tokens_per_s", "skipped/prompt_too_long"} <= tags
+    assert {"reward/format", "reward/rating_d", "rating_d_valid_frac", "dss_d_rate", "advantage/d_abs_mean", "loss",
+            "lr", "completion_len_mean", "tokens_per_s", "skipped/prompt_too_long"} <= tags
     for key in {k for r in rows for k in r} - {"step", "skipped"}:  # the same values as metrics.jsonl
         expected = [(r["step"], r[key]) for r in rows if r[key] is not None]  # null (e.g. no valid rating): no point
         got = [(e.step, e.value) for e in acc.Scalars(key)] if key in tags else []
