@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prp.train.rewards import rating_reward
+from prp.train.rewards import is_rating, rating_reward
 
 # Below this a group's reward spread is treated as zero (rewards are sums of a few
 # small rationals, so a real spread is never this small).
@@ -45,10 +45,6 @@ def rating_advantages(rating_rewards: torch.Tensor) -> torch.Tensor:
     return rating_rewards - rating_rewards.mean(dim=-1, keepdim=True)
 
 
-def _valid(score: float | None) -> bool:
-    return score is not None and 0.0 <= score <= 1.0
-
-
 def advantage_vanishing(scores: list[float | None], acc: float, mu: float, sigma: float) -> bool:
     """Sec. 3.2: vanishing when |mean(d) - Acc| > mu and std(d) < sigma.
 
@@ -59,7 +55,7 @@ def advantage_vanishing(scores: list[float | None], acc: float, mu: float, sigma
     >>> advantage_vanishing([0.9, 0.9, 0.9, 0.9], 0.25, 0.2, 0.05)
     True
     """
-    if not scores or not all(_valid(s) for s in scores):
+    if not scores or not all(is_rating(s) for s in scores):
         return False
     values = torch.tensor(scores, dtype=torch.float64)
     mean_gap = abs(values.mean().item() - acc)
@@ -115,7 +111,7 @@ def substitute_scores(
     if len(scores) < 2:
         raise ValueError("Dynamic Score Substitution needs a group of at least 2 ratings")
     d_last = scores[-1]
-    if not _valid(d_last):
+    if not is_rating(d_last):
         raise ValueError(f"d_N must be a valid rating in [0, 1], got {d_last!r}")
     lo, hi = substitution_interval(d_last, acc)
     draws = lo + (hi - lo) * torch.rand(len(scores) - 1, generator=generator, dtype=torch.float64)

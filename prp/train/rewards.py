@@ -6,7 +6,6 @@ each reward separately and a bad completion never takes the batch down with it.
 from __future__ import annotations
 
 import logging
-import math
 
 from prp.core.judge import accuracy_reward, math_equivalent  # noqa: F401 - R_acc lives in core (eval uses it too)
 from prp.core.parsing import parse_completion
@@ -14,6 +13,15 @@ from prp.core.parsing import parse_completion
 log = logging.getLogger(__name__)
 
 INVALID_RATING_REWARD = -1.0  # Eq. 4, "otherwise"
+
+
+def is_rating(score: float | None) -> bool:
+    """A rating Eq. 4 scores: 0 <= d <= 1 (None, NaN and infinities are not).
+
+    >>> is_rating(0.0), is_rating(1.0), is_rating(943.0), is_rating(float("nan")), is_rating(None)
+    (True, True, False, False, False)
+    """
+    return score is not None and 0.0 <= score <= 1.0  # NaN fails both comparisons
 
 
 def rating_reward(score: float | None, acc: float) -> float:
@@ -24,7 +32,7 @@ def rating_reward(score: float | None, acc: float) -> float:
     >>> rating_reward(0.8, 0.5), rating_reward(1.2, 0.5), rating_reward(None, 0.5)
     (0.7, -1.0, -1.0)
     """
-    if score is None or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+    if not is_rating(score):
         return INVALID_RATING_REWARD
     return 1.0 - abs(score - acc)
 

@@ -29,7 +29,7 @@ from prp.train.groups import GroupAdvantages, apply_substitution, completion_seg
 from prp.train.loss import Segment, token_advantage_map
 from prp.train.modes import Mode, Objective, StepKind
 from prp.train.policy import NonFiniteError, Policy
-from prp.train.rewards import accuracy_reward, overlong_reward
+from prp.train.rewards import accuracy_reward, is_rating, overlong_reward
 from prp.train.rollout import Rollout, format_score, step_seed
 from prp.train.sampler import safe_image
 
@@ -196,7 +196,8 @@ def rating_stats(scores: torch.Tensor, acc: torch.Tensor) -> dict[str, float]:
     >>> {k: round(v, 4) for k, v in rating_stats(s, torch.tensor([1.0, 0.5])).items()}
     {'mae': 0.3, 'std': 0.1118, 'valid_frac': 0.75}
     """
-    ok = (scores >= 0) & (scores <= 1)  # False for NaN too
+    ok = torch.tensor([is_rating(x) for x in scores.flatten().tolist()], dtype=torch.bool,
+                      device=scores.device).view(scores.shape)  # Eq. 4's domain, one definition
     gap = (scores - acc.unsqueeze(-1).to(scores.dtype)).abs()
     count = ok.sum(-1)  # [G]
     mean = torch.where(ok, scores, 0.0).sum(-1) / count.clamp(min=1)  # [G]
