@@ -27,9 +27,8 @@ def _steps(path: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
 
 
-def compare_metrics(a: Path, b: Path) -> str | None:
-    """None when the common steps agree; else where they first differ."""
-    rows_a, rows_b = _steps(a), _steps(b)
+def compare_metrics(rows_a: list[dict], rows_b: list[dict]) -> str | None:
+    """None when the common steps (of two `_steps` lists) agree; else where they first differ."""
     for i, (ra, rb) in enumerate(zip(rows_a, rows_b, strict=False)):  # a build stopped early has fewer
         if ra != rb:
             keys = sorted(k for k in ra.keys() | rb.keys() if ra.get(k) != rb.get(k))
@@ -60,10 +59,9 @@ def compare(work_a: Path, work_b: Path) -> list[tuple[str, str | None]]:
     for stage in sorted(p.name for p in work_a.iterdir() if p.is_dir() and (work_b / p.name).is_dir()):
         sa, sb = work_a / stage, work_b / stage
         if (sa / "metrics.jsonl").exists() and (sb / "metrics.jsonl").exists():
-            n = min(len(_steps(sa / "metrics.jsonl")), len(_steps(sb / "metrics.jsonl")))
-            if n:
-                results.append((f"{stage}/metrics.jsonl ({n} common steps)",
-                                compare_metrics(sa / "metrics.jsonl", sb / "metrics.jsonl")))
+            rows_a, rows_b = _steps(sa / "metrics.jsonl"), _steps(sb / "metrics.jsonl")
+            if n := min(len(rows_a), len(rows_b)):
+                results.append((f"{stage}/metrics.jsonl ({n} common steps)", compare_metrics(rows_a, rows_b)))
         weights = sorted({p.relative_to(sa) for p in sa.glob("**/model.safetensors")}
                          & {p.relative_to(sb) for p in sb.glob("**/model.safetensors")})
         for rel in weights:
