@@ -344,6 +344,8 @@ def determinism(work: Path, second: Path) -> dict:
     """scripts/compare_builds.py over two build work dirs: what was compared and what differs."""
     import sys
 
+    if not second.is_dir():
+        raise SystemExit(f"--second-build {second}: not a folder")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     from compare_builds import compare
 

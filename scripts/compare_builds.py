@@ -23,8 +23,19 @@ FILES = ["data/train.jsonl", "data/train_target.jsonl", "data/train_jrl.jsonl", 
 
 
 def _steps(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+    """metrics.jsonl's rows without the wall-clock columns.  A half-written last line (a build stopped
+    mid-write; train.py trims it on --resume) ends the rows; a bad line elsewhere is an error."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise SystemExit(f"{path}:{i + 1}: not a JSON line") from None
+        rows.append({k: v for k, v in row.items() if k not in WALL_CLOCK})
+    return rows
 
 
 def compare_metrics(rows_a: list[dict], rows_b: list[dict]) -> str | None:

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -65,3 +66,25 @@ def test_reproduce_demo_reports_the_comparison_as_item_7(tmp_path):
     assert row()["reproduced"] and row()["measured"].startswith("3 of 3 compared identical")
     res["determinism"] = R.determinism(tmp_path / "a", tmp_path / "c")
     assert not row()["reproduced"] and row()["measured"].endswith("differ: drl/ckpt-3/model.safetensors")
+
+
+def test_a_half_written_last_line_ends_the_steps_a_bad_line_elsewhere_is_an_error(tmp_path, capsys):
+    _build(tmp_path / "a")
+    _build(tmp_path / "b")
+    metrics = tmp_path / "b" / "drl" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # killed while writing step 3
+    assert compare_builds.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "(2 common steps)" in capsys.readouterr().out
+    metrics.write_text(lines[0] + "\n{not json\n" + lines[2] + "\n")
+    with pytest.raises(SystemExit, match=r"metrics.jsonl:2: not a JSON line"):
+        compare_builds.main([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_second_build_must_be_a_folder(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import reproduce_demo as R
+
+    _build(tmp_path / "a")
+    with pytest.raises(SystemExit, match="not a folder"):
+        R.determinism(tmp_path / "a", tmp_path / "missing")
