@@ -11,9 +11,12 @@ What is measured (every model greedy, one torch thread unless --threads):
 - accuracy per level k of every model (target prompt for plain models; the rating drafts answer
   after their own prefix, Alg. 3-4 l.12);
 - Tab. 1: Spearman of rank & correctness (prp.eval.metrics.rating_rank_correlation: negative = good)
-  of d (DRL), d / t / s (JRL) vs P1 (mean token probability of the same draft's answer) and
-  P2 ([CN]/[UN] probability of the sft-cn model, on its own answers); routing AUC of
-  PRP-DRL, PRP-JRL, random, P1, P2, oracle (prp.eval.metrics.routing_curve / auc);
+  of d (DRL), d / t / s (JRL) vs P1 (mean token probability) and P2 ([CN]/[UN] probability of the
+  sft-cn model, on its own answers); routing AUC of PRP-DRL, PRP-JRL, random, P1, P2, oracle
+  (prp.eval.metrics.routing_curve / auc).  P1 twice: as the paper's Sec. 5 computes it on MathVista /
+  MathVerse (the GRPO-trained draft, demo/models/draft, on its own answers: the claim's baseline, like
+  P2 on the model initialised from it) and, stricter, on the rating draft's own answers (the same
+  answers as PRP, only the signal differs);
   ratings come from the one rating pipeline (Router.rate), answers are judged with the demo
   benchmark's rule (prp.eval.judge), latencies are per query (docs/routing.md);
 - the per-draft reports (report_<mode>/) carry P1 and P2 on their own answers, deciding after a full
@@ -108,6 +111,30 @@ def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> lis
             ans = judge.extract(a.text)
             rows.append({"id": rec.id, "level": int(rec.meta.get("level", 0)), "answer": ans,
                          "correct": float(judge(rec, ans)), "latency_s": a.latency_s})  # per query already
+    return rows
+
+
+def run_p1_model(model_dir: Path, records, *, batch_size: int, max_new: int) -> list[dict]:
+    """P1 as the paper's Sec. 5 computes it on MathVista / MathVerse: the GRPO-trained draft answers
+    plainly (greedy), s_1 = its mean token probability over its own answer, judged on that answer
+    (eval.py --p1-model, the same functions)."""
+    from prp.core.modeling import load_model
+    from prp.eval.judge import routing_judge
+    from prp.eval.run import mean_token_prob, plain_answers
+
+    model, proc = load_model(str(model_dir), device="cpu")
+    judge = routing_judge("demo")
+    rows = []
+    for i in range(0, len(records), batch_size):
+        chunk = records[i:i + batch_size]
+        queries = _queries(chunk)
+        with torch.no_grad():
+            ids, _ = plain_answers(model, proc, queries, max_new_tokens=max_new)
+            p1 = mean_token_prob(model, proc, queries, ids, mode="target")
+        for rec, body, score in zip(chunk, ids, p1, strict=True):
+            ans = judge.extract(proc.tokenizer.decode(body, skip_special_tokens=True))
+            rows.append({"id": rec.id, "level": int(rec.meta.get("level", 0)), "answer": ans, "p1": score,
+                         "draft_correct": float(judge(rec, ans))})
     return rows
 
 
@@ -260,8 +287,22 @@ def routed_demo(out: Path) -> dict:
     return {"summary": summary, "calibration": cal}
 
 
+def _get(block, key: str) -> float:
+    return block[key] if isinstance(block, dict) else math.nan
+
+
+def _range_share(block, signal: str) -> float:
+    """(AUC - random) / (oracle - random) on that block's own answers: how much of what ordering can gain
+    there a signal gains, whatever the model's accuracy (AUC alone also counts how often it is right)."""
+    if not isinstance(block, dict):
+        return math.nan
+    rnd, orc = block["random"]["auc"], block["oracle"]["auc"]
+    return (block[signal]["auc"] - rnd) / (orc - rnd) if orc > rnd else math.nan
+
+
 def claims(res: dict) -> list[dict]:
-    """Issue items 1-6 as measured checks: each with its measured values and whether it held."""
+    """Issue items 1-7 and Fig. 8(a)(b)'s IPR ablation as measured checks: each with its measured values and
+    whether it held."""
     acc = res["accuracy_by_level"]
     out = []
 
@@ -297,12 +338,26 @@ def claims(res: dict) -> list[dict]:
     if isinstance(jrl, dict):
         rho = jrl["t"]["spearman_rank_target_acc"]
         claim(3, "JRL t tracks the target's correctness: Spearman (paper's sign) <= -0.3", f"{rho:+.3f}", rho <= -0.3)
+    p1_grpo = res.get("p1_grpo")
     if isinstance(jrl, dict) and isinstance(drl, dict):
         a_j, a_d = jrl[ROUTER_SIGNAL]["auc"], drl[ROUTER_SIGNAL]["auc"]
-        a_r, a_p1 = drl["random"]["auc"], drl["p1"]["auc"]
-        claim(4, "routing AUC: JRL >= DRL + 1, DRL >= random + 2, DRL >= P1 + 1",
-              f"JRL {a_j:.1f}, DRL {a_d:.1f}, random {a_r:.1f}, P1 {a_p1:.1f}",
+        a_r, a_p1 = drl["random"]["auc"], p1_grpo["p1"]["auc"] if isinstance(p1_grpo, dict) else math.nan
+        claim(4, "routing AUC: JRL >= DRL + 1, DRL >= random + 2, DRL >= P1 + 1 (P1 as in Sec. 5: the "
+                 "GRPO-trained draft's own answers)",
+              f"JRL {a_j:.1f}, DRL {a_d:.1f}, random {a_r:.1f}, P1 {a_p1:.1f} (the models answer differently: "
+              f"draft accuracy {100 * drl['draft_acc']:.1f}% vs {100 * _get(p1_grpo, 'draft_acc'):.1f}%; "
+              f"share of the random-to-oracle range each ranking gains: DRL {_range_share(drl, ROUTER_SIGNAL):.2f}, "
+              f"P1 {_range_share(p1_grpo, 'p1'):.2f})",
               a_j >= a_d + 1 and a_d >= a_r + 2 and a_d >= a_p1 + 1)
+        # stricter than the paper: P1 on the DRL draft's own answers (equal answers, only the signal differs)
+        a_p1_same, a_d_raw = drl["p1"]["auc"], drl["prp (no IPR)"]["auc"]
+        claim(4, "... stricter: DRL >= P1 + 1 with P1 on the DRL draft's own answers",
+              f"DRL {a_d:.1f} vs P1 {a_p1_same:.1f} (d without IPR: {a_d_raw:.1f})", a_d >= a_p1_same + 1)
+        # Fig. 8(a)(b): IPR improves routing over the raw ratings
+        n_j = jrl["prp (no IPR)"]["auc"]
+        claim("Fig. 8ab", "IPR (Eq. 9) raises routing AUC over the raw ratings (DRL and JRL)",
+              f"DRL {a_d:.1f} with IPR vs {a_d_raw:.1f} without, JRL {a_j:.1f} vs {n_j:.1f}",
+              a_d > a_d_raw and a_j > n_j)
     demo = res.get("make_demo", {}).get("summary") or {}
     if "speedup_vs_target_only" in demo and "target_only_accuracy" in demo:
         sp, a, ta = demo["speedup_vs_target_only"], demo["accuracy"], demo["target_only_accuracy"]
@@ -399,6 +454,8 @@ def main(argv=None):
         by_id = {r["id"]: r["correct"] for r in plain}  # items one model solves and the other does not
         res["exclusive"] = {"only_target": sum(r["correct"] > by_id[r["id"]] for r in target_rows),
                             "only_draft": sum(r["correct"] < by_id[r["id"]] for r in target_rows)}
+    if plain:  # P1 of the paper (Sec. 5): the GRPO-trained draft's own answers (demo/models/draft)
+        res["p1_grpo"] = analyse(run_p1_model(demo / "models" / "draft", records, **kw), target_rows, {"p1": "p1"})
     cn = latest_checkpoint(work / "sft-cn") if (work / "sft-cn").exists() else None
     p2 = run_p2(cn, records, **kw) if cn is not None else None
     per_mode = {}
@@ -499,18 +556,19 @@ def markdown(res: dict) -> str:
     lines += ["", ("Tab. 1 / routing AUC (Spearman of rank & correctness: negative = ratings rank correct answers "
                    "first; AUC of accuracy over p_t in [0, 1], in %):"), "",
               "| draft | signal | Spearman | AUC |", "|---|---|---|---|"]
-    for mode in ("drl", "jrl", "p2"):
+    for mode, label in (("drl", "drl"), ("jrl", "jrl"), ("p1_grpo", "grpo draft"), ("p2", "p2")):
         block = res.get(mode)
         if not isinstance(block, dict):
-            lines.append(f"| {mode} | missing | | |")
+            lines.append(f"| {label} | missing | | |")
             continue
         for name, sig in block.items():
             if isinstance(sig, dict) and "auc" in sig and name not in ("random", "oracle"):
-                lines.append(f"| {mode} | {name} | {_f(sig.get('spearman_rank_acc'))} | {_f(sig['auc'], '.1f')} |")
-        lines.append(f"| {mode} | random / oracle | | {_f(block['random']['auc'], '.1f')} / "
+                lines.append(f"| {label} | {name} | {_f(sig.get('spearman_rank_acc'))} | {_f(sig['auc'], '.1f')} |")
+        lines.append(f"| {label} | random / oracle | | {_f(block['random']['auc'], '.1f')} / "
                      f"{_f(block['oracle']['auc'], '.1f')} |")
         if "t" in block and "spearman_rank_target_acc" in block["t"]:
-            lines.append(f"| {mode} | t vs the target's correctness | {_f(block['t']['spearman_rank_target_acc'])} | |")
+            rho = block["t"]["spearman_rank_target_acc"]
+            lines.append(f"| {label} | t vs the target's correctness | {_f(rho)} | |")
     lines += ["", "Speedup (Sec. 4.4; latency = amortised per-query time of batched CPU generation):", "",
               "| router | target acc | smallest p_t reaching it | accuracy there | speedup there "
               "| best accuracy (p_t) |",

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sft-cn", help="Paradigm-2 baseline model (train.py --mode sft-cn): s_2 on its own answers")
     ap.add_argument("--p1-model", metavar="DIR",
                     help="Paradigm-1 baseline model (the paper: the GRPO-trained model): s_1 on its own answers, "
-                         "judged and timed as that model's; default: s_1 on the routing draft's answers")
+                         "judged and timed as that model's; default: s_1 on the routing draft's answers (the embedded "
+                         "demo: its GRPO draft, demo/models/draft)")
     ap.add_argument("--batch-size", type=positive_int, default=8, help="1 gives per-query latencies (Tab. 2)")
     ap.add_argument("--limit", type=int, help="first N records only")
     ap.add_argument("--p-t", type=share, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6], help="Tab. 2 rows")
@@ -122,6 +123,8 @@ def run_models(args, out_dir: Path) -> Path:
         _set_threads(args)  # building the demo runs with the requested threads too
         paths = ensure_default_demo(DEFAULT_DEMO)
         args.data_dir, args.draft, args.target = str(paths["data"]), str(paths["draft"]), str(paths["target"])
+        if "p1_model" in paths and not args.p1_model:  # P1 as the paper computes it (Sec. 5)
+            args.p1_model, args.p1_label = str(paths["p1_model"]), "GRPO draft"
         args.rating = args.rating or DEFAULT_DEMO.rating
         args.max_new_tokens = args.max_new_tokens or DEFAULT_DEMO.max_new_tokens
     check_inputs(args)  # before torch and transformers load: a missing-files message comes at once
@@ -151,7 +154,7 @@ def run_models(args, out_dir: Path) -> Path:
     if args.p1_model:
         baselines.p1_model, baselines.p1_processor = load_model(
             args.p1_model, device=router.model.device, dtype=args.dtype)
-        baselines.p1_name = Path(args.p1_model).name
+        baselines.p1_name = getattr(args, "p1_label", None) or Path(args.p1_model).name
     apply_engine(args.engine, baselines.sft_cn_model, baselines.p1_model)  # --engine, like the draft's
     table = out_dir / "instances.jsonl"
     run_benchmark(router, bench, records, table, batch_size=args.batch_size,

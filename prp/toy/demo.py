@@ -32,6 +32,9 @@ class DemoSpec:
     rating: str = "forced"  # an untrained draft never closes its rating: force the grammar
     shipped: bool = False
     draft: str = "draft"  # sub-folder of root/models used as the router draft
+    # sub-folder of root/models whose own answers eval.py's P1 ranks by default (the paper's Sec. 5: the
+    # GRPO-trained draft); None: P1 on the router draft's answers
+    p1_model: str | None = None
 
 
 # The trained demo (scripts/build_demo.py): JRL draft + SFT target on the synthetic sum-of-numbers
@@ -40,7 +43,8 @@ class DemoSpec:
 # and the drafts' digits are the ones they write freely, up to the grammar's two decimals (the JRL draft
 # writes t = 0.999 on 22 of the first 50 test items, read as 0.99; tests/test_demo.py checks the 50).
 SHIPPED_DEMO = DemoSpec(root=Path(__file__).resolve().parents[2] / "demo", n_test=400, n_validation=200,
-                        max_new_tokens=48, rating="forced", shipped=True, draft="jrl")
+                        max_new_tokens=48, rating="forced", shipped=True, draft="jrl",
+                        p1_model="draft")
 UNTRAINED_DEMO = DemoSpec()
 DEFAULT_DEMO = SHIPPED_DEMO
 
@@ -52,6 +56,8 @@ def ensure_default_demo(spec: DemoSpec = DEFAULT_DEMO) -> dict[str, Path]:
         "draft": root / "models" / spec.draft, "target": root / "models" / "target",
         "data": root / "data" / "test.jsonl", "validation": root / "data" / "validation.jsonl",
     }
+    if spec.p1_model:
+        paths["p1_model"] = root / "models" / spec.p1_model
     if spec.shipped:
         missing = [str(p) for p in paths.values() if not p.exists()]
         if missing:
