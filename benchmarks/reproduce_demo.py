@@ -406,9 +406,11 @@ def determinism(work: Path, second: Path) -> dict:
 
     results = compare(work, second)
     stages = sorted({item.split("/")[0] for item, _ in results if "/" in item and not item.startswith("data/")})
-    ckpts = sum(item.endswith("model.safetensors") for item, _ in results)
+    weights = [item for item, _ in results if item.endswith("model.safetensors")]
+    inits = sum(item.startswith("init-") for item in weights)  # the initial models are not training checkpoints
     return {"second_build": str(second), "compared": len(results), "differ": [i for i, d in results if d],
-            "what": f"the data, metrics.jsonl of {len(stages)} stages over their common steps, {ckpts} checkpoints"}
+            "what": f"the data, metrics.jsonl of {len(stages)} stages over their common steps, "
+                    f"{inits} initial models, {len(weights) - inits} stage checkpoints"}
 
 
 def main(argv=None):
