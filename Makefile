@@ -28,7 +28,7 @@ install: $(STAMP)
 demo: EXTRAS = dev
 demo: $(STAMP)
 	$(PY) route.py --tau 2 --calibrate --target-acc target-0.005 --confidence 0.95 --measure-target-only --out $(DEMO_DIR)/routes.jsonl
-	$(PY) eval.py --bench demo --out-dir $(DEMO_DIR)/report
+	$(PY) eval.py --bench demo --out-dir $(DEMO_DIR)/report --no-resume
 	@echo "browse the report (offline, any browser): $(DEMO_DIR)/report/report.html"
 
 test: lint browser $(STAMP)

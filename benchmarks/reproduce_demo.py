@@ -346,8 +346,8 @@ def claims(res: dict) -> list[dict]:
                  "GRPO-trained draft's own answers)",
               f"JRL {a_j:.1f}, DRL {a_d:.1f}, random {a_r:.1f}, P1 {a_p1:.1f} (the models answer differently: "
               f"draft accuracy {100 * drl['draft_acc']:.1f}% vs {100 * _get(p1_grpo, 'draft_acc'):.1f}%; "
-              f"share of the random-to-oracle range each ranking gains: DRL {_range_share(drl, ROUTER_SIGNAL):.2f}, "
-              f"P1 {_range_share(p1_grpo, 'p1'):.2f})",
+              f"share of the random-to-oracle range each ranking gains: DRL {_range_share(drl, ROUTER_SIGNAL):.3f}, "
+              f"P1 {_range_share(p1_grpo, 'p1'):.3f})",
               a_j >= a_d + 1 and a_d >= a_r + 2 and a_d >= a_p1 + 1)
         # stricter than the paper: P1 on the DRL draft's own answers (equal answers, only the signal differs)
         a_p1_same, a_d_raw = drl["p1"]["auc"], drl["prp (no IPR)"]["auc"]
@@ -384,8 +384,8 @@ def claims(res: dict) -> list[dict]:
               f"{res['build_minutes']:.1f} min ({res.get('build_basis', 'timed end to end')})",
               res["build_minutes"] <= 150 and res.get("build_basis", "timed").startswith("timed"))
     same = res.get("determinism")
-    claim(7, "the build is deterministic from its seed: a second build from scratch agrees bit for bit "
-             "(scripts/compare_builds.py)",
+    claim(7, "the build is deterministic from its seed: a second build from scratch (whole or stopped early) "
+             "agrees bit for bit on everything both have (scripts/compare_builds.py)",
           "not checked (no --second-build)" if same is None else
           f"{same['compared'] - len(same['differ'])} of {same['compared']} compared identical "
           f"(vs {same['second_build']}: {same['what']})" + (f"; differ: {', '.join(same['differ'][:3])}"
@@ -405,7 +405,7 @@ def determinism(work: Path, second: Path) -> dict:
     from compare_builds import compare
 
     results = compare(work, second)
-    stages = sorted({item.split("/")[0] for item, _ in results if "/" in item and not item.startswith("data/")})
+    stages = [item for item, _ in results if "/metrics.jsonl" in item]  # the initial models have no metrics
     weights = [item for item, _ in results if item.endswith("model.safetensors")]
     inits = sum(item.startswith("init-") for item in weights)  # the initial models are not training checkpoints
     return {"second_build": str(second), "compared": len(results), "differ": [i for i, d in results if d],

@@ -185,3 +185,40 @@ def test_p2_row_uses_the_sft_cn_models_own_answers(tmp_path, pair):
         p1 = row["signal_answers"]["p1"]  # no --p1-model: the routing draft's own answers, labelled so
         assert p1["model"] == "routing draft" and p1["answer"] == row["draft_answer"]
         assert p1["latency_s"] == pytest.approx(row["draft_latency_s"])
+
+
+def test_eval_resume_needs_the_same_models_and_settings(tmp_path, pair):
+    """A rerun into the same --out-dir with another scoring flag, another model or rebuilt weights is
+    refused (it would pool two runs' rows in one report); --no-resume starts afresh."""
+    import os
+
+    from prp.eval.settings import settings_path
+
+    data = _mathvista_like(tmp_path / "mathvista", 3)
+    out = tmp_path / "eval"
+    argv = ["--bench", "mathvista", "--data-dir", str(data), "--draft", str(pair["draft"]),
+            "--target", str(pair["target"]), "--rating", "forced", "--max-new-tokens", "4",
+            "--batch-size", "4", "--out-dir", str(out), "--p-t", "0.5"]
+    eval_cli.main(argv)
+    table = out / "instances.jsonl"
+    recorded = json.loads(settings_path(table).read_text())
+    assert recorded["tau"] == 2.0 and recorded["p1_model"] is None
+    assert recorded["draft"]["path"] == str(Path(pair["draft"]).resolve())
+    eval_cli.main(argv)  # the same settings: resumed
+    with pytest.raises(SystemExit, match=r"other settings \(tau differ\).*--no-resume"):
+        eval_cli.main([*argv, "--tau", "3"])
+    with pytest.raises(SystemExit, match=r"p1_model differ"):
+        eval_cli.main([*argv, "--p1-model", str(pair["target"])])
+    weights = Path(pair["draft"]) / "model.safetensors"  # the same folder, rebuilt weights
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(SystemExit, match=r"draft differ"):
+        eval_cli.main(argv)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    settings_path(table).unlink()  # a cache nothing vouches for (an older version's)
+    with pytest.raises(SystemExit, match=r"no instances.settings.json says"):
+        eval_cli.main(argv)
+    before = table.read_text()
+    eval_cli.main([*argv, "--tau", "3", "--no-resume"])  # afresh, with its own settings recorded
+    assert json.loads(settings_path(table).read_text())["tau"] == 3.0
+    assert len(table.read_text().splitlines()) == len(before.splitlines()) == 3

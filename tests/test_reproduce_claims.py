@@ -37,7 +37,7 @@ def test_item_4_uses_the_grpo_drafts_p1_and_reports_the_stricter_one_apart():
     paper, stricter, ipr = _rows(res)
     assert paper["reproduced"] and "P1 64.4" in paper["measured"]
     # (68.7 - 59.8) / (77.8 - 59.8) = 0.494 ; (64.4 - 56.5) / (72.2 - 56.5) = 0.503
-    assert "DRL 0.49, P1 0.50" in paper["measured"] and "49.0% vs 43.0%" in paper["measured"]
+    assert "DRL 0.494, P1 0.503" in paper["measured"] and "49.0% vs 43.0%" in paper["measured"]
     assert not stricter["reproduced"] and "DRL 68.7 vs P1 68.6 (d without IPR: 72.2)" == stricter["measured"]
     assert not ipr["reproduced"]  # IPR lowers both AUCs here
 

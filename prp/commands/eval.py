@@ -6,8 +6,9 @@
     python eval.py --bench demo --table runs/eval/instances.jsonl                # report from a saved table
 
 The per-instance table (draft and target correctness, latencies, ratings, P1/P2 signals) is cached
-in <out-dir>/instances.jsonl; a rerun resumes it.  The report (report.json, report.md, PNG plots)
-goes to <out-dir>.
+in <out-dir>/instances.jsonl; a rerun with the same models and settings resumes it (they are recorded
+in instances.settings.json; a rerun with others is refused: a new --out-dir, or --no-resume).  The
+report (report.json, report.md, PNG plots) goes to <out-dir>.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, help="first N records only")
     ap.add_argument("--p-t", type=share, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6], help="Tab. 2 rows")
     ap.add_argument("--out-dir", default=None, help="default runs/eval-<bench>")
-    ap.add_argument("--no-resume", action="store_true", help="start the instance cache afresh")
+    ap.add_argument("--no-resume", action="store_true",
+                    help="start the instance cache afresh (a resume needs the same models and settings)")
     ap.add_argument("--allow-missing-images", action="store_true", help="keep records whose image is missing")
     ap.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     ap.add_argument("-v", "--verbose", action="store_true", help="also print the traceback of a user error")
@@ -112,6 +114,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     return paths
 
 
+def cache_settings(args) -> dict:
+    """What shapes an instance row (models, prompts, scoring): a resume must match it (prp.eval.settings)."""
+    from prp.eval.settings import model_identity
+
+    models = {k: model_identity(getattr(args, k)) for k in ("draft", "target", "p1_model", "sft_cn")}
+    flags = {k: getattr(args, k) for k in ("bench", "target_model", "dtype", "mode", "rule", "tau", "ipr", "rating",
+                                           "max_prefix_tokens", "max_new_tokens")}
+    return {**models, **flags}
+
+
 def run_models(args, out_dir: Path) -> Path:
     """Run the draft, the target and the baselines over the benchmark; returns the instance table."""
     from prp.eval.bench.registry import get_benchmark
@@ -158,7 +170,7 @@ def run_models(args, out_dir: Path) -> Path:
     apply_engine(args.engine, baselines.sft_cn_model, baselines.p1_model)  # --engine, like the draft's
     table = out_dir / "instances.jsonl"
     run_benchmark(router, bench, records, table, batch_size=args.batch_size,
-                  resume=not args.no_resume, baselines=baselines)
+                  resume=not args.no_resume, baselines=baselines, settings=cache_settings(args))
     return table
 
 

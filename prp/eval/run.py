@@ -35,6 +35,7 @@ from prp.core.batches import build_batch, build_prompts, completion_logprobs
 from prp.core.data import ImageError, Record
 from prp.core.prompts import CN_TOKEN, UN_TOKEN, build_messages
 from prp.eval.bench.registry import Benchmark
+from prp.eval.settings import check_cache_settings
 from prp.route.router import Query, Router
 from prp.route.run import JsonlSink, read_rows
 
@@ -199,14 +200,18 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[Record], imag
 
 
 def run_benchmark(router: Router, bench: Benchmark, records: list[Record], cache: str | Path, *,
-                  batch_size: int = 8, resume: bool = True, baselines: Baselines | None = None) -> list[dict]:
+                  batch_size: int = 8, resume: bool = True, baselines: Baselines | None = None,
+                  settings: dict | None = None) -> list[dict]:
     """Evaluate every record into `cache` (resumable); returns all rows of the cache.
 
     Each row carries `line`, the record's 1-based position in `records` (the cache's key, as in
     route.py's batch files); a resume skips the positions already written for the same id and
-    refuses a cache written for other records.
+    refuses a cache written for other records, or with other `settings` (models and scoring flags,
+    `prp.eval.settings`; None: not checked).
     """
     baselines = baselines or Baselines()
+    if settings is not None:
+        check_cache_settings(cache, settings, resume=resume)
     sink = JsonlSink(cache, resume=resume)
     for line, rid in sink.done.items():
         if line > len(records) or records[line - 1].id != rid:
