@@ -121,7 +121,7 @@ def cache_settings(args) -> dict:
     models = {k: model_identity(getattr(args, k)) for k in ("draft", "target", "p1_model", "sft_cn")}
     flags = {k: getattr(args, k) for k in ("bench", "target_model", "dtype", "mode", "rule", "tau", "ipr", "rating",
                                            "max_prefix_tokens", "max_new_tokens")}
-    return {**models, **flags}
+    return {**models, **flags, "data_dir": str(Path(args.data_dir).resolve())}
 
 
 def run_models(args, out_dir: Path) -> Path:
