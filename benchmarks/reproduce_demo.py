@@ -395,7 +395,7 @@ def claims(res: dict) -> list[dict]:
     return out
 
 
-def determinism(work: Path, second: Path) -> dict:
+def determinism(work: Path, second: Path, ignore_columns: tuple[str, ...] = ()) -> dict:
     """scripts/compare_builds.py over two build work dirs: what was compared and what differs."""
     import sys
 
@@ -404,13 +404,14 @@ def determinism(work: Path, second: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     from compare_builds import compare
 
-    results = compare(work, second)
+    results = compare(work, second, ignore_columns)
     stages = [item for item, _ in results if "/metrics.jsonl" in item]  # the initial models have no metrics
     weights = [item for item, _ in results if item.endswith("model.safetensors")]
     inits = sum(item.startswith("init-") for item in weights)  # the initial models are not training checkpoints
     return {"second_build": str(second), "compared": len(results), "differ": [i for i, d in results if d],
-            "what": f"the data, metrics.jsonl of {len(stages)} stages over their common steps, "
-                    f"{inits} initial models, {len(weights) - inits} stage checkpoints"}
+            "what": f"the data, metrics.jsonl of {len(stages)} stages over their common steps"
+                    + (f" (columns {', '.join(p + '*' for p in ignore_columns)} left out)" if ignore_columns else "")
+                    + f", {inits} initial models, {len(weights) - inits} stage checkpoints"}
 
 
 def main(argv=None):
@@ -430,6 +431,8 @@ def main(argv=None):
                     help="the same with the claims table only (README.md)")
     ap.add_argument("--second-build", metavar="WORK", help="a second scripts/build_demo.py --work from the same seed "
                     "(whole or stopped early): item 7's determinism check compares it with --work")
+    ap.add_argument("--second-build-ignore-columns", nargs="+", default=[], metavar="PREFIX",
+                    help="metrics.jsonl columns the two builds log differently (compare_builds.py --ignore-columns)")
     ap.add_argument("--from-results", metavar="JSON", help="measure nothing: the tables of this results.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -501,7 +504,7 @@ def main(argv=None):
         if "basis" in timing:  # e.g. an estimate written by hand for a stage rerun after the timed build
             res["build_basis"] = timing["basis"]
     if args.second_build:
-        res["determinism"] = determinism(work, Path(args.second_build))
+        res["determinism"] = determinism(work, Path(args.second_build), tuple(args.second_build_ignore_columns))
     res["claims"] = claims(res)
     res["wall_s"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float))

@@ -10,6 +10,10 @@ Compares, for every stage folder of both work dirs (the `--work` of scripts/buil
   tensor by tensor, exactly;
 - the generated files (the train split, the JRL records, the presampled Acc_tgt cache), byte for byte.
 Prints one line per item; exits 1 if anything differs, 0 otherwise (also when nothing was comparable).
+
+`--ignore-columns PREFIX ...` leaves out the metrics.jsonl columns starting with a prefix, for two builds
+made by code that logs them differently (e.g. `rating_` across the fix that made rating_stats count only
+valid ratings: the training, and so every checkpoint, is the same; only what is logged about it differs).
 """
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ WALL_CLOCK = {"step_time_s", "tokens_per_s"}  # metrics.jsonl fields that measur
 FILES = ["data/train.jsonl", "data/train_target.jsonl", "data/train_jrl.jsonl", "acc_tgt.jsonl"]
 
 
-def _steps(path: Path) -> list[dict]:
-    """metrics.jsonl's rows without the wall-clock columns.  A half-written last line (a build stopped
-    mid-write; train.py trims it on --resume) ends the rows; a bad line elsewhere is an error."""
+def _steps(path: Path, ignore: tuple[str, ...] = ()) -> list[dict]:
+    """metrics.jsonl's rows without the wall-clock columns (and those starting with an `ignore` prefix).
+    A half-written last line (a build stopped mid-write; train.py trims it on --resume) ends the rows; a
+    bad line elsewhere is an error."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     rows = []
     for i, line in enumerate(lines):
@@ -34,7 +39,7 @@ def _steps(path: Path) -> list[dict]:
             if i == len(lines) - 1:
                 break
             raise SystemExit(f"{path}:{i + 1}: not a JSON line") from None
-        rows.append({k: v for k, v in row.items() if k not in WALL_CLOCK})
+        rows.append({k: v for k, v in row.items() if k not in WALL_CLOCK and not k.startswith(ignore)})
     return rows
 
 
@@ -59,8 +64,9 @@ def compare_weights(a: Path, b: Path) -> str | None:
     return f"{len(differ)} of {len(ta)} tensors differ (first: {differ[0]})" if differ else None
 
 
-def compare(work_a: Path, work_b: Path) -> list[tuple[str, str | None]]:
-    """(item, None if identical else how it differs) for everything both builds have."""
+def compare(work_a: Path, work_b: Path, ignore_columns: tuple[str, ...] = ()) -> list[tuple[str, str | None]]:
+    """(item, None if identical else how it differs) for everything both builds have; metrics columns
+    starting with an `ignore_columns` prefix are left out."""
     results: list[tuple[str, str | None]] = []
     for rel in FILES:
         fa, fb = work_a / rel, work_b / rel
@@ -70,7 +76,7 @@ def compare(work_a: Path, work_b: Path) -> list[tuple[str, str | None]]:
     for stage in sorted(p.name for p in work_a.iterdir() if p.is_dir() and (work_b / p.name).is_dir()):
         sa, sb = work_a / stage, work_b / stage
         if (sa / "metrics.jsonl").exists() and (sb / "metrics.jsonl").exists():
-            rows_a, rows_b = _steps(sa / "metrics.jsonl"), _steps(sb / "metrics.jsonl")
+            rows_a, rows_b = _steps(sa / "metrics.jsonl", ignore_columns), _steps(sb / "metrics.jsonl", ignore_columns)
             if n := min(len(rows_a), len(rows_b)):
                 results.append((f"{stage}/metrics.jsonl ({n} common steps)", compare_metrics(rows_a, rows_b)))
         weights = sorted({p.relative_to(sa) for p in sa.glob("**/model.safetensors")}
@@ -84,11 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work_a", type=Path)
     ap.add_argument("work_b", type=Path)
+    ap.add_argument("--ignore-columns", nargs="+", default=[], metavar="PREFIX",
+                    help="leave out metrics.jsonl columns starting with these (code that logs them differently)")
     args = ap.parse_args(argv)
     for work in (args.work_a, args.work_b):
         if not work.is_dir():
             ap.error(f"{work}: not a folder")
-    results = compare(args.work_a, args.work_b)
+    results = compare(args.work_a, args.work_b, tuple(args.ignore_columns))
+    if args.ignore_columns:
+        print(f"metrics columns left out: {', '.join(p + '*' for p in args.ignore_columns)}")
     for item, diff in results:
         print(f"{'identical' if diff is None else 'DIFFERS  '}  {item}{'' if diff is None else ': ' + diff}")
     bad = sum(diff is not None for _, diff in results)

@@ -88,3 +88,19 @@ def test_second_build_must_be_a_folder(tmp_path):
     _build(tmp_path / "a")
     with pytest.raises(SystemExit, match="not a folder"):
         R.determinism(tmp_path / "a", tmp_path / "missing")
+
+
+def test_ignored_columns_are_left_out_and_said(tmp_path, capsys):
+    """Two builds whose code logs a column differently: --ignore-columns compares the rest, and says so."""
+    _build(tmp_path / "a")
+    _build(tmp_path / "b")
+    path = tmp_path / "b" / "drl" / "metrics.jsonl"
+    rows = [{**json.loads(line), "rating_d_std": 0.5} for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert compare_builds.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    assert "step 1 differs in rating_d_std" in capsys.readouterr().out
+    assert compare_builds.main([str(tmp_path / "a"), str(tmp_path / "b"), "--ignore-columns", "rating_"]) == 0
+    assert "metrics columns left out: rating_*" in capsys.readouterr().out
+    # a prefix leaves out only its own columns: a changed loss is still caught
+    _build(tmp_path / "c", loss_at_2=0.6)
+    assert compare_builds.main([str(tmp_path / "a"), str(tmp_path / "c"), "--ignore-columns", "rating_"]) == 1
