@@ -25,9 +25,9 @@ def model_identity(spec: str | None) -> dict | str | None:
     if spec is None or "://" in str(spec):
         return spec
     root = Path(spec).resolve()
-    files = sorted({p for pattern in WEIGHT_PATTERNS for p in root.glob(pattern)})
-    return {"path": str(root),
-            "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()}}
+    files = sorted({p for pattern in WEIGHT_PATTERNS for p in root.glob(pattern) if p.is_file()})
+    stats = {p.name: p.stat() for p in files}  # one stat per file
+    return {"path": str(root), "files": {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}}
 
 
 def settings_path(cache: str | Path) -> Path:
