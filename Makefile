@@ -8,7 +8,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= dev,triton,deepspeed
-STAMP := $(VENV)/.installed-$(shell echo "$(EXTRAS)" | tr ',' '-')
+DEMO_EXTRAS ?= dev
+comma := ,
+# One stamp per extras set, its name spelling them: installing one set never marks another as done
+# (make demo installs only DEMO_EXTRAS; make test after it must still install triton and deepspeed).
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+DEMO_STAMP := $(VENV)/.installed-$(subst $(comma),-,$(DEMO_EXTRAS))
 DEMO_DIR ?= runs/demo
 
 .PHONY: install demo test test-lowest lint browser clean
@@ -18,15 +23,14 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 # Reinstall when the metadata changes (the stamp is older than pyproject.toml or the setup.py shim).
-$(STAMP): pyproject.toml setup.py | $(PY)
+$(VENV)/.installed-%: pyproject.toml setup.py | $(PY)
 	$(PIP) install -q $(TORCH_PIN)
-	DS_BUILD_OPS=0 $(PIP) install -q -e ".[$(EXTRAS)]"
+	DS_BUILD_OPS=0 $(PIP) install -q -e ".[$(subst -,$(comma),$*)]"
 	touch $@
 
 install: $(STAMP)
 
-demo: EXTRAS = dev
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) route.py --tau 2 --calibrate --target-acc target-0.005 --confidence 0.95 --measure-target-only --out $(DEMO_DIR)/routes.jsonl
 	$(PY) eval.py --bench demo --out-dir $(DEMO_DIR)/report --no-resume
 	@echo "browse the report (offline, any browser): $(DEMO_DIR)/report/report.html"
