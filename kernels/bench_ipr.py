@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="also print the traceback of a user error")
     args = ap.parse_args(argv)
 
-    from prp.kernels.ipr_kernel import DigitStatsKernel, digit_stats_triton, pick_block, pick_num_splits
+    from prp_kernels.ipr_kernel import DigitStatsKernel, digit_stats_triton, pick_block, pick_num_splits
 
     dev = torch.device("cuda" if cuda else "cpu")
     V = args.vocab

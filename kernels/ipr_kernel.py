@@ -175,7 +175,7 @@ def digit_stats_triton(
     if not logits.is_cuda and not INTERPRETED:
         raise RuntimeError(
             "digit_stats_triton got a CPU tensor but Triton's interpreter is off: set "
-            "TRITON_INTERPRET=1 before importing triton / prp.kernels.ipr_kernel, or use "
+            "TRITON_INTERPRET=1 before importing triton / prp_kernels.ipr_kernel, or use "
             "backend='torch'."
         )
     if logits.dim() != 2:

@@ -35,7 +35,7 @@ stage() {  # stage NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, record exit
   echo "== $name: exit $rc" >&2
 }
 
-"$PY" -c "import prp.kernels" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+"$PY" -c "import prp_kernels.ipr_kernel" 2>/dev/null || "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 if [ -d .whl ]; then
   "$PY" -m pip install -q --no-index --find-links .whl math-verify pillow pyyaml
 fi

@@ -71,7 +71,7 @@ def _rel_err(a, b):
 
 
 def run_case(name):
-    from prp.kernels.ipr_kernel import digit_stats_triton
+    from prp_kernels.ipr_kernel import digit_stats_triton
 
     from prp.route.ipr import digit_stats_reference
 
@@ -91,7 +91,7 @@ def run_case(name):
 
 def run_extras():
     """Dispatcher, scalar tenths digit / sign, and argument checks."""
-    from prp.kernels.ipr_kernel import digit_stats_triton
+    from prp_kernels.ipr_kernel import digit_stats_triton
 
     from prp.route.ipr import digit_stats_from_logits, digit_stats_reference
 
@@ -116,7 +116,7 @@ def run_extras():
 def run_preallocated(dev):
     """DigitStatsKernel (one launch, reusable workspace): the split path's arrival counters are
     back at 0 after each launch, so a second call on new logits is right too."""
-    from prp.kernels.ipr_kernel import DigitStatsKernel
+    from prp_kernels.ipr_kernel import DigitStatsKernel
 
     from prp.route.ipr import digit_stats_reference
 
@@ -175,7 +175,7 @@ def test_cpu_tensor_without_interpreter_raises():
     pytest.importorskip("triton", reason="triton is not installed")
     code = (
         "import torch\n"
-        "from prp.kernels.ipr_kernel import digit_stats_triton\n"
+        "from prp_kernels.ipr_kernel import digit_stats_triton\n"
         "try:\n"
         "    digit_stats_triton(torch.randn(2, 50), list(range(10)), 7)\n"
         "except RuntimeError as e:\n"

@@ -17,10 +17,16 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 def test_every_package_under_prp_and_kernels_is_listed():
     """A subpackage missing from [tool.setuptools] packages would be absent from the wheel."""
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "prp").rglob("__init__.py")}
-    found.add("prp.kernels")  # the top-level kernels/ folder, mapped by package-dir
+    found.add("prp_kernels")  # the top-level kernels/ folder, mapped by package-dir
     assert set(PYPROJECT["tool"]["setuptools"]["packages"]) == found
-    assert PYPROJECT["tool"]["setuptools"]["package-dir"]["prp.kernels"] == "kernels"
-    assert (ROOT / "kernels" / "__init__.py").is_file()
+    assert PYPROJECT["tool"]["setuptools"]["package-dir"]["prp_kernels"] == "kernels"
+
+
+def test_top_level_kernels_folder_is_not_a_regular_package():
+    """An __init__.py here would make `import kernels` from the repo root find this folder instead of
+    Hugging Face's `kernels` distribution (transformers >= 5.25 imports it at start-up)."""
+    assert (ROOT / "kernels" / "ipr_kernel.py").is_file()
+    assert not (ROOT / "kernels" / "__init__.py").exists()
 
 
 def test_version_matches_the_package():

@@ -106,7 +106,7 @@ def digit_stats_from_logits(
     if backend == "torch":
         return digit_stats_reference(logits, torch.as_tensor(digit_token_ids), rating)
     if backend == "triton":
-        from prp.kernels.ipr_kernel import digit_stats_triton
+        from prp_kernels.ipr_kernel import digit_stats_triton
 
         # the kernel's sign input is a digit compared with SIGN_THRESHOLD_DIGIT
         high = _is_high(rating, logits)

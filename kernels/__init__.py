@@ -1,1 +1,0 @@
-"""Triton kernels and their microbenchmarks (importable as `prp.kernels`)."""
