@@ -92,6 +92,17 @@ def test_every_tested_command_is_documented():
 # ------------------------------------------------------------------ the mechanism (prp.core.cli)
 
 
+def test_readme_quick_start_shows_only_tested_commands():
+    """The README's first screen: the commands a new user pastes after activating .venv are exactly the
+    ones this file runs as written (the slow tier runs the long ones)."""
+    readme = (REPO / "README.md").read_text()
+    quick = readme[readme.index("## Quick start"):readme.index("## Set-up and versions")]
+    blocks = quick.split("```bash\n")[1:]
+    assert [b.split("```")[0].split()[:2] for b in blocks] == [["make", "demo"], ["source", ".venv/bin/activate"]]
+    pasted = [line.split("  #")[0].strip() for line in blocks[1].split("```")[0].splitlines()[1:]]
+    assert pasted == [ROUTE_DEFAULT, TRAIN_JRL[0], TRAIN_JRL[1], EVAL_WITHOUT_DATA, BENCH_IPR_CPU]
+
+
 def test_user_errors_are_one_line_status_2_and_v_shows_the_traceback(capsys):
     def main(argv):
         raise UserError("config x.yaml: alpha must be a number\n(got 'a'); fix alpha", details="  more: here")

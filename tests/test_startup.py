@@ -100,3 +100,27 @@ def test_transformers_imports_hub_kernels_from_the_repo_root():
     out = subprocess.run([sys.executable, "-c", "import transformers.integrations.hub_kernels"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+# --- an entry script started by a Python without the project's dependencies -----------------------
+def test_entry_scripts_without_the_dependencies_say_so_in_one_line():
+    """`python route.py` with the system Python: one line naming the fix, exit 2 (was a traceback)."""
+    for script, args in (("route.py", ["--tau", "2", "--pt", "0.6"]), ("train.py", ["--mode", "jrl"]),
+                         ("eval.py", ["--bench", "mathvista", "--data-dir", "nowhere"])):
+        code = ("import runpy, sys\nsys.modules['PIL'] = None  # as if Pillow were not installed\n"
+                f"sys.path[0] = {str(REPO)!r}\nsys.argv = [{script!r}, *{args!r}]\n"
+                f"runpy.run_path({script!r}, run_name='__main__')")
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, (script, out.stderr[-2000:])
+        err = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith(f"{script}: error: this Python"), (script, err)
+        assert "'PIL'" in err[0] and "make install" in err[0] and "Traceback" not in out.stderr
+
+
+def test_a_missing_module_of_the_package_itself_is_a_bug_not_a_setup_problem():
+    import pytest
+
+    from prp.core.cli import not_installed
+    with pytest.raises(ModuleNotFoundError):
+        not_installed("route.py", ModuleNotFoundError("No module named 'prp.nope'", name="prp.nope"))
+    assert not_installed("route.py", ModuleNotFoundError("No module named 'PIL'", name="PIL")) == 2

@@ -135,20 +135,61 @@ def test_compute_advantages_matches_equations():
     assert bool(out.dss_t[1]) and not bool(out.dss_t[0])
 
 
-def test_compute_advantages_same_result_whatever_the_rank_split():
+def _rank_split_inputs():
+    """6 groups of N = 4 (DRL). Groups 1, 4 and 5 have identical ratings far from their accuracy, so
+    their advantages vanish and DSS redraws them (Eq. 6): the draws come from one generator in group
+    order, so a rank that computed only its own groups would draw different values for groups 4-5."""
     g = torch.Generator().manual_seed(1)
     base = torch.randint(0, 3, (6, 4), generator=g).float()
     correct = (torch.rand(6, 4, generator=g) > 0.5).float()
+    correct[[1, 4, 5]] = torch.tensor([0.0, 0, 0, 0])
     d = torch.rand(6, 4, generator=g, dtype=torch.float64).mul(100).round().div(100)
-    args = {"mode": "drl", "t": torch.full((6, 4), float("nan"), dtype=torch.float64),
-                "acc_tgt": torch.zeros(6, dtype=torch.float64), "valid": torch.ones(6, dtype=torch.bool), "cfg": _cfg()}
-    whole = compute_advantages(base_rewards=base, correct=correct, d=d, generator=torch.Generator().manual_seed(3),
-                               **args)
-    # "gathered" from two ranks = concatenation in rank order: identical tensors, identical result.
-    halves = compute_advantages(base_rewards=torch.cat([base[:3], base[3:]]),
-                                correct=torch.cat([correct[:3], correct[3:]]),
-                                d=torch.cat([d[:3], d[3:]]), generator=torch.Generator().manual_seed(3), **args)
-    assert torch.equal(whole.a_base, halves.a_base) and torch.equal(whole.a_d, halves.a_d)
+    d[[1, 4, 5]] = 0.9
+    return {"base": base, "correct": correct, "d": d}
+
+
+def _advantages_on(inputs: dict, gen_seed: int = 3):
+    return compute_advantages(mode="drl", base_rewards=inputs["base"], correct=inputs["correct"] > 0.5,
+                              d=inputs["d"], t=torch.full_like(inputs["d"], float("nan")),
+                              acc_tgt=torch.zeros(len(inputs["d"]), dtype=torch.float64),
+                              valid=torch.ones(len(inputs["d"]), dtype=torch.bool), cfg=_cfg(),
+                              generator=torch.Generator().manual_seed(gen_seed))
+
+
+def _rank_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """What rl_micro does on one rank: gather every rank's groups, compute, keep this rank's rows."""
+    import torch.distributed as dist
+
+    from prp.train.dist import Dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        whole = _rank_split_inputs()
+        g = len(whole["d"]) // world
+        local = {k: v[rank * g:(rank + 1) * g] for k, v in whole.items()}  # this rank's prompts only
+        glob = {k: Dist(rank=rank, world=world).gather(v) for k, v in local.items()}
+        adv = _advantages_on(glob)
+        rows = slice(rank * g, (rank + 1) * g)
+        torch.save({"a_base": adv.a_base[rows], "a_d": adv.a_d[rows], "new_d": adv.new_d[rows],
+                    "dss_d": adv.dss_d[rows]}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_give_the_one_process_advantages(tmp_path):
+    """The claim of prp.train.dist: with each rank holding half the groups, gathering them (Dist.gather,
+    gloo) and slicing this rank's rows gives exactly the single-process advantages and DSS draws."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    whole = _advantages_on(_rank_split_inputs())
+    assert whole.dss_d.tolist() == [False, True, False, False, True, True]  # the split matters for DSS
+    for key in ("a_base", "a_d", "new_d", "dss_d"):  # bit for bit (NaN = no substitution)
+        torch.testing.assert_close(torch.cat([p[key] for p in parts]), getattr(whole, key), rtol=0, atol=0,
+                                   equal_nan=True, msg=key)
+    # the test can fail: a rank computing on its own groups alone draws other DSS values
+    alone = _advantages_on({k: v[3:] for k, v in _rank_split_inputs().items()})
+    assert not torch.equal(alone.new_d.nan_to_num(-1), whole.new_d[3:].nan_to_num(-1))
 
 
 def test_invalid_groups_get_no_advantage():

@@ -191,6 +191,19 @@ def report_user_error(prog: str, err: UserError, *, file=None) -> None:
         print(err.details.rstrip("\n"), file=file)
 
 
+def not_installed(prog: str, exc: ModuleNotFoundError) -> int:
+    """An entry script started by a Python that lacks the project's dependencies (the system Python, a
+    venv not activated): one line that says so and how to fix it, and the usage-error status.
+
+    A missing module of this package itself is a bug, not a set-up problem: it is re-raised.
+    """
+    if (exc.name or "prp").split(".")[0] in ("prp", "prp_kernels"):
+        raise exc
+    print(f"{prog}: error: this Python ({sys.executable}) lacks a module the project needs ({exc.name!r}); run "
+          "`make install`, then `source .venv/bin/activate` (or call .venv/bin/python)", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
 def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = None, *,
              prog: str | None = None) -> int:
     """Run ``main(argv)`` and return the process exit status (see the module docstring).
@@ -204,6 +217,10 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str] | None = N
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:  # imported lazily: the same answer as a shim's import-time check
+        if _wants_traceback(argv):
+            traceback.print_exc()
+        return not_installed(prog, exc)
     except BaseException as exc:  # sorted below; anything unknown is re-raised as it was
         err = as_user_error(exc)
         if err is None:
@@ -221,6 +238,7 @@ __all__ = [
     "as_user_error",
     "check_port_free",
     "non_negative_float",
+    "not_installed",
     "port_number",
     "positive_float",
     "positive_int",
