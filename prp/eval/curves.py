@@ -213,15 +213,15 @@ def _mean_or_nan(x: np.ndarray) -> float:
 
 
 def splits_of(instances) -> list[str]:
-    """Distinct non-empty ``split`` values, sorted: by number when every split is a number (levels 1, 2,
-    ..., 10), else alphabetically; never in the data's order (the demo's test file starts 1, 5, 4, 2, 3).
+    """Distinct non-empty ``split`` values: in number order when every split is a number (levels 1, 2,
+    ..., 10; the demo's test file starts 1, 5, 4, 2, 3), else in first-seen order (e.g. val, test).
 
     >>> splits_of([{"id": i, "split": s, "draft_correct": 1, "target_correct": 0} for i, s in enumerate("15423")])
     ['1', '2', '3', '4', '5']
     >>> splits_of([{"id": i, "split": s, "draft_correct": 1, "target_correct": 0} for i, s in enumerate(["10", "9"])])
     ['9', '10']
     """
-    seen = {str(inst.split) for inst in as_instances(instances) if inst.split is not None}
+    seen = list(dict.fromkeys(str(inst.split) for inst in as_instances(instances) if inst.split is not None))
 
     def number(text: str) -> float | None:
         try:
@@ -232,7 +232,7 @@ def splits_of(instances) -> list[str]:
 
     if all(number(x) is not None for x in seen):
         return sorted(seen, key=lambda x: (number(x), x))
-    return sorted(seen)
+    return seen
 
 
 def per_split_curves(instances, signal: str, *, p_t_grid=DEFAULT_GRID, rounding: str = "round") -> dict:
