@@ -212,9 +212,9 @@ def _instances(n=40):
     """Levels 1, 5, 4, 2, 3 in the demo's order; p1 ranks correctness better than prp (as on the demo)."""
     rows = []
     for i in range(n):
-        level = "15423"[i % 5]
-        dc = int(level in "12") if i % 7 else 1 - int(level in "12")
-        rows.append({"id": f"q{i}", "split": level, "draft_correct": dc, "target_correct": int(level != "4"),
+        level = f"level {'15423'[i % 5]}"  # as the demo names its splits
+        dc = int(level[-1] in "12") if i % 7 else 1 - int(level[-1] in "12")
+        rows.append({"id": f"q{i}", "split": level, "draft_correct": dc, "target_correct": int(level[-1] != "4"),
                      "d": 0.98 if i % 3 == 0 else 0.3, "t": 0.2, "gold": f"${100 + i}$",
                      "scores": {"prp": 0.3 * dc + (i * 37 % 100) / 100, "p1": dc + 0.001 * i}})
     return rows
@@ -241,10 +241,10 @@ def test_8_the_report_says_what_it_shows(tmp_path, monkeypatch):
     assert "## High rating but wrong (A.7): d >= 0.9 and the draft wrong, and where t is known also t >= 0.9 " \
            "and the target wrong" in md
     # per-split plots: levels in order, one fixed accuracy axis
-    assert data["splits"] == ["1", "2", "3", "4", "5"]
+    assert data["splits"] == [f"level {n}" for n in "12345"]
     fig = dict(figures)["per_split_curves.png"]
     titles = [ax.get_title() for ax in fig.axes]
-    assert [t.split()[1] for t in titles] == ["1", "2", "3", "4", "5"], titles
+    assert [t.split()[2] for t in titles] == ["1", "2", "3", "4", "5"], titles
     assert {tuple(ax.get_ylim()) for ax in fig.axes} == {plots.ACCURACY_YLIM}
     # Table 1's Spearman, reversed from the paper's headline: said under the table
     assert data["signals"]["p1"]["spearman"] < data["signals"]["prp"]["spearman"]

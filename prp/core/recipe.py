@@ -99,9 +99,12 @@ def route_settings(args, *, prog: str) -> str | None:
     differ = [k for k in ROUTE_DEFAULTS if getattr(args, k) != ROUTE_DEFAULTS[k]]
     if not differ:
         return None
-    where = (f"{Path(args.draft) / FILE}" + (f", recipe {saved['recipe']}" if saved.get("recipe") else "")
+    where = (f"from {Path(args.draft) / FILE}" + (f", recipe {saved['recipe']}" if saved.get("recipe") else "")
              if saved else "")
-    shown = ", ".join(f"{ROUTE_FLAGS[k]} {getattr(args, k)} ({where if sources[k] == 'prp.json' else sources[k]})"
-                      for k in differ)
+    groups = []
+    for source in ("prp.json", "flag", "default"):
+        flags = " ".join(f"{ROUTE_FLAGS[k]} {getattr(args, k)}" for k in differ if sources[k] == source)
+        if flags:
+            groups.append(f"{flags} ({where if source == 'prp.json' else source})")
     generic = " ".join(f"{ROUTE_FLAGS[k]} {ROUTE_DEFAULTS[k]}" for k in differ)
-    return f"{prog}: settings in effect: {shown}; generic defaults: {generic}"
+    return f"{prog}: settings in effect: {', '.join(groups)}; generic defaults: {generic}"
