@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None):
     overrides: dict = {}
     config = args.config
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    recipe, inherited = (str(config) if config else ""), None
+    recipe, inherited = (_repo_relative(config) if config else ""), None
     if config is None and args.model is None:
         config, overrides, line = embedded_default(args.mode or "drl", max_steps=args.max_steps)
         recipe = _repo_relative(config)
