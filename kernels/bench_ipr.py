@@ -1,6 +1,6 @@
 """Benchmark the fused IPR kernel (Eq. 9) against torch eager / torch.compile / a roofline.
 
-    python kernels/bench_ipr.py [--batch-sizes 1 16 256 1024 4096] [--out bench_ipr.json]
+    python kernels/bench_ipr.py [--batch-sizes 1 16 256 1024 4096] [--out runs/bench/bench_ipr.json]
 
 Every implementation reads B x V logits once at least, so effective bandwidth is
 B * V * elem_size / time. The roofline row is `x.amax(-1)`: one plain read of the same
@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -76,17 +77,24 @@ def machine() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores (no GPU)"
 
 
-def main(argv=None) -> int:
-    cuda = torch.cuda.is_available()
+DEFAULT_OUT = "runs/bench/bench_ipr.json"  # under runs/ (git-ignored): never a stray file in the checkout
+
+
+def build_parser(cuda: bool) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", type=int, nargs="+",
                     default=[1, 16, 256, 1024, 4096] if cuda else [1, 16, 64])
     ap.add_argument("--vocab", type=int, default=VOCAB)
     ap.add_argument("--reps", type=int, default=20, help="CPU timing repetitions")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    ap.add_argument("--out", default="bench_ipr.json")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=f"the JSON of timings and checks (default {DEFAULT_OUT})")
     ap.add_argument("-v", "--verbose", action="store_true", help="also print the traceback of a user error")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    cuda = torch.cuda.is_available()
+    args = build_parser(cuda).parse_args(argv)
 
     from prp_kernels.ipr_kernel import DigitStatsKernel, digit_stats_triton, pick_block, pick_num_splits
 
@@ -161,6 +169,7 @@ def main(argv=None) -> int:
     meta = {"machine": machine(), "torch": torch.__version__, "triton": triton.__version__,
             "python": sys.version.split()[0], "dtype": "bfloat16", "V": V,
             "note": None if cuda else CPU_NOTE, "rows": rows, "correctness": checks}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(meta, f, indent=1)
     print(f"\nwrote {args.out}")

@@ -196,9 +196,26 @@ def run_stage(name: str, out: Path, args: list[str], *, work: Path, stage: str |
     return done
 
 
-def export(ckpt: Path, dest: Path) -> None:
+# demo model -> the stage whose recipe made it (its prp.json records it)
+MODEL_STAGES = {"draft": "draft-grpo", "drl": "drl", "jrl": "jrl", "target": "target-sft"}
+
+
+def write_model_settings(dest: Path, stage: str, overrides: dict[str, dict[str, str]]) -> Path:
+    """dest/prp.json (prp.core.recipe): the stage's mode and recipe, and how the demo routes it (the
+    embedded default's rating and answer budget, prp.toy.demo.SHIPPED_DEMO)."""
+    from prp.core.recipe import recipe_values, write_settings
+    from prp.toy.demo import SHIPPED_DEMO
+    from prp.train.config import TrainConfig
+
+    cfg = stage_config(stage, stage_sets(stage, overrides))
+    return write_settings(dest, mode=cfg.mode, rating=SHIPPED_DEMO.rating, max_new_tokens=SHIPPED_DEMO.max_new_tokens,
+                          recipe=f"configs/demo/{stage}.yaml",
+                          train=recipe_values(cfg.to_dict(), TrainConfig().to_dict()))
+
+
+def export(ckpt: Path, dest: Path, stage: str, overrides: dict[str, dict[str, str]]) -> None:
     """A checkpoint's model and processor (weights, config, tokenizer, chat template) via save_pretrained,
-    without the optimizer / trainer state."""
+    without the optimizer / trainer state, and its prp.json (`write_model_settings`)."""
     from transformers import AutoModelForImageTextToText
 
     from prp.core.modeling import load_processor
@@ -209,6 +226,7 @@ def export(ckpt: Path, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
+    write_model_settings(tmp, stage, overrides)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     log(f"exported {ckpt} -> {dest} ({sum(f.stat().st_size for f in dest.iterdir()) / 1e6:.1f} MB)")
@@ -241,8 +259,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stage-set", action="append", default=[], metavar="STAGE:KEY=VALUE",
                     help="change one value of configs/demo/<STAGE>.yaml (repeatable), e.g. drl:max_steps=100")
     ap.add_argument("--lanes", default="TD", help="T: the target lane, D: the draft lane (both by default)")
+    ap.add_argument("--settings-only", action="store_true",
+                    help="only (re)write the prp.json of each model already under --out/models (no training)")
     args = ap.parse_args(argv)
     overrides = parse_stage_sets(args.stage_set)
+    if args.settings_only:
+        for name, stage_name in MODEL_STAGES.items():
+            dest = ROOT / args.out / "models" / name
+            if (dest / "config.json").is_file():
+                log(f"wrote {write_model_settings(dest, stage_name, overrides)}")
+        return
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
 
     t0 = time.time()  # end to end: data, every stage, the exports
@@ -288,10 +314,10 @@ def main(argv: list[str] | None = None) -> None:
                 if "draft-sft-random" not in skip:
                     base = stage("draft-sft-random", base)
                 draft.append(stage("draft-grpo", base) if "draft-grpo" not in skip else base)
-                export(draft[0], out / "models" / "draft")
+                export(draft[0], out / "models" / "draft", "draft-grpo", overrides)
             finally:
                 draft_ready.set()
-            export(stage("drl", draft[0]), out / "models" / "drl")
+            export(stage("drl", draft[0]), out / "models" / "drl", "drl", overrides)
             # ablations and baselines (runs/ only; benchmarks/reproduce_demo.py reads them)
             if "drl-ablation" not in skip:
                 # Sec. 3.2 / Fig. 5: DRL from the collapsed warm start, with and without DSS
@@ -310,14 +336,15 @@ def main(argv: list[str] | None = None) -> None:
     def lane_target():
         try:
             init = build_tiny("target", args.seed + 1, work / "init-target", image_first=True, **TARGET_SHAPE)
-            export(stage("target-sft", init, data_path=str(target_data)), out / "models" / "target")
+            export(stage("target-sft", init, data_path=str(target_data)), out / "models" / "target", "target-sft",
+                   overrides)
             if not acc_cache.exists() or len(acc_cache.read_text().splitlines()) < args.n_jrl:
                 _presample(jrl_data, out / "models" / "target", acc_cache, work, overrides)
             draft_ready.wait()
             if not draft:
                 raise RuntimeError("no draft to start JRL from: lane D failed or has not run (--lanes D)")
             export(stage("jrl", draft[0], data_path=str(jrl_data), extra=["--acc-tgt-cache", str(acc_cache)]),
-                   out / "models" / "jrl")
+                   out / "models" / "jrl", "jrl", overrides)
         except BaseException as exc:
             errors.append(exc)
 

@@ -373,7 +373,9 @@ def test_serve_port_in_use(tmp_path, module):
 def test_bench_ipr_small_cpu_run(tmp_path):
     proc = run_command(BENCH_IPR_CPU, tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "bench_ipr.json").read_text())  # the default --out, in the scratch folder
+    # the default --out, under runs/ (git-ignored), not the folder it runs in
+    assert not (tmp_path / "bench_ipr.json").exists()
+    result = json.loads((tmp_path / "runs" / "bench" / "bench_ipr.json").read_text())
     assert [c["B"] for c in result["correctness"]] == [1] and result["V"] == 1024
     assert result["correctness"][0]["max_rel_err"] < 1e-2
 

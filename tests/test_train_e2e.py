@@ -400,7 +400,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PRP_TEST_MARKERS": "1"}  # the step / checkpoint lines
     proc = subprocess.Popen([sys.executable, "train.py", *common, "--output-dir", str(out),
                              "--set", "step_delay_s=0.5"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

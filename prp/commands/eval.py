@@ -17,15 +17,16 @@ import logging
 import sys
 from pathlib import Path
 
-from prp.core.cli import UserError, positive_int, run_main, share
+from prp.core.cli import HelpFormatter, UserError, positive_int, run_main, share
 from prp.route.run import add_router_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                 formatter_class=HelpFormatter, epilog=__doc__)
     ap.add_argument("--bench", required=True,
-                    choices=("mathvista", "mathverse", "chartqa", "m3cot", "docvqa", "demo"))
+                    choices=("mathvista", "mathverse", "chartqa", "m3cot", "docvqa", "demo"),
+                    help="the benchmark: its loader, answer extraction and official scoring (demo: the embedded demo)")
     ap.add_argument("--data-dir", help="the benchmark's download folder (or its annotation file)")
     ap.add_argument("--score", metavar="OUTPUT.json", help="MathVista: score an official-format output file")
     ap.add_argument("--table", help="skip the models: build the report from this per-instance JSONL")
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "judged and timed as that model's; default: s_1 on the routing draft's answers (the embedded "
                          "demo: its GRPO draft, demo/models/draft)")
     ap.add_argument("--batch-size", type=positive_int, default=8, help="1 gives per-query latencies (Tab. 2)")
-    ap.add_argument("--limit", type=int, help="first N records only")
+    ap.add_argument("--limit", type=positive_int, help="first N records only (default: all)")
     ap.add_argument("--p-t", type=share, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6], help="Tab. 2 rows")
     ap.add_argument("--out-dir", default=None, help="default runs/eval-<bench>")
     ap.add_argument("--no-resume", action="store_true",
@@ -137,9 +138,13 @@ def run_models(args, out_dir: Path) -> Path:
         args.data_dir, args.draft, args.target = str(paths["data"]), str(paths["draft"]), str(paths["target"])
         if "p1_model" in paths and not args.p1_model:  # P1 as the paper computes it (Sec. 5)
             args.p1_model, args.p1_label = str(paths["p1_model"]), "GRPO draft"
-        args.rating = args.rating or DEFAULT_DEMO.rating
-        args.max_new_tokens = args.max_new_tokens or DEFAULT_DEMO.max_new_tokens
+        if not (paths["draft"] / "prp.json").is_file():  # the untrained pair carries no prp.json
+            args.rating = args.rating or DEFAULT_DEMO.rating
+            args.max_new_tokens = args.max_new_tokens or DEFAULT_DEMO.max_new_tokens
     check_inputs(args)  # before torch and transformers load: a missing-files message comes at once
+    from prp.route.run import resolve_route_settings
+
+    resolve_route_settings(args, prog="eval.py")  # the draft's prp.json where no flag says otherwise
     from prp.core.modeling import load_model
     from prp.eval.run import Baselines, run_benchmark
     from prp.route.run import apply_engine, build_router

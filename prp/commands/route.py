@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from prp.core.cli import (
+    HelpFormatter,
     UserError,
     check_port_free,
     confidence_level,
@@ -31,12 +32,17 @@ from prp.route.run import add_router_arguments
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                 formatter_class=HelpFormatter, epilog=__doc__)
     add_router_arguments(ap, title="models (all of --draft, --target, --data omitted: the embedded default)")
     io = ap.add_argument_group("data")
     io.add_argument("--data", help="JSONL of {id, image, question, answer?}")
     io.add_argument("--out", default=None,
-                    help="output JSONL (default: routes.jsonl; embedded demo: runs/demo/routes.jsonl)")
+                    help="output JSONL, with X.html, X.summary.json (and X.threshold.json) beside it (default: "
+                         "routes.jsonl; embedded demo: runs/demo/routes.jsonl; an existing default is refused "
+                         "unless --overwrite or --resume)")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace the default output when it exists (without --out, an earlier run's results are "
+                         "never overwritten silently)")
     io.add_argument("--resume", action="store_true", help="skip input lines already in --out")
     io.add_argument("--retry-errors", action="store_true",
                     help="route the error and fallback rows of --out again (implies --resume)")
@@ -48,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     de = ap.add_argument_group("decision (Sec. 4.4)")
     de.add_argument("--threshold", type=float, help="s > T keeps the draft")
     de.add_argument("--pt", type=share, help="share routed to the target: per batch, or the --calibrate goal")
-    de.add_argument("--batch-size", type=positive_int, default=20)
+    de.add_argument("--batch-size", type=positive_int, default=20,
+                    help="queries the draft rates and continues together; --pt routes its share of each batch")
     de.add_argument("--calibrate", metavar="VAL.jsonl", nargs="?", const="default",
                     help="choose T on a labelled validation split (no file: the embedded default's)")
     de.add_argument("--target-acc", type=share_or_target,
@@ -64,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = ap.add_argument_group("serving")
     sv.add_argument("--serve", action="store_true", help="serve the router on /v1/chat/completions")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=port_number, default=8000)
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address --serve binds (a non-loopback one without --serve-api-key-env logs a warning)")
+    sv.add_argument("--port", type=port_number, default=8000, help="port --serve listens on")
     sv.add_argument("--batch-window-ms", type=float, default=20.0, help="wait this long for more requests to batch")
     sv.add_argument("--serve-api-key-env", default=None,
                     help="NAME of an env var holding the key clients must send (Authorization: Bearer KEY); "
@@ -74,8 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_limit_arguments(ap)
     ap.add_argument("--threads", type=positive_int, default=None, help="torch threads")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging; the traceback of a user error")
     return ap
+
+
+def check_default_out(out: str) -> None:
+    """The default output and its siblings (.html, .summary.json, .threshold.json) belong to whichever run
+    wrote them first (e.g. `make demo`'s runs/demo/routes.jsonl): refuse to replace them unasked."""
+    base = Path(out)
+    taken = [p for p in (base, base.with_suffix(".html"), base.with_suffix(".summary.json"),
+                         base.with_suffix(".threshold.json")) if p.exists()]
+    if taken:
+        raise UserError(f"{taken[0]} exists (an earlier run's results, the default output); give --out FILE for a "
+                        "new one, --overwrite to replace it, or --resume to continue it")
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -92,19 +111,23 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.threads:
         torch.set_num_threads(args.threads)
     embedded = not (args.draft or args.target or args.data)
+    default_out = args.out is None  # a name the user did not choose: it must not replace earlier results
     from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo  # the embedded default
 
     spec = DEFAULT_DEMO
     if embedded:
         paths = ensure_default_demo(spec)
         args.draft, args.target, args.data = str(paths["draft"]), str(paths["target"]), str(paths["data"])
-        args.rating = args.rating or spec.rating
-        args.max_new_tokens = args.max_new_tokens or spec.max_new_tokens
+        if not (paths["draft"] / "prp.json").is_file():  # the untrained pair carries no prp.json
+            args.rating = args.rating or spec.rating
+            args.max_new_tokens = args.max_new_tokens or spec.max_new_tokens
         # the shipped demo folder is tracked: outputs go under runs/ (git-ignored)
         args.out = args.out or str(Path("runs/demo" if spec.shipped else spec.root) / "routes.jsonl")
     if not args.draft or not args.target or not (args.data or args.serve):
         raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
     args.out = args.out or "routes.jsonl"
+    if default_out and not (args.serve or args.overwrite or args.resume or args.retry_errors):
+        check_default_out(args.out)
     if args.confidence is not None and not (args.calibrate and args.target_acc is not None):
         raise UserError("--confidence qualifies a calibration goal: give it with --calibrate and --target-acc")
     for flag, path in (("--data", None if args.serve else args.data), ("--threshold-file", args.threshold_file),
@@ -116,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     for flag, value in (("--draft", args.draft), ("--target", args.target)):
         if "://" in value and not value.startswith(("http://", "https://")):
             raise UserError(f"{flag} {value}: unsupported URL scheme; give an http(s):// URL or a model folder")
+    route_run.resolve_route_settings(args, prog="route.py")  # the draft's prp.json where no flag says otherwise
     saved = None  # the --threshold-file's calibration, read once
     if args.threshold_file:  # malformed: one line naming the file, before loading the models
         from prp.route.decide import Calibration
@@ -147,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         out = args.threshold_out or str(Path(args.out).with_suffix(".threshold.json"))
         cal.save(out)
         bound = "" if cal.bound is None else f", {cal.requested['confidence']:.0%} lower bound {cal.bound:+.1%}"
-        print(f"calibrated T={cal.threshold} on {cal.n} validation queries "
+        # rounded for reading; the file keeps the full value
+        shown = "none (keep every rated query)" if cal.threshold is None else f"{cal.threshold:.4f}"
+        print(f"calibrated T={shown} on {cal.n} validation queries "
               f"(p_t {cal.p_t:.1%}, accuracy {cal.accuracy:.1%} vs target {cal.target_accuracy:.1%}{bound}) -> {out}")
         policy = cal.policy()
     elif args.pt is not None:

@@ -108,20 +108,32 @@ def materialise_specs(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def main(argv: list[str] | None = None):
+def build_parser() -> argparse.ArgumentParser:
+    from prp.core.cli import HelpFormatter
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=MODES, help="training mode (overrides the config's)")
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--mode", choices=MODES, help="training mode (default: the config's mode, else drl)")
     ap.add_argument("--config",
-                    help="YAML config: configs/paper.yaml (+ --mode), configs/<mode>.yaml, configs/tiny.yaml")
-    ap.add_argument("--output-dir", help="checkpoints, metrics.jsonl, samples.jsonl")
-    ap.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
+                    help="YAML config: configs/paper.yaml (+ --mode), configs/<mode>.yaml, configs/tiny.yaml "
+                         "(default: the recipe recorded in --model's prp.json, else the built-in defaults of "
+                         "prp/train/config.py, the paper's full-scale values; no --config and no --model: the "
+                         "embedded default)")
+    ap.add_argument("--output-dir", help="checkpoints, metrics.jsonl, samples.jsonl (default: the config's "
+                    "output_dir, else runs/train; the embedded default: runs/train-MODE)")
+    ap.add_argument("--max-steps", type=int, help="optimizer steps, overriding num_epochs (default: the config's "
+                    "max_steps, else 0 = num_epochs over the data; the embedded default: $PRP_DEFAULT_STEPS or 30)")
     ap.add_argument("--model",
-                    help="draft model dir, a finished run's output dir (its latest checkpoint), or tiny:<size>")
-    ap.add_argument("--train-data", help="data file, or synthetic:<n>")
-    ap.add_argument("--acc-tgt-cache", help="JRL labels / presample output (JSONL id -> acc)")
-    ap.add_argument("--target-model", help="presample target: dir, tiny:<size> or openai:<model>")
-    ap.add_argument("--report-to", help="comma-separated: tensorboard, wandb (curves of the logged metrics)")
+                    help="draft model dir, a finished run's output dir (its latest checkpoint), or tiny:<size> "
+                         "(default: the config's model; none: the embedded default's demo/models/draft)")
+    ap.add_argument("--train-data", help="data file (JSONL of id, image, question, answer; docs/routing.md), or "
+                    "synthetic:<n> (default: the config's train_data)")
+    ap.add_argument("--acc-tgt-cache", help="JRL labels / presample output (JSONL id -> acc) "
+                    "(default: the config's, else presampled into the output folder)")
+    ap.add_argument("--target-model", help="presample target: dir, tiny:<size> or openai:<model> "
+                    "(default: the config's target_model)")
+    ap.add_argument("--report-to", help="comma-separated: tensorboard, wandb (curves of the logged metrics; "
+                    "default: none)")
     ap.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     ap.add_argument("--resume-weights-only", action="store_true",
                     help="--resume from a checkpoint without its training state: weights, step and schedule, "
@@ -129,16 +141,29 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--deepspeed", action="store_true", help="use DeepSpeed (implied under the deepspeed launcher)")
     ap.add_argument("--deepspeed-config", help="DeepSpeed JSON (default configs/ds_zero3.json)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
-    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable; "
+                    "every field and its default: prp/train/config.py, docs/training.md)")
     ap.add_argument("-v", "--verbose", action="store_true", help="also print the traceback of a user error")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None):
+    args = build_parser().parse_args(argv)
 
     overrides: dict = {}
     config = args.config
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    recipe, inherited = (_repo_relative(config) if config else ""), None
     if config is None and args.model is None:
         config, overrides, line = embedded_default(args.mode or "drl", max_steps=args.max_steps)
-        if int(os.environ.get("RANK", "0")) == 0:
+        recipe = _repo_relative(config)
+        if main_rank:
             print(line, flush=True)
+    elif config is None:  # a model without a config: the recipe its prp.json records (prp.core.recipe)
+        inherited = model_recipe(args.model)
+        if inherited is not None:
+            overrides.update(inherited.get("train") or {})
+            recipe = inherited.get("recipe") or ""
     overrides.update(parse_set(args.set))
     if args.resume_weights_only:
         overrides["resume_weights_only"] = True
@@ -148,6 +173,8 @@ def main(argv: list[str] | None = None):
         if value is not None:
             overrides[key] = value
     cfg = materialise_specs(load_config(config, mode=args.mode, overrides=overrides))
+    if args.config is None and args.model is not None and main_rank:
+        print(settings_line(cfg, args.model, inherited), flush=True)
     from prp.train.logs import check_reporters
 
     check_reporters(cfg.reporters)  # a missing package stops here, before any model is loaded
@@ -155,7 +182,53 @@ def main(argv: list[str] | None = None):
 
     from prp.train.loop import train
 
-    return train(cfg, resume=args.resume or cfg.resume_weights_only, use_deepspeed=use_ds)
+    return train(cfg, resume=args.resume or cfg.resume_weights_only, use_deepspeed=use_ds, recipe=recipe)
+
+
+def _repo_relative(path) -> str:
+    """A config path as the repository names it (configs/demo/drl.yaml), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def model_recipe(model: str) -> dict | None:
+    """The prp.json of `--model` (a model folder, or a run folder's latest ckpt-N), or None."""
+    from prp.core.recipe import read_settings
+
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        ckpts = [p for p in path.glob("ckpt-*") if p.name[5:].isdigit()] if path.is_dir() else []
+        if not ckpts:
+            return None  # not a model: resolve_model says so when the run starts
+        path = max(ckpts, key=lambda p: int(p.name[5:]))
+    try:
+        return read_settings(path)
+    except ValueError as exc:
+        raise ConfigError(f"--model {model}: {exc}") from None
+
+
+# the values that decide what one step costs: named whenever the run starts from the built-in defaults
+KEY_FIELDS = ("max_completion_length", "gradient_accumulation_steps", "per_device_batch_size", "num_generations",
+              "learning_rate")
+
+
+def settings_line(cfg: TrainConfig, model: str, inherited: dict | None) -> str:
+    """One line saying which settings a `--model` run without `--config` uses: its prp.json's recipe, or the
+    built-in defaults (the paper's full scale), so a tiny model never silently gets 2048-token completions."""
+    from prp.core.recipe import FILE, recipe_values
+
+    defaults = TrainConfig().to_dict()
+    now = cfg.to_dict()
+    if inherited is None:
+        shown = ", ".join(f"{k} {now[k]}" for k in KEY_FIELDS)
+        return (f"train.py: {model} has no {FILE} and no --config was given: the built-in defaults, the paper's "
+                f"full scale ({shown}); --config FILE (e.g. configs/tiny.yaml) or --set KEY=VALUE for others")
+    changed = recipe_values(now, defaults)
+    shown = ", ".join(f"{k} {v} (default {defaults[k]})" for k, v in changed.items()) or "the built-in defaults"
+    source = f"{Path(model) / FILE}" + (f", recipe {inherited['recipe']}" if inherited.get("recipe") else "")
+    return f"train.py: settings from {source}: {shown}; --config FILE or --set KEY=VALUE for others"
 
 
 def cli() -> int:

@@ -97,6 +97,27 @@ def as_user_error(exc: BaseException) -> UserError | None:
     return None
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of every entry point: the docstring epilog as written, and each flag's default after its
+    help ("(default: X)"), unless the help already says what the default is or there is none to show
+    (None, False, an empty string).
+
+    >>> ap = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    >>> _ = ap.add_argument("--tau", type=float, default=2.0, help="JRL scale")
+    >>> "JRL scale (default: 2.0)" in " ".join(ap.format_help().split())
+    True
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, "", argparse.SUPPRESS) or "default" in text.lower()
+                or not action.option_strings):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})" if text else f"(default: {shown.replace('%', '%%')})"
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a batch size, a count of threads, tries or tokens)."""
     value = int(text)

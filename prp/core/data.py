@@ -1,7 +1,7 @@
 """Records for training and routing, and loaders that skip bad input without losing count.
 
 A `Record` is one (image, question, answer) item.  Loaders never raise on a bad line: they
-log it and count it in `LoadResult.skipped` under a reason ("bad_json", "empty_question",
+log it and count it in `LoadResult.skipped` under a reason ("bad_json", "missing_question", "empty_question",
 "missing_image", "corrupt_image", ...), so a run reports exactly what it dropped.
 Images are opened lazily (`Record.load_image`) but checked for existence and readability
 at load time when `check_images=True`.
@@ -211,6 +211,10 @@ def _check_image(path: Path, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> str 
 def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, str] | None = None) -> Record:
     """One JSON object -> Record.  `fields` renames keys (e.g. ChartQA's query/label)."""
     names = {"id": "id", "question": "question", "answer": "answer", "image": "image", **(fields or {})}
+    if names["question"] not in raw:  # e.g. "text" or "prompt" instead: name what is missing and what was found
+        found = ", ".join(f'"{k}"' for k in list(raw)[:8]) or "no fields"
+        raise ValueError(f'missing_question: no "{names["question"]}" field (the line has {found}); '
+                         f'put the question under "{names["question"]}"')
     question = raw.get(names["question"])
     if not isinstance(question, str) or not question.strip():
         raise ValueError("empty_question")
@@ -341,7 +345,7 @@ def _load_numbered(
     errors: list[dict] = []
 
     def skip(line_no: int, record_id, reason: str) -> None:
-        skipped[reason] += 1
+        skipped[reason.split(":", 1)[0]] += 1  # counted by the reason's name; its details go to the log
         errors.append({"line": line_no, "id": record_id, "error": reason})
         log.warning("%s row %d (id=%s): skipped, %s", source, line_no, record_id, reason)
 

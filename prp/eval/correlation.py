@@ -126,6 +126,17 @@ def mislabel_candidates(instances, *, min_rating: float = 0.9, rating: str = "d"
     ]
 
 
+def mislabel_rule(min_rating: float = 0.9, rating: str = "d", *, both: bool = True) -> str:
+    """The whole of `mislabel_candidates`' filter in words, for the report's heading (a heading naming
+    only the rating hid that a wrong row with d = 0.98 is left out when its t is low or the target right).
+
+    >>> mislabel_rule()
+    'd >= 0.9 and the draft wrong, and where t is known also t >= 0.9 and the target wrong'
+    """
+    text = f"{rating} >= {min_rating:g} and the draft wrong"
+    return text + (f", and where t is known also t >= {min_rating:g} and the target wrong" if both else "")
+
+
 def _high_but_wrong(inst: Instance, min_rating: float, rating: str, both: bool) -> bool:
     r = inst.signal(rating)
     if math.isnan(r) or r < min_rating or inst.draft_correct:

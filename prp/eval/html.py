@@ -63,6 +63,19 @@ def _text(x) -> str | None:
     return x if isinstance(x, str) else json.dumps(x) if isinstance(x, (list, dict)) else str(x)
 
 
+def gold_text(x) -> str | None:
+    """A gold answer as the page shows it: a whole-answer inline math wrapper ``$...$`` dropped (the page
+    renders no LaTeX; the judge reads the stored gold unchanged).
+
+    >>> gold_text("$187$"), gold_text("$x$ or $y$"), gold_text("B"), gold_text(12)
+    ('187', '$x$ or $y$', 'B', '12')
+    """
+    text = _text(x)
+    if text and len(text) > 2 and text.startswith("$") and text.endswith("$") and "$" not in text[1:-1]:
+        return text[1:-1].strip()
+    return text
+
+
 def _bool(x) -> bool | None:
     return None if x is None else bool(x)
 
@@ -73,7 +86,7 @@ def _rating_fields(row: Mapping, rec: Mapping) -> dict:
         "id": str(row["id"]),
         "split": row.get("split") or rec.get("split"),
         "question": _text(row.get("question", rec.get("question"))),
-        "gold": _text(row.get("gold")),
+        "gold": gold_text(row.get("gold")),
         **{k: row.get(k) for k in ("d", "t", "ipr_d", "ipr_t")},
     }
 
@@ -222,6 +235,8 @@ def eval_summary_html(report: Mapping) -> str:
         "<h2>Table 1: rating and routing quality</h2>",
         html_table(["Signal", "AUC (%)", "APGR", "Spearman of Rank & Acc.", "NaN"], t1, id="table1"),
     ]
+    if report.get("spearman_note"):
+        parts.append(f'<p class="muted" id="spearman-note">Note: {esc(report["spearman_note"])}</p>')
 
     def line(name, r, p_t="-"):
         return [
@@ -337,7 +352,8 @@ def write_eval_html(
         queries=views,
         sections=sections,
         mislabel_ids=[str(c["id"]) for c in data.get("mislabel_candidates", [])],
-        mislabel_title=f"High rating but wrong (A.7): {s.get('rating', 'd')} >= {s.get('min_rating', 0.9)}",
+        mislabel_title="High rating but wrong (A.7): "
+        + (s.get("rule") or M.mislabel_rule(s.get("min_rating", 0.9), s.get("rating", "d"))),
         route_note=note,
     )
     path = out / "report.html"
@@ -368,7 +384,8 @@ def write_routes_html(
         queries=views,
         sections=sections,
         mislabel_ids=route_mislabel_ids(views, min_rating=min_rating),
-        mislabel_title=f"High rating but wrong (A.7): d >= {min_rating:g}, served answer wrong",
+        mislabel_title=f"High rating but wrong (A.7): d >= {min_rating:g} (and t >= {min_rating:g} where the run has "
+        "a t), served answer wrong",
         route_note=note,
     )
     path.write_text(page, encoding="utf-8")

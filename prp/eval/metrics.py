@@ -13,7 +13,14 @@ the whole "table -> metrics" step.  The code lives in short modules, one seam ea
 
 from __future__ import annotations
 
-from prp.eval.correlation import average_ranks, mislabel_candidates, rating_rank_correlation, score_bins, spearman
+from prp.eval.correlation import (
+    average_ranks,
+    mislabel_candidates,
+    mislabel_rule,
+    rating_rank_correlation,
+    score_bins,
+    spearman,
+)
 from prp.eval.curves import (
     apgr,
     auc,
@@ -55,6 +62,7 @@ __all__ = [
     "for_signal",
     "instance_latency",
     "mislabel_candidates",
+    "mislabel_rule",
     "n_routed",
     "nan_as_lowest",
     "oracle_curve",

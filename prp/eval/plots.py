@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+ACCURACY_YLIM = (-2.0, 102.0)  # accuracy axes in %, the same on every panel
+
 PORTION_LABELS = {
     "overall": "overall",
     "draft_on_draft": "draft on draft split",
@@ -101,7 +103,7 @@ def _plot_portions(data, names, x, path) -> Path:
         for key, label in PORTION_LABELS.items():
             ax.plot(x, _pct(data["signals"][name]["portions"][key]), label=label)
         ax.plot(x, _pct(data["random"]["curve"]), "--", color="red", label="random")
-        ax.set(xlabel="p_t (%)", ylabel="accuracy (%)", title=f"{name}: per-portion accuracy")
+        ax.set(xlabel="p_t (%)", ylabel="accuracy (%)", title=f"{name}: per-portion accuracy", ylim=ACCURACY_YLIM)
         ax.legend(fontsize=6)
     return _save(fig, path)
 
@@ -114,6 +116,8 @@ def _plot_splits(data, names, x, path) -> Path:
         for name in names:
             ax.plot(x, _pct(data["signals"][name]["per_split"][split]["routing"]), label=name)
         ax.plot(x, _pct(first["random"]), "--", color="red", label="random")
-        ax.set(xlabel="p_t (%)", ylabel="accuracy (%)", title=f"split {split} (n={first['n']})")
+        # one fixed axis for every panel: auto-scaling drew level 1's 98.5-100 and level 4's 0-2 as
+        # the same height, hiding which splits the router helps
+        ax.set(xlabel="p_t (%)", ylabel="accuracy (%)", title=f"split {split} (n={first['n']})", ylim=ACCURACY_YLIM)
         ax.legend(fontsize=6)
     return _save(fig, path)

@@ -134,8 +134,38 @@ def compute_report(insts, *, signals, p_t_list, p_t_grid, bins, min_rating, rati
         "random_table2": M.table2_random_rows(insts, p_t_list),
         "splits": M.splits_of(insts),
         "mislabel_candidates": M.mislabel_candidates(insts, min_rating=min_rating, rating=rating),
-        "mislabel_settings": {"min_rating": min_rating, "rating": rating},
+        "mislabel_settings": {"min_rating": min_rating, "rating": rating,
+                              "rule": M.mislabel_rule(min_rating, rating)},
+        "spearman_note": spearman_note(per_signal),
     }
+
+
+# Tab. 1 of the paper (MathVista, 7B draft): PRP's learned rating against P1's token probability
+PAPER_SPEARMAN = {"prp": -0.35, "p1": 0.12}
+
+
+def spearman_note(per_signal: dict) -> str | None:
+    """One line under Table 1 when a baseline's Spearman is stronger (more negative) than PRP's: the
+    reverse of the paper's headline, said where the numbers are shown rather than left unexplained.
+
+    >>> spearman_note({"prp": {"status": "ok", "spearman": -0.734}, "p1": {"status": "ok", "spearman": -0.811}})[:60]
+    'Spearman: p1 (-0.811) ranks correct answers first more stron'
+    >>> spearman_note({"prp": {"status": "ok", "spearman": -0.9}, "p1": {"status": "ok", "spearman": -0.2}}) is None
+    True
+    """
+    prp = per_signal.get("prp", {})
+    if prp.get("status") != "ok" or prp.get("spearman") is None or not math.isfinite(prp["spearman"]):
+        return None
+    stronger = [(k, b["spearman"]) for k, b in per_signal.items()
+                if not k.startswith("prp") and b.get("status") == "ok" and b.get("spearman") is not None
+                and math.isfinite(b["spearman"]) and b["spearman"] < prp["spearman"]]
+    if not stronger:
+        return None
+    names = ", ".join(f"{k} ({v:.3f})" for k, v in stronger)
+    return (f"Spearman: {names} ranks correct answers first more strongly than prp ({prp['spearman']:.3f}) "
+            f"here, the reverse of the paper's Tab. 1 (PRP {PAPER_SPEARMAN['prp']:+.2f} vs P1 "
+            f"{PAPER_SPEARMAN['p1']:+.2f}); each row is judged on its own model's answers (column 'its own "
+            "answers'), so compare the AUC gains too (the demo: demo/README.md, item 4).")
 
 
 def _curve_block(grid, curve, d_acc, t_acc) -> dict:
@@ -272,7 +302,8 @@ def _md_table1(data) -> list[str]:
         )
     rows.append(["oracle", _fmt(data["oracle"]["auc"]), _fmt(data["oracle"]["apgr"], ".3f"), "-", "-", "-"])
     head = ["Signal", "AUC (%)", "APGR", "Spearman of Rank & Acc.", "NaN", "its own answers"]
-    return ["## Table 1: rating and routing quality", "", *_table(head, rows)]
+    note = [f"Note: {data['spearman_note']}"] if data.get("spearman_note") else []
+    return ["## Table 1: rating and routing quality", "", *_table(head, rows), *(["", *note] if note else [])]
 
 
 def _md_table2(data) -> list[str]:
@@ -327,7 +358,8 @@ def _md_bins(data) -> list[str]:
 def _md_mislabel(data) -> list[str]:
     s = data["mislabel_settings"]
     cands = data["mislabel_candidates"]
-    lines = [f"## High rating but wrong (A.7): {s['rating']} >= {s['min_rating']}", ""]
+    rule = s.get("rule") or M.mislabel_rule(s["min_rating"], s["rating"])
+    lines = [f"## High rating but wrong (A.7): {rule}", ""]
     if not cands:
         return [*lines, "None."]
     rows = [

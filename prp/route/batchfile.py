@@ -5,7 +5,8 @@ record to route, or the reason it cannot be routed.  Nothing here raises on bad 
 
     blank line -> "empty_line"          bytes that are not UTF-8 -> "bad_utf8"
     not JSON -> "bad_json"              JSON that is not an object -> "not_an_object"
-    id not a string/number -> "bad_id"  no question -> "empty_question"
+    id not a string/number -> "bad_id"  a blank question -> "empty_question"
+    no "question" field -> "missing_question: no "question" field (the line has "id", "text"); ..."
     an id seen on an earlier line -> "duplicate_id: first on line K" (the first line keeps the id)
 
 Images are opened later, batch by batch (prp.core.data.open_image: missing, unreadable, FIFO,

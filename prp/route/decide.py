@@ -86,11 +86,18 @@ class BatchFraction:
 
         >>> BatchFraction(0.5).keep([0.9, 0.1, 0.5, 0.7]), BatchFraction(0.5, "target_first").keep([0.9, 0.1, 0.5, 0.7])
         ([True, False, False, True], [False, True, True, False])
+
+        A missing score goes to the target whatever the share: when more than round(p_t * n) queries of
+        a batch have none, all of them are routed (the share exceeds p_t), none stays on the draft.
+
+        >>> BatchFraction(0.25).keep([None, 0.9, None, 0.5])
+        [False, True, False, True]
         """
         rule = _rule(self.rule)
         keys = [rule.keep_score(s) for s in scores]
         order = sorted(range(len(scores)), key=lambda i: (keys[i], i))  # stable: earlier first
-        routed = set(order[: n_routed(self.p_t, len(scores))])
+        missing = sum(1 for k in keys if k == -math.inf)  # sorted first: no rating, nothing says keep it
+        routed = set(order[: max(n_routed(self.p_t, len(scores)), missing)])
         return [i not in routed for i in range(len(scores))]
 
 

@@ -26,6 +26,7 @@ from prp.core.cli import non_negative_float, positive_float, positive_int
 from prp.core.data import ImageError, jsonl_lines, load_jsonl
 from prp.route.batchfile import read_batch_file
 from prp.route.isolate import run_isolated
+from prp.route.progress import RouteProgress
 from prp.route.rows import error_row
 
 if TYPE_CHECKING:  # the router pulls in torch + transformers: imported where a query is routed
@@ -55,26 +56,51 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
                          "eager elsewhere)")
 
     sc = ap.add_argument_group("evaluation (Sec. 4.2-4.3)")
-    sc.add_argument("--mode", choices=("drl", "jrl"), default="jrl",
-                    help="prompt and prefix grammar: jrl (P_joint, d and t) or drl (P_draft, d only)")
-    sc.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first")
+    sc.add_argument("--mode", choices=("drl", "jrl"), default=None,
+                    help="prompt and prefix grammar: jrl (P_joint, d and t) or drl (P_draft, d only) "
+                         "(default: the draft's prp.json, else jrl)")
+    sc.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first",
+                    help="JRL score: draft_first s = d + (d - t)/tau, high s stays on the draft; target_first "
+                         "s = t + (t - d)/tau, high s goes to the target (DRL: s = d)")
     sc.add_argument("--tau", type=positive_float, default=2.0, help="JRL scale (ignored in DRL)")
-    sc.add_argument("--ipr", choices=("add", "band", "off"), default="add")
-    sc.add_argument("--ipr-backend", default="auto", choices=("auto", "torch", "triton"))
+    sc.add_argument("--ipr", choices=("add", "band", "off"), default="add",
+                    help="IPR refinement of the ratings (Eq. 9): add d' = d + p (as printed), band: p kept inside "
+                         "the rating's 0.01 band, off: raw ratings")
+    sc.add_argument("--ipr-backend", default="auto", choices=("auto", "torch", "triton"),
+                    help="IPR implementation: auto = the Triton kernel on CUDA, torch elsewhere")
     sc.add_argument("--rating", choices=("free", "forced"), default=None,
                     help="free: the draft writes its prefix; forced: grammar-forced, the draft picks the digits "
-                         "(default: the embedded default's setting, else free)")
-    sc.add_argument("--max-prefix-tokens", type=positive_int, default=24)
+                         "(default: the draft's prp.json, else free)")
+    sc.add_argument("--max-prefix-tokens", type=positive_int, default=24,
+                    help="token budget of the rating prefix; a rating not closed within it is missing (to the target)")
     sc.add_argument("--max-new-tokens", type=positive_int, default=None,
-                    help="default 1024 (the embedded default's own limit there)")
+                    help="answer budget of the draft and a local target (default: the draft's prp.json, "
+                         "else 1024)")
 
     rm = ap.add_argument_group("remote target")
-    rm.add_argument("--tries", type=positive_int, default=4)
+    rm.add_argument("--tries", type=positive_int, default=4,
+                    help="attempts per remote target request (timeouts, 408/429/5xx, dropped connections) "
+                         "before the draft answers instead")
     rm.add_argument("--timeout", type=positive_float, default=60.0,
                     help="seconds per attempt, in all (connect + answer): a query falls back to the draft "
                          "within timeout x tries + backoff")
     rm.add_argument("--backoff", type=non_negative_float, default=0.5, help="first retry wait; doubles each retry")
-    rm.add_argument("--concurrency", type=positive_int, default=8)
+    rm.add_argument("--concurrency", type=positive_int, default=8, help="remote target requests in flight at once")
+
+
+def resolve_route_settings(args, *, prog: str) -> None:
+    """`--mode`, `--rating`, `--max-new-tokens` not given: the draft's prp.json (prp.core.recipe), else the
+    generic defaults; one line on stdout when the settings in effect are not the generic ones."""
+    from prp.core.recipe import route_settings
+
+    try:
+        line = route_settings(args, prog=prog)
+    except ValueError as exc:  # a damaged prp.json: one line naming it
+        from prp.core.cli import UserError
+
+        raise UserError(f"--draft {args.draft}: {exc}") from None
+    if line:
+        print(line, flush=True)
 
 
 def build_router(args) -> Router:
@@ -82,18 +108,20 @@ def build_router(args) -> Router:
     import torch
 
     from prp.core.modeling import load_model
+    from prp.core.recipe import ROUTE_DEFAULTS
     from prp.route.remote import RetryPolicy
     from prp.route.router import Router, RouterConfig, load_target
 
-    max_new = args.max_new_tokens or 1024
+    max_new = args.max_new_tokens or ROUTE_DEFAULTS["max_new_tokens"]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
     retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
     target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
                          remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)
     apply_engine(getattr(args, "engine", None), draft, None if target.remote else target.model)
-    cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, ipr_backend=args.ipr_backend,
-                       rating=args.rating or "free", max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
+    cfg = RouterConfig(mode=args.mode or ROUTE_DEFAULTS["mode"], rule=args.rule, tau=args.tau, ipr=args.ipr,
+                       ipr_backend=args.ipr_backend, rating=args.rating or ROUTE_DEFAULTS["rating"],
+                       max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
     return Router(draft, processor, target, cfg)
 
 
@@ -121,8 +149,9 @@ class JsonlSink:
     Rows without a `line` (an older format) are dropped and routed again.
     """
 
-    def __init__(self, path: str | Path, *, resume: bool, retry_errors: bool = False):
+    def __init__(self, path: str | Path, *, resume: bool, retry_errors: bool = False, on_row=None):
         self.path = Path(path)
+        self.on_row = on_row  # called with each row written (the progress bar)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: dict[int, str | None] = {}
         if resume and self.path.exists():
@@ -171,6 +200,8 @@ class JsonlSink:
         self._f.flush()
         os.fsync(self._f.fileno())
         self.done[row["line"]] = row.get("id")
+        if self.on_row is not None:
+            self.on_row(row)
 
     def close(self) -> None:
         self._f.close()
@@ -240,9 +271,11 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
     """
     prompt_limit = max_prompt_tokens or default_prompt_limit(router)
     lines = read_batch_file(data)
-    sink = JsonlSink(out, resume=resume, retry_errors=retry_errors)
+    progress = RouteProgress("route", total=len(lines))
+    sink = JsonlSink(out, resume=resume, retry_errors=retry_errors, on_row=progress.row)
     try:
         sink.check_input(lines, data)
+        progress.start(already=len(sink.done))
         todo = []
         for bl in lines:
             if bl.line in sink.done:
@@ -259,6 +292,7 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
         queue.flush()
     finally:
         sink.close()
+        progress.close()
     return sorted(read_rows(out), key=lambda r: r.get("line") or 0)
 
 
@@ -362,8 +396,7 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
     validation query (the draft from its prefix cache) and `judge(record, answer)` (the benchmark's
     own rule, as in evaluation) scores them.
     """
-    from prp.route.decide import FixedThreshold, calibrate
-    from prp.route.router import Query
+    from prp.route.decide import calibrate
 
     loaded = load_jsonl(val_path, check_images=True, require_answer=True)
     recs = loaded.records
@@ -373,19 +406,34 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
     if not table and judge is None:
         raise ValueError("calibration needs a judge (the benchmark's rule) unless the file has correctness columns")
     scores, dc, tc = [], [], []
+    progress = RouteProgress("calibrate", total=len(recs))
+    progress.start()
+    try:
+        _calibration_rows(router, recs, batch_size, table, judge, progress, scores, dc, tc)
+    finally:
+        progress.close()
+    cal = calibrate(scores, dc, tc, p_t=p_t, target_acc=target_acc, confidence=confidence, rule=router.rule)
+    cal.mode, cal.tau, cal.ipr = router.cfg.mode, router.cfg.tau, router.cfg.ipr
+    cal.judge = getattr(judge, "bench", "") if not table else "table"
+    return cal
+
+
+def _calibration_rows(router, recs, batch_size, table, judge, progress, scores, dc, tc) -> None:
+    """Fill scores / draft correctness / target correctness for `calibrate_on`, batch by batch."""
+    from prp.route.decide import FixedThreshold
+    from prp.route.router import Query
+
     for batch in _batches(recs, batch_size):
         queries = [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in batch]
         if table:
             scores += [x.score for x in router.rate(queries)[1]]
             dc += [float(r.meta["draft_correct"]) for r in batch]
             tc += [float(r.meta["target_correct"]) for r in batch]
-            continue
-        rows = router.route_rows(queries, FixedThreshold(None, router.rule.name), target_all=True, draft_all=True)
-        for row, rec in zip(rows, batch, strict=True):
-            scores.append(row.score)
-            dc.append(float(judge(rec, row.draft_answer)))
-            tc.append(float(judge(rec, row.target_answer)))
-    cal = calibrate(scores, dc, tc, p_t=p_t, target_acc=target_acc, confidence=confidence, rule=router.rule)
-    cal.mode, cal.tau, cal.ipr = router.cfg.mode, router.cfg.tau, router.cfg.ipr
-    cal.judge = getattr(judge, "bench", "") if not table else "table"
-    return cal
+        else:
+            rows = router.route_rows(queries, FixedThreshold(None, router.rule.name), target_all=True,
+                                     draft_all=True)
+            for row, rec in zip(rows, batch, strict=True):
+                scores.append(row.score)
+                dc.append(float(judge(rec, row.draft_answer)))
+                tc.append(float(judge(rec, row.target_answer)))
+        progress.update(len(batch), draft=f"{sum(dc) / len(dc):.0%}", target=f"{sum(tc) / len(tc):.0%}")

@@ -16,7 +16,10 @@ def summarize(rows: list[dict]) -> dict:
     so this is an estimate, labelled as such).
     """
     ok = [r for r in rows if not r.get("error") or r.get("fallback")]
-    out: dict = {"queries": len(rows), "errors": len(rows) - len(ok)}
+    failed = [r for r in rows if r.get("error") and not r.get("fallback")]
+    out: dict = {"queries": len(rows), "errors": len(failed),
+                 # every error row, so the count and the list printed under it always agree
+                 "error_rows": [{"line": r.get("line"), "id": r.get("id"), "error": str(r["error"])} for r in failed]}
     if not ok:
         return out
     routed = [r for r in ok if r["route"] == "target"]
@@ -46,8 +49,29 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+MAX_ERRORS_SHOWN = 20
+
+
 def format_summary(s: dict) -> str:
-    lines = [f"queries {s['queries']}  errors {s['errors']}"]
+    """The summary route.py prints: the error rows are listed under their count, by reason, then one line
+    each (the first MAX_ERRORS_SHOWN; the rest are counted and stay in the routes file).
+
+    >>> print(format_summary(summarize([{"line": 1, "id": "a", "error": "missing_image: x.png"},
+    ...                                 {"line": 2, "id": "b", "error": "bad_json: Expecting value"}])))
+    queries 2  errors 2 (missing_image 1, bad_json 1)
+      line 1 (id a): missing_image: x.png
+      line 2 (id b): bad_json: Expecting value
+    """
+    errors = s.get("error_rows", [])
+    reasons: dict[str, int] = {}
+    for e in errors:
+        name = e["error"].split(":", 1)[0]
+        reasons[name] = reasons.get(name, 0) + 1
+    by_reason = f" ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else ""
+    lines = [f"queries {s['queries']}  errors {s['errors']}{by_reason}"]
+    lines += [f"  line {e['line']} (id {e['id']}): {e['error']}" for e in errors[:MAX_ERRORS_SHOWN]]
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"  ... and {len(errors) - MAX_ERRORS_SHOWN} more error rows in the routes file")
     if "share_routed" in s:
         lines.append(f"routed to target {s['share_routed']:.1%}  fallbacks {s['fallbacks']}  "
                      f"missing rating {s['missing_rating']}")

@@ -53,10 +53,26 @@ class Dist:
         return bool(t.item() > 0)
 
 
+# Warnings DeepSpeed's own calls raise on every ZeRO-3 gather and gradient reduce-scatter (torch 2.13
+# deprecates the collectives DeepSpeed uses): dozens per run, interleaved with the progress bar.  This
+# project never calls them (prp.train.dist gathers with all_gather), so the user cannot act on them.
+DEEPSPEED_NOISE = (r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",)
+
+
+def quiet_deepspeed_warnings() -> None:
+    """Ignore DEEPSPEED_NOISE (FutureWarnings only, matched by message); every other warning still shows."""
+    import warnings
+
+    for message in DEEPSPEED_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
+
 def setup_dist(use_deepspeed: bool) -> Dist:
     if not use_deepspeed:
         return Dist()
     import deepspeed
+
+    quiet_deepspeed_warnings()
 
     deepspeed.init_distributed()  # picks gloo on CPU, nccl on CUDA
     device = torch.device(deepspeed.get_accelerator().current_device_name())
@@ -87,4 +103,4 @@ def ds_config_for(cfg: TrainConfig, world: int) -> dict:
     return ds
 
 
-__all__ = ["Dist", "ds_config_for", "local_device", "setup_dist"]
+__all__ = ["Dist", "ds_config_for", "local_device", "quiet_deepspeed_warnings", "setup_dist"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,43 @@ def step_row(step: int, metrics: dict[str, list], *, epoch: float, lr: float, dt
         else:
             row[key] = float(np.mean(vals)) if vals else None
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+MARKERS_ENV = "PRP_TEST_MARKERS"
+
+
+def test_marker(text: str) -> None:
+    """A line a test waits for (`prp-step-start N`, `prp-checkpoint N`): on stdout only when the env var
+    PRP_TEST_MARKERS is set (tests/test_train_e2e.py's kill-and-resume test), never in a user's log."""
+    if os.environ.get(MARKERS_ENV):
+        print(text, flush=True)
+
+
+def progress_postfix(row: dict, *, policy_gradient: bool) -> dict[str, str]:
+    """What the progress bar shows after a step: the numbers that tell a user training works.
+
+    RL modes (GRPO, DRL, JRL): the accuracy reward, the rating error |d - Acc| (and |t - Acc_tgt|) and
+    the share of groups DSS rewrote, not the loss: with one update per rollout the importance ratio is 1
+    and the group advantages sum to zero, so the GRPO loss is about 0 in value on every step while its
+    gradient is not (docs/training.md).  SFT modes: the loss (the mean token negative log-likelihood).
+
+    >>> progress_postfix({"loss": -0.0, "reward/accuracy": 0.5, "rating_d_mae": 0.21, "dss_d_rate": 0.25,
+    ...                   "step_time_s": 1.5}, policy_gradient=True)
+    {'acc': '0.50', 'd_err': '0.210', 'dss': '25%', 's': '1.50'}
+    >>> progress_postfix({"loss": 1.2345, "step_time_s": 0.5}, policy_gradient=False)
+    {'loss': '1.2345', 's': '0.50'}
+    """
+    shown = {}
+    if policy_gradient:
+        for key, label, fmt in (("reward/accuracy", "acc", "{:.2f}"), ("rating_d_mae", "d_err", "{:.3f}"),
+                                ("rating_t_mae", "t_err", "{:.3f}"), ("dss_d_rate", "dss", "{:.0%}"),
+                                ("dss_t_rate", "dss_t", "{:.0%}")):
+            if row.get(key) is not None:
+                shown[label] = fmt.format(row[key])
+    elif row.get("loss") is not None:
+        shown["loss"] = f"{row['loss']:.4f}"
+    shown["s"] = f"{row['step_time_s']:.2f}"
+    return shown
 
 
 def check_reporters(names: list[str]) -> None:

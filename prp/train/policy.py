@@ -186,8 +186,10 @@ def load_training_state(policy: Policy, point: ckpt_io.ResumePoint) -> int:
     return ckpt_io.restore(point, optimizer=policy.optimizer, scheduler=policy.scheduler, engine=policy.engine)
 
 
-def save_checkpoint(policy: Policy, out: Path, step: int, *, d: Dist, trainer_state: dict, keep_last: int) -> Path:
-    """An atomic ckpt-<step> (prp.train.checkpoint); refuses to write weights with a NaN/inf in them."""
+def save_checkpoint(policy: Policy, out: Path, step: int, *, d: Dist, trainer_state: dict, keep_last: int,
+                    settings: dict | None = None) -> Path:
+    """An atomic ckpt-<step> (prp.train.checkpoint); refuses to write weights with a NaN/inf in them.
+    `settings`: the model's prp.json (prp.core.recipe.write_settings' keywords), written beside config.json."""
     tmp = out / f"ckpt-{step}.tmp"
     if d.main:
         tmp = ckpt_io.tmp_dir(out, step)
@@ -209,6 +211,10 @@ def save_checkpoint(policy: Policy, out: Path, step: int, *, d: Dist, trainer_st
     if d.main:
         policy.model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         policy.processor.save_pretrained(tmp)
+        if settings is not None:
+            from prp.core.recipe import write_settings
+
+            write_settings(tmp, **settings)
         ckpt_io.write_state(tmp, trainer_state=trainer_state,
                             optimizer=policy.optimizer if policy.engine is None else None,
                             scheduler=policy.scheduler)
@@ -217,7 +223,9 @@ def save_checkpoint(policy: Policy, out: Path, step: int, *, d: Dist, trainer_st
     if d.main:
         final = ckpt_io.commit(tmp, keep_last=keep_last)
         log.info("saved %s", final)
-        print(f"prp-checkpoint {step}", flush=True)
+        from prp.train.logs import test_marker
+
+        test_marker(f"prp-checkpoint {step}")
     d.barrier()
     return final
 
