@@ -385,7 +385,9 @@ def test_route_embedded_default(tmp_path):
     """`python route.py --tau 2 --pt 0.6`: the 400 demo queries (minutes on 2 cores)."""
     proc = run_command(ROUTE_DEFAULT, tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = (tmp_path / "runs" / "demo" / "routes.jsonl").read_text().splitlines()
+    written = list((tmp_path / "runs" / "route").glob("*/routes.jsonl"))  # a new run folder, not runs/demo
+    assert len(written) == 1 and not (tmp_path / "runs" / "demo").exists()
+    rows = written[0].read_text().splitlines()
     assert len(rows) == 400
     routed = sum(json.loads(r)["route"] == "target" for r in rows)
     assert routed == 240  # --pt 0.6 per batch of 20: 12 of each 20 go to the target, 20 batches

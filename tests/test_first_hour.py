@@ -72,7 +72,8 @@ def test_2_routing_and_calibration_show_a_progress_bar(router, tmp_path, capsys)
 
 # ---- item 3 -------------------------------------------------------------------------------------
 def test_3_a_default_output_is_never_overwritten(scripts, tmp_path, monkeypatch, capsys):
-    """`make demo` wrote runs/demo/routes.jsonl; `python route.py --tau 2 --pt 0.6` must not replace it."""
+    """`make demo` wrote runs/demo/routes.jsonl; `python route.py --tau 2 --pt 0.6` (run twice, as a user
+    pasting the README would) must replace neither it nor its own earlier results."""
     def stop(args):
         raise Stop(args.out)
 
@@ -81,21 +82,25 @@ def test_3_a_default_output_is_never_overwritten(scripts, tmp_path, monkeypatch,
     demo_out = tmp_path / "runs" / "demo" / "routes.jsonl"
     demo_out.parent.mkdir(parents=True)
     demo_out.write_text("make demo's rows\n")
-    assert run_main(scripts["route.py"].main, ["--tau", "2", "--pt", "0.6"], prog="route.py") == 2
-    err = capsys.readouterr().err
-    assert err.startswith("route.py: error: runs/demo/routes.jsonl exists") and "--out" in err and "--overwrite" in err
+    outs = []
+    for _ in range(2):
+        with pytest.raises(Stop) as stopped:
+            scripts["route.py"].main(["--tau", "2", "--pt", "0.6"])
+        outs.append(Path(str(stopped.value)))
+    assert outs[0] != outs[1] and all(o.parent.parent == Path("runs/route") and o.name == "routes.jsonl" for o in outs)
+    assert all(o.parent.is_dir() and not o.exists() for o in outs)  # fresh folders, nothing in them to replace
     assert demo_out.read_text() == "make demo's rows\n"
-    # a file of one's own with the default name routes.jsonl: the same refusal, and --overwrite goes on
+    # a file of one's own: the same fresh folder by default; a name the user chose is theirs to replace
     data = build_queries(tmp_path / "q", 1)
-    (tmp_path / "routes.html").write_text("an earlier page")
     common = ["--draft", str(DEMO / "models" / "jrl"), "--target", str(DEMO / "models" / "target"),
               "--data", str(data), "--pt", "0.5"]
-    assert run_main(scripts["route.py"].main, common, prog="route.py") == 2
-    assert "routes.html exists" in capsys.readouterr().err
-    with pytest.raises(Stop, match=r"routes\.jsonl"):
-        scripts["route.py"].main([*common, "--overwrite"])
-    with pytest.raises(Stop, match=r"mine\.jsonl"):  # a name the user chose is theirs to replace
+    with pytest.raises(Stop, match=r"runs/route/.*/routes\.jsonl"):
+        scripts["route.py"].main(common)
+    with pytest.raises(Stop, match=r"mine\.jsonl"):
         scripts["route.py"].main([*common, "--out", "mine.jsonl"])
+    # resuming needs the file's name
+    assert run_main(scripts["route.py"].main, [*common, "--resume"], prog="route.py") == 2
+    assert "name it with --out FILE" in capsys.readouterr().err
 
 
 # ---- item 4 -------------------------------------------------------------------------------------

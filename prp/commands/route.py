@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 from prp.core.cli import (
@@ -37,12 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     io = ap.add_argument_group("data")
     io.add_argument("--data", help="JSONL of {id, image, question, answer?}")
     io.add_argument("--out", default=None,
-                    help="output JSONL, with X.html, X.summary.json (and X.threshold.json) beside it (default: "
-                         "routes.jsonl; embedded demo: runs/demo/routes.jsonl; an existing default is refused "
-                         "unless --overwrite or --resume)")
-    io.add_argument("--overwrite", action="store_true",
-                    help="replace the default output when it exists (without --out, an earlier run's results are "
-                         "never overwritten silently)")
+                    help="output JSONL, with X.html, X.summary.json (and X.threshold.json) beside it; a file you "
+                         "name is yours to replace (default: a new run folder, runs/route/YYYYmmdd-HHMMSS/"
+                         "routes.jsonl, so no earlier run's results are ever replaced)")
     io.add_argument("--resume", action="store_true", help="skip input lines already in --out")
     io.add_argument("--retry-errors", action="store_true",
                     help="route the error and fallback rows of --out again (implies --resume)")
@@ -86,15 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def check_default_out(out: str) -> None:
-    """The default output and its siblings (.html, .summary.json, .threshold.json) belong to whichever run
-    wrote them first (e.g. `make demo`'s runs/demo/routes.jsonl): refuse to replace them unasked."""
-    base = Path(out)
-    taken = [p for p in (base, base.with_suffix(".html"), base.with_suffix(".summary.json"),
-                         base.with_suffix(".threshold.json")) if p.exists()]
-    if taken:
-        raise UserError(f"{taken[0]} exists (an earlier run's results, the default output); give --out FILE for a "
-                        "new one, --overwrite to replace it, or --resume to continue it")
+def fresh_run_out(root: Path = Path("runs/route")) -> str:
+    """The default output: routes.jsonl in a new folder named by the start time (a suffix when two runs
+    start in the same second), so a run without --out never replaces another's results (make demo's
+    runs/demo/, an earlier route.py run's)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        folder = root / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return str(folder / "routes.jsonl")
+    raise UserError(f"{root} has 999 run folders of {stamp}; give --out FILE")
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.threads:
         torch.set_num_threads(args.threads)
     embedded = not (args.draft or args.target or args.data)
-    default_out = args.out is None  # a name the user did not choose: it must not replace earlier results
+    if args.out is None and (args.resume or args.retry_errors):
+        raise UserError("--resume and --retry-errors continue a file: name it with --out FILE")
     from prp.toy.demo import DEFAULT_DEMO, ensure_default_demo  # the embedded default
 
     spec = DEFAULT_DEMO
@@ -121,13 +124,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         if not (paths["draft"] / "prp.json").is_file():  # the untrained pair carries no prp.json
             args.rating = args.rating or spec.rating
             args.max_new_tokens = args.max_new_tokens or spec.max_new_tokens
-        # the shipped demo folder is tracked: outputs go under runs/ (git-ignored)
-        args.out = args.out or str(Path("runs/demo" if spec.shipped else spec.root) / "routes.jsonl")
     if not args.draft or not args.target or not (args.data or args.serve):
         raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
-    args.out = args.out or "routes.jsonl"
-    if default_out and not (args.serve or args.overwrite or args.resume or args.retry_errors):
-        check_default_out(args.out)
     if args.confidence is not None and not (args.calibrate and args.target_acc is not None):
         raise UserError("--confidence qualifies a calibration goal: give it with --calibrate and --target-acc")
     for flag, path in (("--data", None if args.serve else args.data), ("--threshold-file", args.threshold_file),
@@ -151,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rerun --calibrate") from None
     if args.serve:
         check_port_free(args.host, args.port)  # a port in use: one line now, not after loading the models
+    if args.out is None and not args.serve:  # the flags and files are good: make the run folder
+        args.out = fresh_run_out()  # under runs/ (git-ignored), never over another run's results
     router = route_run.build_router(args)
     judge = routing_judge(args.bench)  # the entry script passes the benchmark's rule down (route never imports eval)
     router.extract = judge.extract  # and its answer extraction
