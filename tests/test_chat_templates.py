@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from prp.core.modeling import load_processor
 from prp.core.prompts import build_messages
 
@@ -66,7 +67,8 @@ def test_old_template_broke_the_list_rendering():
     if old is None:
         pytest.skip("git history not available")
     proc = load_processor(ROOT / "demo" / "models" / "jrl")
-    msgs = [*build_messages("Q?", mode="jrl"), {"role": "assistant", "content": [{"type": "text", "text": "<target>0."}]}]
+    partial = {"role": "assistant", "content": [{"type": "text", "text": "<target>0."}]}
+    msgs = [*build_messages("Q?", mode="jrl"), partial]
     out = proc.apply_chat_template(msgs, tokenize=False, continue_final_message=True, add_generation_prompt=False,
                                    chat_template=old)
     assert out.endswith("[joint] <target>0.")

@@ -43,7 +43,8 @@ ENGINE_KINDS = ("eager", "compiled", "static")
 def add_router_arguments(ap, *, title: str = "models") -> None:
     """The flags route.py and eval.py share: models, the evaluation stage (Sec. 4.2-4.3), a remote target."""
     io = ap.add_argument_group(title)
-    io.add_argument("--draft", help="draft (router) model dir, trained with DRL or JRL")
+    io.add_argument("--draft", help="draft (router): a local model dir trained with DRL or JRL, or an http(s) base URL "
+                                    "of an OpenAI-compatible server with logprobs and continuation (docs/deploy.md)")
     io.add_argument("--target", help="target: a local HF model dir, or an http(s) base URL (OpenAI-compatible)")
     io.add_argument("--target-model", default=None, help="model name sent to a remote target")
     io.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env var holding the API key")
@@ -74,7 +75,26 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
                     help="seconds per attempt, in all (connect + answer): a query falls back to the draft "
                          "within timeout x tries + backoff")
     rm.add_argument("--backoff", type=non_negative_float, default=0.5, help="first retry wait; doubles each retry")
-    rm.add_argument("--concurrency", type=positive_int, default=8)
+    rm.add_argument("--concurrency", type=positive_int, default=8,
+                    help="requests in flight to a remote target, and to a remote draft")
+
+    rd = ap.add_argument_group("remote draft (--draft URL; docs/deploy.md)")
+    rd.add_argument("--draft-model-name", default="draft", help="model name sent to a remote draft")
+    rd.add_argument("--draft-api-key-env", default="OPENAI_API_KEY",
+                    help="NAME of the env var holding the remote draft's API key")
+    rd.add_argument("--draft-timeout", type=positive_float, default=60.0,
+                    help="seconds per attempt, in all; a query whose draft fails gets an error row (a 503 served) "
+                         "within timeout x tries + backoff")
+    rd.add_argument("--draft-tries", type=positive_int, default=4)
+    rd.add_argument("--draft-backoff", type=non_negative_float, default=0.5,
+                    help="first retry wait; doubles each retry")
+    rd.add_argument("--draft-top-logprobs", type=int, choices=range(10, 21), metavar="{10..20}", default=20,
+                    help="K of top_logprobs at each rating digit (IPR is exact when all ten digits are among them)")
+    rd.add_argument("--draft-processor", metavar="DIR", default=None,
+                    help="the remote draft's tokenizer/processor files (a model folder; weights are not read): "
+                         "counts prompt tokens (needed by --serve) and checks the server's chat template at start")
+    rd.add_argument("--no-draft-check", dest="draft_check", action="store_false",
+                    help="skip the start-up check of the remote draft's features (logprobs, top-K, continuation)")
 
 
 def build_router(args) -> Router:
@@ -87,14 +107,48 @@ def build_router(args) -> Router:
 
     max_new = args.max_new_tokens or 1024
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
+    cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, ipr_backend=args.ipr_backend,
+                       rating=args.rating or "free", max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
+    if is_url(args.draft):
+        draft, processor = load_remote_draft(args, cfg)
+    else:
+        draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
     retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
     target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
                          remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)
-    apply_engine(getattr(args, "engine", None), draft, None if target.remote else target.model)
-    cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, ipr_backend=args.ipr_backend,
-                       rating=args.rating or "free", max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
+    apply_engine(getattr(args, "engine", None), None if getattr(draft, "remote", False) else draft,
+                 None if target.remote else target.model)
     return Router(draft, processor, target, cfg)
+
+
+def is_url(spec: str | None) -> bool:
+    return bool(spec) and spec.startswith(("http://", "https://"))
+
+
+def load_remote_draft(args, cfg):
+    """`--draft URL`: a served draft (prp.route.remote_draft) and its optional local processor, checked
+    at start (a missing feature is one user-error line, not a 400 on every query)."""
+    from prp.core.cli import UserError
+    from prp.route.remote import OpenAIClient, RetryPolicy
+    from prp.route.remote_draft import DraftCapabilityError, RemoteDraft
+
+    processor = None
+    if args.draft_processor:
+        from prp.core.modeling import load_processor
+
+        processor = load_processor(args.draft_processor)
+    retry = RetryPolicy(tries=args.draft_tries, timeout_s=args.draft_timeout, backoff_s=args.draft_backoff)
+    client = OpenAIClient(args.draft, args.draft_model_name, api_key_env=args.draft_api_key_env, retry=retry,
+                          max_tokens=cfg.max_new_tokens, role="draft")
+    draft = RemoteDraft(client, mode=cfg.mode, rating=cfg.rating, max_prefix_tokens=cfg.max_prefix_tokens,
+                        temperature=cfg.temperature, top_k=args.draft_top_logprobs, concurrency=args.concurrency,
+                        tokenizer=processor.tokenizer if processor is not None else None)
+    if args.draft_check:
+        try:
+            draft.check()
+        except DraftCapabilityError as exc:
+            raise UserError(f"--draft {args.draft}: {exc}") from None
+    return draft, processor
 
 
 def apply_engine(kind: str | None, *models) -> None:
@@ -206,6 +260,8 @@ def _prompt_problem(router: Router, question: str, limit: int) -> str | None:
     first: no tokenizer PRP serves packs more than 16 characters into a token)."""
     if len(question) > 16 * limit:
         return f"prompt_too_long: {len(question)} characters for a limit of {limit} tokens"
+    if router.tokenizer is None:  # a served draft without --draft-processor: its server checks the rest
+        return None
     n = len(router.tokenizer(question, add_special_tokens=False)["input_ids"])
     return f"prompt_too_long: {n} tokens > {limit}" if n > limit else None
 
