@@ -304,3 +304,28 @@ def test_eval_py_with_a_served_draft(tmp_path, served):
         # P1: the served answer's own token log-probabilities = teacher-forcing the same tokens locally
         assert 0.0 < re["scores"]["p1"] <= 1.0 and re["scores"]["p1"] == pytest.approx(lo["scores"]["p1"], abs=1e-5)
         assert (re["draft_answer"], re["draft_correct"]) == (lo["draft_answer"], lo["draft_correct"])
+
+
+def test_served_router_answers_503_when_its_draft_never_answers():
+    """route.py --serve in front of a draft that accepts connections and never answers: each request
+    gets a 503 within the draft's deadline (timeout x tries + backoff), not a hang, and no URL."""
+    from serve_fixtures import chat_body, post, start, stop
+
+    silent = SilentServer()
+    proc = None
+    try:
+        proc, url = start(["route.py", "--serve", "--port", "0", "--draft", silent.url, "--no-draft-check",
+                           "--draft-processor", str(DEMO / "models" / "jrl"), "--draft-timeout", "1",
+                           "--draft-tries", "2", "--draft-backoff", "0.1", "--target", str(DEMO / "models" / "target"),
+                           "--rating", "forced", "--threshold", "0.5", "--threads", "1"])
+        began = time.monotonic()
+        status, body, _ = post(url, chat_body("What is 1+1?", max_tokens=8), timeout=30)
+        took = time.monotonic() - began
+    finally:
+        if proc is not None:
+            stop(proc)
+        silent.close()
+    assert status == 503, body
+    message = body["error"]["message"]
+    assert "draft is unavailable" in message and "TimeoutError" in message and "127.0.0.1" not in message
+    assert took < 2 * 1.0 + 0.1 + 3.0  # the deadline, plus the server's own time
