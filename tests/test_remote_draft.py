@@ -329,3 +329,86 @@ def test_served_router_answers_503_when_its_draft_never_answers():
     message = body["error"]["message"]
     assert "draft is unavailable" in message and "TimeoutError" in message and "127.0.0.1" not in message
     assert took < 2 * 1.0 + 0.1 + 3.0  # the deadline, plus the server's own time
+
+
+# ------------------------------------------------------------------ the request logic, scripted
+
+
+class _Scripted:
+    """A client stub answering each chat payload with `reply(payload)` (no HTTP)."""
+
+    model = "draft"
+
+    def __init__(self, reply):
+        self.reply, self.payloads = reply, []
+
+    def post(self, payload, *, parse=None):
+        self.payloads.append(payload)
+        data = self.reply(payload)
+        if parse is not None:
+            parse(data)
+        return data, 1, 0.01
+
+
+def _answer(entries, content=None, finish="length", stop_reason=None):
+    """A chat completion whose logprobs.content lists (token, [(alternative, logprob), ...]) entries."""
+    listed = [{"token": tok, "logprob": dict(top).get(tok, -9.0),
+               "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top]} for tok, top in entries]
+    text = "".join(tok for tok, _ in entries) if content is None else content
+    return {"choices": [{"message": {"content": text}, "finish_reason": finish, "stop_reason": stop_reason,
+                         "logprobs": {"content": listed}}], "usage": {"prompt_tokens": 10}}
+
+
+def test_forced_rating_asks_again_when_the_server_prefers_another_token():
+    """The server's greedy token after `<confidence>0.` is not a digit: the tenths digit is the best digit
+    of its top-K (7), the hundredths is asked from `<confidence>0.7`, then the closing token (`><`, the most
+    likely token starting with `>`)."""
+    def reply(payload):
+        partial = payload["messages"][-1]["content"]
+        return {"<confidence>0.": _answer([("x", [("x", -0.1), ("7", -1.0), ("3", -2.0)])]),
+                "<confidence>0.7": _answer([("2", [("2", -0.5), ("9", -1.5)])]),
+                "<confidence>0.72</confidence": _answer([("><", [("><", -0.2), (">", -0.3), ("a", -0.1)])]),
+                }[partial]
+
+    client = _Scripted(reply)
+    draft = RemoteDraft(client, mode="drl", rating="forced")
+    got = draft.prefix_one(Query(id="q", question="Q?", image=None))
+    assert got.error is None and got.text == "<confidence>0.72</confidence><" and got.stop == "closed"
+    assert got.requests == 3 and got.tokens == 3
+    assert got.top["confidence"] == [("x", -0.1), ("7", -1.0), ("3", -2.0)]
+    assert [p["max_tokens"] for p in client.payloads] == [2, 1, 1]
+    assert all(p["continue_final_message"] and not p["add_generation_prompt"] for p in client.payloads)
+
+
+def test_forced_rating_without_a_digit_in_the_top_k_is_an_error():
+    client = _Scripted(lambda p: _answer([("x", [("x", -0.1), ("y", -1.0)])]))
+    draft = RemoteDraft(client, mode="drl", rating="forced")
+    query = Query(id="q", question="Q?", image=None)
+    got = draft.prefix_one(query)
+    assert got.error == query.draft_error and "no digit among the top 20" in got.error
+
+
+def test_free_prefix_from_a_server_that_drops_the_stop_string():
+    """Without include_stop_str_in_output the text lacks `</confidence>`; stop_reason says it was hit."""
+    tokens = ["<", "confidence", ">", "0", ".", "8", "5"]
+    entries = [(t, [(t, -0.01), ("3", -5.0)]) for t in tokens]
+    client = _Scripted(lambda p: _answer(entries, finish="stop", stop_reason="</confidence>"))
+    got = RemoteDraft(client, mode="drl").prefix_one(Query(id="q", question="Q?", image=None))
+    assert got.text == "<confidence>0.85</confidence>" and got.stop == "closed" and got.tokens == 7
+    assert got.top["confidence"] == [("8", -0.01), ("3", -5.0)]  # the tenths digit's list
+    payload = client.payloads[0]
+    assert payload["stop"] == ["</confidence>"] and payload["include_stop_str_in_output"] is True
+    assert payload["temperature"] == 0.0 and payload["top_logprobs"] == 20 and payload["logprobs"] is True
+
+
+def test_calibration_refuses_to_run_on_a_failing_draft(tmp_path):
+    """A validation query the draft failed on has no rating: calibrating on the others would quietly shift T."""
+    from prp.core.cli import UserError
+    from prp.eval.judge import routing_judge
+    from prp.route.run import calibrate_on
+
+    val = _demo_lines(tmp_path, 2, "val.jsonl")
+    router = Router(_remote(refused_url(), rating="forced", tries=1, timeout_s=1.0), None, _NoTarget(),
+                    RouterConfig(mode="jrl", rating="forced"))
+    with pytest.raises(UserError, match="the draft failed on 2 of 2 validation queries"):
+        calibrate_on(router, val, p_t=0.5, target_acc=None, judge=routing_judge("demo"))

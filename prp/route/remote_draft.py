@@ -292,3 +292,28 @@ class RemoteDraft:
                 f"the draft server does not continue a partial assistant message as written: {partial!r} added "
                 f"{cont - plain} prompt tokens, not {expected} (continue_final_message ignored, or a chat template "
                 "that renders it differently; see docs/deploy.md)")
+
+
+def load_remote_draft(args, cfg):
+    """`--draft URL`: a served draft (prp.route.remote_draft) and its optional local processor, checked
+    at start (a missing feature is one user-error line, not a 400 on every query)."""
+    from prp.core.cli import UserError
+    from prp.route.remote import RetryPolicy
+
+    processor = None
+    if args.draft_processor:
+        from prp.core.modeling import load_processor
+
+        processor = load_processor(args.draft_processor)
+    retry = RetryPolicy(tries=args.draft_tries, timeout_s=args.draft_timeout, backoff_s=args.draft_backoff)
+    client = OpenAIClient(args.draft, args.draft_model_name, api_key_env=args.draft_api_key_env, retry=retry,
+                          max_tokens=cfg.max_new_tokens, role="draft")
+    draft = RemoteDraft(client, mode=cfg.mode, rating=cfg.rating, max_prefix_tokens=cfg.max_prefix_tokens,
+                        temperature=cfg.temperature, top_k=args.draft_top_logprobs, concurrency=args.concurrency,
+                        tokenizer=processor.tokenizer if processor is not None else None)
+    if args.draft_check:
+        try:
+            draft.check()
+        except DraftCapabilityError as exc:
+            raise UserError(f"--draft {args.draft}: {exc}") from None
+    return draft, processor

@@ -391,7 +391,9 @@ class Router:
             missing = [i for i in p.to_target if i not in p.answers]
             raise RuntimeError(f"finish() before the target answered rows {missing}: call answer_routed first")
         # the baseline, measured apart (a query the target fails on alone gets no baseline latency)
-        target_only = run_isolated(self.target.answer, p.queries) if target_all else None
+        asked = [i for i in range(n) if i not in p.failed]  # a query the draft could not rate is not asked
+        target_only = dict(zip(asked, run_isolated(self.target.answer, [p.queries[i] for i in asked]),
+                               strict=True)) if target_all else None
         # failures lose nothing: the draft answers from its cache
         failed = [i for i in p.to_target if p.answers[i].text is None and i not in p.draft_new]
         fb_new, fb_s = self.continue_draft(p.prefix, failed, [p.caps[i] for i in failed])

@@ -110,6 +110,8 @@ def build_router(args) -> Router:
     cfg = RouterConfig(mode=args.mode, rule=args.rule, tau=args.tau, ipr=args.ipr, ipr_backend=args.ipr_backend,
                        rating=args.rating or "free", max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
     if is_url(args.draft):
+        from prp.route.remote_draft import load_remote_draft
+
         draft, processor = load_remote_draft(args, cfg)
     else:
         draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
@@ -123,32 +125,6 @@ def build_router(args) -> Router:
 
 def is_url(spec: str | None) -> bool:
     return bool(spec) and spec.startswith(("http://", "https://"))
-
-
-def load_remote_draft(args, cfg):
-    """`--draft URL`: a served draft (prp.route.remote_draft) and its optional local processor, checked
-    at start (a missing feature is one user-error line, not a 400 on every query)."""
-    from prp.core.cli import UserError
-    from prp.route.remote import OpenAIClient, RetryPolicy
-    from prp.route.remote_draft import DraftCapabilityError, RemoteDraft
-
-    processor = None
-    if args.draft_processor:
-        from prp.core.modeling import load_processor
-
-        processor = load_processor(args.draft_processor)
-    retry = RetryPolicy(tries=args.draft_tries, timeout_s=args.draft_timeout, backoff_s=args.draft_backoff)
-    client = OpenAIClient(args.draft, args.draft_model_name, api_key_env=args.draft_api_key_env, retry=retry,
-                          max_tokens=cfg.max_new_tokens, role="draft")
-    draft = RemoteDraft(client, mode=cfg.mode, rating=cfg.rating, max_prefix_tokens=cfg.max_prefix_tokens,
-                        temperature=cfg.temperature, top_k=args.draft_top_logprobs, concurrency=args.concurrency,
-                        tokenizer=processor.tokenizer if processor is not None else None)
-    if args.draft_check:
-        try:
-            draft.check()
-        except DraftCapabilityError as exc:
-            raise UserError(f"--draft {args.draft}: {exc}") from None
-    return draft, processor
 
 
 def apply_engine(kind: str | None, *models) -> None:
@@ -428,19 +404,31 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
     table = all("draft_correct" in r.meta and "target_correct" in r.meta for r in recs)
     if not table and judge is None:
         raise ValueError("calibration needs a judge (the benchmark's rule) unless the file has correctness columns")
-    scores, dc, tc = [], [], []
+    scores, dc, tc, failed = [], [], [], []
     for batch in _batches(recs, batch_size):
         queries = [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in batch]
         if table:
-            scores += [x.score for x in router.rate(queries)[1]]
-            dc += [float(r.meta["draft_correct"]) for r in batch]
-            tc += [float(r.meta["target_correct"]) for r in batch]
+            for x, rec in zip(router.rate(queries)[1], batch, strict=True):
+                if x.error:  # a served draft that failed: no rating to calibrate on (not a low one)
+                    failed.append(f"{rec.id}: {x.error}")
+                    continue
+                scores.append(x.score)
+                dc.append(float(rec.meta["draft_correct"]))
+                tc.append(float(rec.meta["target_correct"]))
             continue
         rows = router.route_rows(queries, FixedThreshold(None, router.rule.name), target_all=True, draft_all=True)
         for row, rec in zip(rows, batch, strict=True):
+            if row.route is None:
+                failed.append(f"{rec.id}: {row.error}")
+                continue
             scores.append(row.score)
             dc.append(float(judge(rec, row.draft_answer)))
             tc.append(float(judge(rec, row.target_answer)))
+    if failed:  # calibrating on the rest would quietly shift T: say so, and stop
+        from prp.core.cli import UserError
+
+        raise UserError(f"calibration: the draft failed on {len(failed)} of {len(recs)} validation queries "
+                        f"(first: {failed[0]}); calibrate when the draft server answers")
     cal = calibrate(scores, dc, tc, p_t=p_t, target_acc=target_acc, confidence=confidence, rule=router.rule)
     cal.mode, cal.tau, cal.ipr = router.cfg.mode, router.cfg.tau, router.cfg.ipr
     cal.judge = getattr(judge, "bench", "") if not table else "table"
