@@ -413,7 +413,7 @@ class Router:
             # the answer comes from after the rating: a last-number rule must not read "0.87"
             draft_answer = self.extract(after) if after is not None else None
             by_draft = kept or fallback
-            if by_draft and draft_error is not None:  # a served draft that failed to answer after its rating
+            if draft_error is not None and (by_draft or p.draft_all):  # a served draft failed after its rating
                 error = f"{tgt.error}; then {draft_error}" if fallback else draft_error
                 rows.append(RouteRow.from_rating(r, mode=self.cfg.mode, rule=self.rule.name, error=error,
                                                  fallback=fallback, latency_s=r.prefix_latency_s))
