@@ -85,11 +85,17 @@ def demo_template(*, image_first: bool = False) -> str:
     image = _IMAGE + "<|vision_start|><|image_pad|><|vision_end|>{% endif %}"
     text = "{% if 'text' in content and content['type'] != 'image' %}" + _TEXT + "{% endif %}"
     parts = (image, text) if image_first else (text, image)
-    body = "".join("{% for content in message['content'] %}" + p + "{% endfor %}" for p in parts)
+    user = "".join("{% for content in parts %}" + p + "{% endfor %}" for p in parts)
+    # Only a user turn is shortened.  Every other turn (an assistant's partial message that a served
+    # draft continues) renders its text as written, and a string content renders as one text part:
+    # vLLM turns strings into lists of parts, and both must give the same prompt (docs/deploy.md).
+    verbatim = "{% for content in parts %}{% if 'text' in content and content['type'] != 'image' %}" \
+               "{{ content['text'] }}{% endif %}{% endfor %}"
     return ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-            "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-            "{% else %}" + body + "<|im_end|>\n{% endif %}{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+            "{% set parts = [{'type': 'text', 'text': message['content']}] if message['content'] is string "
+            "else message['content'] %}"
+            "{% if message['role'] == 'user' %}" + user + "{% else %}" + verbatim + "{% endif %}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 # The draft's text RoPE base.  prp.toy.tiny uses 10 so that the M-RoPE row / column angles of the image

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                         "give the instances.jsonl of an earlier run")
     table = args.table or run_models(args, out_dir)
     all_rows = read_rows(table)
-    rows = [r for r in all_rows if "error" not in r]
+    rows = [r for r in all_rows if not r.get("error")]
     skipped = len(all_rows) - len(rows)
     if not rows:
         raise SystemExit(f"no evaluated instances in {table}")
@@ -122,6 +122,8 @@ def cache_settings(args) -> dict:
     models = {k: model_identity(getattr(args, k)) for k in ("draft", "target", "p1_model", "sft_cn")}
     flags = {k: getattr(args, k) for k in ("bench", "target_model", "dtype", "mode", "rule", "tau", "ipr", "rating",
                                            "max_prefix_tokens", "max_new_tokens")}
+    if "://" in str(args.draft):  # a served draft: its name too (recorded only then: older caches still resume)
+        flags["draft_model_name"] = args.draft_model_name
     return {**models, **flags, "data_dir": str(Path(args.data_dir).resolve())}
 
 
@@ -162,21 +164,28 @@ def run_models(args, out_dir: Path) -> Path:
     if loaded.skipped:
         print(f"skipped while loading: {dict(loaded.skipped)}")
     router = build_router(args)
+    device = router.model.device if router.model is not None else (args.device or _default_device())
     baselines = Baselines()
     baselines.max_new_tokens = router.cfg.max_new_tokens
     if args.sft_cn:
         baselines.sft_cn_model, baselines.sft_cn_processor = load_model(
-            args.sft_cn, device=router.model.device, dtype=args.dtype)
+            args.sft_cn, device=device, dtype=args.dtype)
         baselines.sft_cn_name = Path(args.sft_cn).name
     if args.p1_model:
         baselines.p1_model, baselines.p1_processor = load_model(
-            args.p1_model, device=router.model.device, dtype=args.dtype)
+            args.p1_model, device=device, dtype=args.dtype)
         baselines.p1_name = getattr(args, "p1_label", None) or Path(args.p1_model).name
     apply_engine(args.engine, baselines.sft_cn_model, baselines.p1_model)  # --engine, like the draft's
     table = out_dir / "instances.jsonl"
     run_benchmark(router, bench, records, table, batch_size=args.batch_size,
                   resume=not args.no_resume, baselines=baselines, settings=cache_settings(args))
     return table
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _set_threads(args) -> None:

@@ -3,6 +3,7 @@
     python route.py --draft DIR --target DIR_OR_URL --data FILE.jsonl --tau 2 --pt 0.6 --out routes.jsonl
     python route.py --tau 2 --pt 0.6                       # the embedded default: the trained tiny demo in demo/
     python route.py --serve --port 8000 --threshold 0.5    # the router as an OpenAI-compatible endpoint
+    python route.py --draft URL --draft-processor DIR --target URL --data FILE.jsonl --threshold 0.5   # both served
 
 Decision (exactly one source of T, in this order): --threshold-file, --threshold, --calibrate
 (with --pt or --target-acc as the goal), --pt (per-batch share routed to the target).  The direction
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise UserError(f"--threshold-file {args.threshold_file}: not a calibration saved by --calibrate "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rerun --calibrate") from None
+    if args.serve and route_run.is_url(args.draft) and not args.draft_processor:
+        raise UserError("--serve with a remote --draft needs --draft-processor DIR (the draft's tokenizer and "
+                        "processor files, no weights): the server counts each request's prompt tokens with them")
     if args.serve:
         check_port_free(args.host, args.port)  # a port in use: one line now, not after loading the models
     if args.out is None and not args.serve:  # the flags and files are good: make the run folder

@@ -24,6 +24,7 @@ call's wall time divided evenly among its rows; use --batch-size 1 for unbatched
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,13 +139,16 @@ def _own_answers(model_name: str, answer: str | None, correct: bool, latency_s: 
 
 def evaluate_batch(router: Router, bench: Benchmark, records: list[Record], images: list, *,
                    baselines: Baselines) -> list[dict]:
-    """Steps 1-5 for one batch of records and their decoded images."""
+    """Steps 1-5 for one batch of records and their decoded images (a served draft: `_evaluate_served`)."""
     extract = bench.extract  # the benchmark's own answer extraction, then its own judge
 
     queries = [Query(id=r.id, question=r.question, image=im, gold=r.answer)
                for r, im in zip(records, images, strict=True)]
-    n, cfg, rule = len(queries), router.cfg, router.rule
+    cfg = router.cfg
     prefix, ratings = router.rate(queries)  # step 1
+    if router.draft is not None:  # a served draft: a query it failed on gets an error row (skipped, counted)
+        return _evaluate_served(router, bench, records, queries, prefix, ratings, baselines=baselines)
+    n = len(queries)
     continued, continue_s = router.continue_draft(prefix, list(range(n)))
     targets = router.target.answer(queries)  # step 2 (per-query latency)
     draft_ids = [prefix.tokens[i] + continued.get(i, []) for i in range(n)]
@@ -153,21 +157,67 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[Record], imag
     draft_answers = [extract(decode(continued.get(i, []), skip_special_tokens=True)) for i in range(n)]
     draft_correct = [bool(bench.judge(rec, a)) for rec, a in zip(records, draft_answers, strict=True)]  # step 5
     draft_lat = [r.prefix_latency_s + continue_s / n for r in ratings]
+    draft_tokens = [len(ids) for ids in draft_ids]
 
     # step 3: P1 on the --p1-model's own answers, else on the routing draft's (prefix skipped)
     if baselines.p1_model is not None:
-        p1_ids, p1_s = plain_answers(baselines.p1_model, baselines.p1_processor, queries,
-                                     max_new_tokens=baselines.max_new_tokens)
-        p1 = mean_token_prob(baselines.p1_model, baselines.p1_processor, queries, p1_ids, mode="target")
-        p1_answers = [extract(baselines.p1_processor.tokenizer.decode(ids, skip_special_tokens=True))
-                      for ids in p1_ids]
-        p1_own = [_own_answers(baselines.p1_name, a, bench.judge(rec, a), p1_s / n)
-                  for rec, a in zip(records, p1_answers, strict=True)]
+        p1, p1_own = _p1_model_signal(bench, records, queries, baselines)
     else:
         p1 = mean_token_prob(router.model, router.processor, queries, draft_ids, mode=cfg.mode,
                              skip=[len(t) for t in prefix.tokens])
         p1_own = [_own_answers("routing draft", a, c, lat)
                   for a, c, lat in zip(draft_answers, draft_correct, draft_lat, strict=True)]
+    return _instance_rows(router, bench, records, queries, ratings, targets, draft_answers, draft_correct,
+                          draft_lat, draft_tokens, p1, p1_own, baselines=baselines)
+
+
+def _evaluate_served(router: Router, bench: Benchmark, records: list[Record], queries: list[Query], prefix,
+                     ratings, *, baselines: Baselines) -> list[dict]:
+    """evaluate_batch's steps 1-5 with a served draft: its answers continue the prefix on the server; P1
+    without --p1-model is the mean probability of the answer's tokens as the server generated them
+    (greedy, so the same numbers as teacher-forcing them locally); a query the draft failed on gets an
+    error row (`{"id", "error"}`: skipped and counted by the report, retried by a later resume)."""
+    ok = [i for i, r in enumerate(ratings) if r.error is None]
+    continued, _ = router.continue_draft(prefix, ok)
+    ok = [i for i in ok if continued[i].text is not None]
+    failed = {i: ratings[i].error or continued[i].error for i in range(len(queries)) if i not in ok}
+    sub = [queries[i] for i in ok]
+    targets = router.target.answer(sub)  # step 2 (per-query latency)
+    texts = [router.draft_output(prefix, i, continued[i]) for i in ok]
+    draft_answers = [bench.extract(after) for _, after, _, _ in texts]
+    recs = [records[i] for i in ok]
+    draft_correct = [bool(bench.judge(rec, a)) for rec, a in zip(recs, draft_answers, strict=True)]
+    draft_lat = [ratings[i].prefix_latency_s + continued[i].latency_s for i in ok]
+    draft_tokens = [tokens for _, _, tokens, _ in texts]
+    if baselines.p1_model is not None:
+        p1, p1_own = _p1_model_signal(bench, recs, sub, baselines)
+    else:  # s_1 (Sec. 2.1) from the served answer's own token log-probabilities, the prefix skipped
+        p1 = [sum(math.exp(x) for x in continued[i].logprobs) / max(len(continued[i].logprobs), 1) for i in ok]
+        p1_own = [_own_answers("routing draft", a, c, lat)
+                  for a, c, lat in zip(draft_answers, draft_correct, draft_lat, strict=True)]
+    rows = _instance_rows(router, bench, recs, sub, [ratings[i] for i in ok], targets, draft_answers,
+                          draft_correct, draft_lat, draft_tokens, p1, p1_own, baselines=baselines)
+    by_row = dict(zip(ok, rows, strict=True))
+    return [by_row[i] if i in by_row else {"id": records[i].id, "error": failed[i]} for i in range(len(queries))]
+
+
+def _p1_model_signal(bench: Benchmark, records: list[Record], queries: list[Query], baselines: Baselines):
+    """P1 on the --p1-model's own answers (the paper: the GRPO-trained model): (s_1, its answers)."""
+    n = len(queries)
+    p1_ids, p1_s = plain_answers(baselines.p1_model, baselines.p1_processor, queries,
+                                 max_new_tokens=baselines.max_new_tokens)
+    p1 = mean_token_prob(baselines.p1_model, baselines.p1_processor, queries, p1_ids, mode="target")
+    p1_answers = [bench.extract(baselines.p1_processor.tokenizer.decode(ids, skip_special_tokens=True))
+                  for ids in p1_ids]
+    return p1, [_own_answers(baselines.p1_name, a, bench.judge(rec, a), p1_s / n)
+                for rec, a in zip(records, p1_answers, strict=True)]
+
+
+def _instance_rows(router: Router, bench: Benchmark, records: list[Record], queries: list[Query], ratings, targets,
+                   draft_answers, draft_correct, draft_lat, draft_tokens, p1, p1_own, *,
+                   baselines: Baselines) -> list[dict]:
+    """Steps 4-5 and the table's rows (P2 on the sft-cn model's own answers)."""
+    extract, cfg, rule, n = bench.extract, router.cfg, router.rule, len(queries)
     # step 4: P2 on the sft-cn model's own answers
     p2, p2_own = None, None
     if baselines.sft_cn_model is not None:
@@ -185,7 +235,7 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[Record], imag
         target_answer = extract(target.text) if target.text is not None else None
         rows.append({
             "id": record.id, "split": record.split or None, "gold": record.answer,
-            **rating.to_json(), "mode": cfg.mode, "rule": rule.name,
+            **{k: v for k, v in rating.to_json().items() if k != "error"}, "mode": cfg.mode, "rule": rule.name,
             "scores": {"prp": _keep(rule, rating.score), "prp_no_ipr": _keep(rule, rating.score_no_ipr),
                        "p1": p1[i], **({"p2": p2[i]} if p2 is not None else {})},
             "signal_answers": {"p1": p1_own[i], **({"p2": p2_own[i]} if p2_own is not None else {})},
@@ -194,7 +244,7 @@ def evaluate_batch(router: Router, bench: Benchmark, records: list[Record], imag
             "target_correct": target_answer is not None and bool(bench.judge(record, target_answer)),
             "target_error": target.error,
             "draft_latency_s": draft_lat[i], "target_latency_s": target.latency_s,
-            "draft_tokens": len(draft_ids[i]), "target_tokens": target.completion_tokens,
+            "draft_tokens": draft_tokens[i], "target_tokens": target.completion_tokens,
         })
     return rows
 

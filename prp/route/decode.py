@@ -66,7 +66,9 @@ class PrefixResult:
     stop: list[str]  # per row: "closed" (tag seen), "eos", or "cap" (max_prefix_tokens reached)
     # tag ("confidence" / "target") -> {row: (logits [V] at the tenths digit, tenths digit 0-9)}
     tenths: dict[str, dict[int, tuple[torch.Tensor, int]]] = field(default_factory=dict)
-    state: DecodeState | None = None
+    state: DecodeState | None = None  # the local loop's cache (None for a served draft)
+    remote: list | None = None  # a served draft (prp.route.remote_draft): its DraftPrefix per row, and
+    queries: list | None = None  # the queries it continues
 
 
 def eos_ids_of(model, tokenizer) -> set[int]:
@@ -279,8 +281,7 @@ def generate_prefix(
                 stop[b] = "closed"
             elif len(tokens[b]) >= cap:
                 stop[b] = "cap"
-        # one host->device copy per step, not one per row
-        state.pending = torch.tensor(pending, dtype=torch.long, device=state.next_pos.device)
+        state.pending = torch.tensor(pending, dtype=torch.long, device=state.next_pos.device)  # one copy per step
         active = torch.tensor([not s for s in stop])
         if not active.any():
             break

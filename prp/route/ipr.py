@@ -16,9 +16,13 @@ Two entry points, both taking the rating value(s) d (or t) whose tenths digit wa
 - `ipr_from_logits(logits, digit_token_ids, rating, backend=...)`: softmax over the
   whole vocabulary first. `backend="torch"` is the reference; `backend="triton"` is the
   fused kernel in `kernels/ipr_kernel.py`; `"auto"` picks Triton for CUDA tensors.
+- `ipr_from_top_logprobs(top, rating)`: a served draft (OpenAI API) gives only the K most likely
+  tokens; exact when all ten digits are among them, else an estimate with its error bound.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -132,3 +136,74 @@ def _triton_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+# ------------------------------------------------------------------ IPR from a served draft's top-K
+
+
+@dataclass
+class TopKIPR:
+    """Eq. 9 from an OpenAI-style `top_logprobs` list (a served draft): an estimate and its bound."""
+
+    ipr: float  # the estimate: the midpoint of every IPR the evidence allows
+    bound: float  # |ipr - the true Eq. 9 value| <= bound; 0.0 when all ten digits were seen
+    seen: int  # how many of the ten digits were among the top K
+
+
+def _digit_variance(values: Sequence[float]) -> float:
+    """Population variance of the ten digit probabilities ((1/|D|) sum (p_i - mean)^2, Eq. 9)."""
+    mean = sum(values) / NUM_DIGITS
+    return sum((v - mean) ** 2 for v in values) / NUM_DIGITS
+
+
+def ipr_from_top_logprobs(top: Sequence[tuple[str, float]], rating: float) -> TopKIPR:
+    """Eq. 9 when only the K most likely tokens at the tenths digit are known (`top`: (token text,
+    log-probability) pairs, as `logprobs.content[i].top_logprobs` gives them; `rating`: the value
+    whose tenths digit this is, for the sign).
+
+    All ten digits among the top K: exact (the same p_i as the full softmax, so the same p_max and
+    variance).  Otherwise each missing digit's probability x_j is only known to lie in [0, c],
+    c = min(q, R), where q is the smallest top-K probability (a missing token ranks below every
+    listed one) and R = 1 - (sum of the top-K probabilities) (the mass outside the list), and the
+    missing x_j together hold at most R.  p_max is still exact (every seen digit is >= q >= x_j;
+    with no digit seen, p_max <= c).  The variance is convex in x, so over that set it is smallest
+    with the missing digits equal (at the seen digits' mean, clipped to [0, min(c, R/m)]) and
+    largest at a vertex (j digits at c, at most one at R - j*c, the rest 0).  The estimate is the
+    midpoint of the resulting IPR interval and `bound` its half-width: the smallest worst-case
+    error any rule can promise from this evidence.  (Sharing R among the missing digits can land
+    anywhere in the interval, and its error can reach the full width.)
+
+    >>> r = ipr_from_top_logprobs([(str(d), math.log(0.1)) for d in range(10)], 0.5)
+    >>> r.ipr, r.bound, r.seen
+    (0.0, 0.0, 10)
+    """
+    probs = [math.exp(lp) for _, lp in top]
+    digits: dict[int, float] = {}
+    for (token, _), p in zip(top, probs, strict=True):
+        if len(token) == 1 and token.isdigit() and token.isascii():
+            digits.setdefault(int(token), p)  # a byte-level vocabulary spells each digit once
+    seen = len(digits)
+    sign = 1.0 if (rating is not None and not math.isnan(rating) and rating >= HIGH_RATING) else -1.0
+    known = list(digits.values())
+    missing = NUM_DIGITS - seen
+    if missing == 0:
+        value = sign * max(known) * _digit_variance(known)
+        return TopKIPR(ipr=value, bound=0.0, seen=seen)
+    q = min(probs) if probs else 1.0
+    rest = max(0.0, 1.0 - sum(probs))
+    c = min(q, rest)
+    # smallest variance: the missing digits equal, as close to the seen mean as the constraints allow
+    t = min(sum(known) / seen if seen else 0.0, c, rest / missing)
+    var_lo = _digit_variance(known + [t] * missing)
+    # largest variance: a vertex of {x in [0, c]^m, sum x <= R}
+    var_hi = 0.0
+    for j in range(missing + 1):
+        if j * c > rest + 1e-15:
+            break
+        var_hi = max(var_hi, _digit_variance(known + [c] * j + [0.0] * (missing - j)))
+        left = rest - j * c
+        if j < missing and 0.0 < left < c:
+            var_hi = max(var_hi, _digit_variance(known + [c] * j + [left] + [0.0] * (missing - j - 1)))
+    pmax_lo, pmax_hi = (max(known), max(known)) if known else (0.0, c)
+    lo, hi = pmax_lo * var_lo, pmax_hi * var_hi
+    return TopKIPR(ipr=sign * (lo + hi) / 2, bound=(hi - lo) / 2, seen=seen)

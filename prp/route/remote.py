@@ -1,4 +1,4 @@
-"""An OpenAI-compatible chat-completions client for a remote target (vLLM, SGLang, hosted APIs).
+"""An OpenAI-compatible chat-completions client for a remote target or draft (vLLM, SGLang, hosted APIs).
 
 Stdlib only (http.client).  Retries timeouts, 5xx / 408 / 429 answers and refused or dropped
 connections with exponential backoff; anything else (a 4xx, a redirect, a malformed or oversized
@@ -108,11 +108,11 @@ class OpenAIClient:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
                  retry: RetryPolicy | None = None, max_tokens: int = 1024, temperature: float = 0.0,
-                 max_response_bytes: int = 8 * 1024 * 1024):
+                 max_response_bytes: int = 8 * 1024 * 1024, role: str = "target"):
         self.url = completions_url(base_url)
         parts = urllib.parse.urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("the target must be an http(s) URL")
+            raise ValueError(f"the {role} must be an http(s) URL")
         self._scheme, self._host = parts.scheme, parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -122,6 +122,7 @@ class OpenAIClient:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.max_response_bytes = max_response_bytes
+        self.role = role  # "target" or "draft": names the endpoint in errors and logs (never its URL)
 
     def _headers(self, length: int) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Content-Length": str(length),
@@ -198,32 +199,43 @@ class OpenAIClient:
     def chat(self, messages: list[dict], *, max_tokens: int | None = None) -> RemoteAnswer:
         limit = min(max_tokens, self.max_tokens) if max_tokens else self.max_tokens
         payload = {"model": self.model, "messages": messages, "temperature": self.temperature, "max_tokens": limit}
+        data, attempts, latency = self.post(payload, parse=_answer_text)
+        usage = data.get("usage") or {}
+        return RemoteAnswer(text=_answer_text(data), model=str(data.get("model", self.model)),
+                            completion_tokens=usage.get("completion_tokens"), latency_s=latency, attempts=attempts)
+
+    def post(self, payload: dict, *, parse=None) -> tuple[dict, int, float]:
+        """POST `payload` with the retry policy: (response JSON, attempts, seconds in all, retries and
+        waits included).  `parse(data)` checks the body's shape (a KeyError, IndexError, TypeError
+        or AttributeError there is a malformed response: RemoteError at once)."""
         body = json.dumps(payload).encode("utf-8")
         start = time.perf_counter()
         last = "no attempt made"
         for attempt in range(1, self.retry.tries + 1):
             try:
                 data = self._post_once(body)
-                text = data["choices"][0]["message"]["content"] or ""
-                if not isinstance(text, str):
-                    raise TypeError("content is not a string")
-                usage = data.get("usage") or {}
-                return RemoteAnswer(
-                    text=text, model=str(data.get("model", self.model)),
-                    completion_tokens=usage.get("completion_tokens"),
-                    latency_s=time.perf_counter() - start, attempts=attempt,
-                )
+                if parse is not None:
+                    parse(data)
+                return data, attempt, time.perf_counter() - start
             except _Retry as exc:
                 last = str(exc)
             except _Fatal as exc:
-                log.warning("target %s: %s", self.url, exc)
-                raise RemoteError(f"target: {exc}") from None
+                log.warning("%s %s: %s", self.role, self.url, exc)
+                raise RemoteError(f"{self.role}: {exc}") from None
             except (KeyError, IndexError, TypeError, AttributeError) as exc:
-                raise RemoteError(f"target: malformed response ({type(exc).__name__})") from None
+                raise RemoteError(f"{self.role}: malformed response ({type(exc).__name__})") from None
             if attempt < self.retry.tries:
                 wait = min(self.retry.max_backoff_s, self.retry.backoff_s * 2 ** (attempt - 1))
-                log.warning("target attempt %d/%d failed (%s); retrying in %.2fs",
-                            attempt, self.retry.tries, last, wait)
+                log.warning("%s attempt %d/%d failed (%s); retrying in %.2fs",
+                            self.role, attempt, self.retry.tries, last, wait)
                 time.sleep(wait)
-        log.warning("target %s failed after %d tries: %s", self.url, self.retry.tries, last)
-        raise RemoteError(f"target: {last} after {self.retry.tries} tries")
+        log.warning("%s %s failed after %d tries: %s", self.role, self.url, self.retry.tries, last)
+        raise RemoteError(f"{self.role}: {last} after {self.retry.tries} tries")
+
+
+def _answer_text(data: dict) -> str:
+    """The first choice's text; raises KeyError / TypeError on a body of another shape."""
+    text = data["choices"][0]["message"]["content"] or ""
+    if not isinstance(text, str):
+        raise TypeError("content is not a string")
+    return text

@@ -32,7 +32,7 @@ from prp.core.modeling import digit_token_ids, prepare_inputs
 from prp.core.parsing import parse_completion
 from prp.core.prompts import P_TARGET, build_messages
 from prp.route import decode as gen
-from prp.route.ipr import digit_stats_from_logits
+from prp.route.ipr import digit_stats_from_logits, ipr_from_top_logprobs
 from prp.route.isolate import run_isolated
 from prp.route.rows import RatingRow, RouteRow
 from prp.route.scoring import apply_ipr, get_rule
@@ -58,6 +58,9 @@ class Query:
     image: Image.Image | None
     gold: str | None = None
     max_new_tokens: int | None = None  # this query's cap on its answer (after the prefix); None: the config's
+    # a served draft failed on this query (after its retries): a re-route (the server isolates a failed
+    # batch in halves) fails it at once instead of waiting out the deadline again
+    draft_error: str | None = None
 
 
 
@@ -71,9 +74,11 @@ class PendingBatch:
     prefix: gen.PrefixResult  # holds the draft's cache: a routed query the target fails continues from it
     ratings: list[RatingRow]
     keep: list[bool]  # step 3: True = the draft answers
-    caps: list[int]  # each query's own cap on its answer
+    failed: set[int] = field(default_factory=set)  # rows the draft could not rate (a served draft's error)
+    caps: list[int] = field(default_factory=list)  # each query's own cap on its answer
     draft_all: bool = False  # the draft also answered the routed queries (calibration)
-    draft_new: dict[int, list[int]] = field(default_factory=dict)  # row -> the draft's tokens after the prefix
+    # row -> the draft's answer after the prefix: token ids (local), a DraftContinuation (served draft)
+    draft_new: dict[int, list[int]] = field(default_factory=dict)
     draft_each: float = 0.0  # per-query share of the draft continuation's wall time
     answers: dict[int, TargetAnswer] = field(default_factory=dict)  # routed row -> the target's answer
     future: Future | None = None  # a remote target's answers, asked for at start
@@ -81,7 +86,7 @@ class PendingBatch:
 
     @property
     def to_target(self) -> list[int]:
-        return [i for i, kept in enumerate(self.keep) if not kept]
+        return [i for i, kept in enumerate(self.keep) if not kept and i not in self.failed]
 
     @property
     def answered(self) -> bool:
@@ -175,17 +180,27 @@ class Router:
     """The draft model as a router (Alg. 3-4) in front of a target (LocalTarget / RemoteTarget)."""
 
     def __init__(self, draft_model, draft_processor, target, cfg: RouterConfig, *, extract=None):
-        self.model, self.processor, self.target, self.cfg = draft_model, draft_processor, target, cfg
+        """`draft_model`: a local HF model, or a served draft (`prp.route.remote_draft.RemoteDraft`, whose
+        `draft_processor` is optional: its tokenizer only counts prompt tokens)."""
+        # the draft backend: the local decode loop (prp.route.decode) or a served draft (prp.route.remote_draft)
+        self.draft = draft_model if getattr(draft_model, "remote", False) else None
+        self.model = None if self.draft else draft_model
+        self.processor, self.target, self.cfg = draft_processor, target, cfg
         # completion -> answer: the benchmark's own rule when the entry script passes one (route.py --bench)
         self.extract = extract or extract_answer
-        self.tokenizer = draft_processor.tokenizer
-        self.digit_ids = digit_token_ids(self.tokenizer)
-        self.forced = gen.rating_template(self.tokenizer, cfg.mode) if cfg.rating == "forced" else None
+        self.tokenizer = draft_processor.tokenizer if draft_processor is not None else None
+        local = self.draft is None
+        self.digit_ids = digit_token_ids(self.tokenizer) if local else None
+        self.forced = gen.rating_template(self.tokenizer, cfg.mode) if local and cfg.rating == "forced" else None
         self.rule = get_rule(cfg.rule, mode=cfg.mode)
 
     # ---------------------------------------------------------------- step 1
     def pregenerate(self, queries: list[Query]) -> gen.PrefixResult:
         """Alg. 3-4 l.1-9: x = (I, Q, P_draft | P_joint); generate until the rating closes."""
+        if self.draft is not None:  # a served draft: one request (or one per forced rating) per query
+            got = self.draft.prefix(queries)
+            return gen.PrefixResult(tokens=[[] for _ in got], texts=[g.text for g in got], stop=[g.stop for g in got],
+                                    remote=got, queries=list(queries))
         msgs = [build_messages(q.question, mode=self.cfg.mode, with_image=q.image is not None) for q in queries]
         inputs = gen_inputs(self.processor, msgs, [q.image for q in queries], self.model)
         return gen.generate_prefix(
@@ -194,10 +209,20 @@ class Router:
         )
 
     # ---------------------------------------------------------------- step 2
-    def _ipr(self, prefix: gen.PrefixResult, tag: str, n: int) -> list[float | None]:
-        """Eq. 9 for every row that has a tenths digit under `tag`, in one batched call."""
-        captured = prefix.tenths.get(tag, {})
+    def _ipr(self, prefix: gen.PrefixResult, tag: str, n: int) -> tuple[list, list, list]:
+        """Eq. 9 for every row that has a tenths digit under `tag`, in one batched call:
+        (IPR, digits seen, error bound) per row, None where the row has no such digit."""
         out: list[float | None] = [None] * n
+        seen: list[int | None] = [None] * n
+        bound: list[float | None] = [None] * n
+        if prefix.remote is not None:  # a served draft: the top-K list at the tenths digit
+            for r, got in enumerate(prefix.remote):
+                if tag in got.top:
+                    value = getattr(parse_completion(got.text, self.cfg.mode), tag)
+                    est = ipr_from_top_logprobs(got.top[tag], float("nan") if value is None else value)
+                    out[r], seen[r], bound[r] = est.ipr, est.seen, est.bound
+            return out, seen, bound
+        captured = prefix.tenths.get(tag, {})
         if captured:
             rows = sorted(captured)
             logits = torch.stack([captured[r][0] for r in rows])  # [n_rows, V]
@@ -207,8 +232,8 @@ class Router:
             rating = torch.tensor([float("nan") if v is None else v for v in values], device=logits.device)
             stats = digit_stats_from_logits(logits, self.digit_ids, rating, backend=self.cfg.ipr_backend)
             for r, p in zip(rows, stats.ipr.tolist(), strict=True):
-                out[r] = p
-        return out
+                out[r], seen[r], bound[r] = p, 10, 0.0  # the full softmax: all ten digits, exact
+        return out, seen, bound
 
     def evaluate(self, prefix: gen.PrefixResult, ids: list[str] | None = None,
                  prefix_s: float = 0.0) -> list[RatingRow]:
@@ -218,10 +243,18 @@ class Router:
         """
         n = len(prefix.texts)
         ids = ids or [str(i) for i in range(n)]
-        ipr_d, ipr_t = self._ipr(prefix, "confidence", n), self._ipr(prefix, "target", n)
+        (ipr_d, seen_d, bound_d), (ipr_t, seen_t, bound_t) = self._ipr(prefix, "confidence", n), \
+            self._ipr(prefix, "target", n)
         jrl, tau = self.cfg.mode == "jrl", self.cfg.tau
         rows = []
         for i, text in enumerate(prefix.texts):
+            remote = prefix.remote[i] if prefix.remote is not None else None
+            if remote is not None and remote.error is not None:  # the served draft failed on this query
+                rows.append(RatingRow(id=ids[i], d=None, t=None, ipr_d=None, ipr_t=None, score=None,
+                                      score_no_ipr=None, prefix_latency_s=remote.latency_s, error=remote.error))
+                continue
+            seen = [s for s in (seen_d[i], seen_t[i] if jrl else None) if s is not None]
+            bounds = [b for b in (bound_d[i], bound_t[i] if jrl else None) if b is not None]
             parsed = parse_completion(text, self.cfg.mode)
             d, t = parsed.confidence, (parsed.target if jrl else None)
             d2 = None if d is None else apply_ipr(d, ipr_d[i], mode=self.cfg.ipr)
@@ -230,8 +263,11 @@ class Router:
             rows.append(RatingRow(
                 id=ids[i], d=d, t=parsed.target, ipr_d=ipr_d[i], ipr_t=ipr_t[i],
                 score=None if score is None else float(score), score_no_ipr=None if raw is None else float(raw),
-                prefix=text, prefix_stop=prefix.stop[i], prefix_tokens=len(prefix.tokens[i]),
-                prefix_latency_s=prefix_s / max(n, 1)))
+                prefix=text, prefix_stop=prefix.stop[i],
+                prefix_tokens=remote.tokens if remote is not None else len(prefix.tokens[i]),
+                # per query: a served draft's own requests; a local batch's wall time shared evenly
+                prefix_latency_s=remote.latency_s if remote is not None else prefix_s / max(n, 1),
+                ipr_digits_seen=min(seen) if seen else None, ipr_bound=max(bounds) if bounds else None))
         return rows
 
     def rate(self, queries: list[Query]) -> tuple[gen.PrefixResult, list[RatingRow]]:
@@ -250,6 +286,10 @@ class Router:
             return {}, 0.0
         caps = [min(c, self.cfg.max_new_tokens) for c in caps] if caps else [self.cfg.max_new_tokens] * len(rows)
         start = time.perf_counter()
+        if self.draft is not None:  # a served draft: the prefix as a partial assistant message, continued
+            got = self.draft.continue_many([(prefix.queries[r], prefix.remote[r], cap)
+                                            for r, cap in zip(rows, caps, strict=True)])
+            return dict(zip(rows, got, strict=True)), time.perf_counter() - start
         sub = gen.select_rows(prefix.state, rows)
         done = [prefix.stop[r] == "eos" for r in rows]
         new = gen.continue_rows(self.model, self.tokenizer, sub, max_new_tokens=max(caps), done=done,
@@ -266,8 +306,17 @@ class Router:
 
     def route_batch(self, queries: list[Query], policy, *, target_all: bool = False,
                     draft_all: bool = False) -> list[dict]:
-        """Route one batch; one RouteRow per query, in order, as JSON dicts (the routes JSONL lines)."""
-        return [row.to_json() for row in self.route_rows(queries, policy, target_all=target_all, draft_all=draft_all)]
+        """Route one batch; one RouteRow per query, in order, as JSON dicts (the routes JSONL lines).
+
+        The served router's entry: a query the served draft failed on raises a `RequestError` 503 (the
+        server's worker isolates the failing queries, whose memo in `Query.draft_error` fails them at once)."""
+        rows = self.route_rows(queries, policy, target_all=target_all, draft_all=draft_all)
+        failures = [r.error for r in rows if r.route is None and r.error]
+        if failures:
+            from prp.route.server.chat import RequestError  # the server answers its status, not a 500
+
+            raise RequestError(503, f"the draft is unavailable ({failures[0]}); retry later")
+        return [row.to_json() for row in rows]
 
     def route_rows(self, queries: list[Query], policy, *, target_all: bool = False,
                    draft_all: bool = False) -> list[RouteRow]:
@@ -289,16 +338,34 @@ class Router:
         `answer_routed`, which may gather the routed queries of several batches into one call."""
         self.check_policy(policy)
         prefix, ratings = self.rate(queries)  # steps 1-2
-        keep = policy.keep([r.score for r in ratings])  # step 3
-        pending = PendingBatch(queries=queries, prefix=prefix, ratings=ratings, keep=keep, draft_all=draft_all,
-                               caps=[q.max_new_tokens or self.cfg.max_new_tokens for q in queries])
+        # a query the served draft could not rate is neither kept nor routed (an error row; the server: 503),
+        # and the policy ranks the others only
+        failed = {i for i, r in enumerate(ratings) if r.error is not None}
+        rated = [i for i in range(len(queries)) if i not in failed]
+        keep = [False] * len(queries)
+        for i, kept in zip(rated, policy.keep([ratings[i].score for i in rated]) if rated else [], strict=True):
+            keep[i] = kept  # step 3
+        pending = PendingBatch(queries=queries, prefix=prefix, ratings=ratings, keep=keep, failed=failed,
+                               draft_all=draft_all, caps=[q.max_new_tokens or self.cfg.max_new_tokens for q in queries])
         if self.target.remote and pending.to_target:  # step 4: the remote target works while the draft continues
             pending.pool = ThreadPoolExecutor(max_workers=1)
             pending.future = pending.pool.submit(self.target.answer, [queries[i] for i in pending.to_target])
-        to_draft = [i for i in range(len(queries)) if draft_all or keep[i]]
+        to_draft = [i for i in rated if draft_all or keep[i]]
         pending.draft_new, draft_s = self.continue_draft(prefix, to_draft, [pending.caps[i] for i in to_draft])
         pending.draft_each = draft_s / len(to_draft) if to_draft else 0.0  # per-query share (docs/routing.md)
         return pending
+
+    def draft_output(self, pending_prefix: gen.PrefixResult, i: int, new) -> tuple:
+        """The draft's whole answer to row i: (text with its prefix, the part after the prefix, its tokens,
+        an error).  `new`: the row's continuation (local token ids, or a served draft's DraftContinuation)."""
+        if pending_prefix.remote is None:
+            ids = pending_prefix.tokens[i] + new
+            return (self.tokenizer.decode(ids, skip_special_tokens=True) if ids else None,
+                    self.tokenizer.decode(new, skip_special_tokens=True), len(ids), None)
+        head = pending_prefix.remote[i]
+        if new.text is None:
+            return None, None, 0, new.error
+        return head.text + new.text, new.text, head.tokens + new.tokens, None
 
     def answer_routed(self, items: list[tuple[PendingBatch, int]]) -> None:
         """Step 4, target side (a local target): one batched call for routed queries of one or more
@@ -324,7 +391,9 @@ class Router:
             missing = [i for i in p.to_target if i not in p.answers]
             raise RuntimeError(f"finish() before the target answered rows {missing}: call answer_routed first")
         # the baseline, measured apart (a query the target fails on alone gets no baseline latency)
-        target_only = run_isolated(self.target.answer, p.queries) if target_all else None
+        asked = [i for i in range(n) if i not in p.failed]  # a query the draft could not rate is not asked
+        target_only = dict(zip(asked, run_isolated(self.target.answer, [p.queries[i] for i in asked]),
+                               strict=True)) if target_all else None
         # failures lose nothing: the draft answers from its cache
         failed = [i for i in p.to_target if p.answers[i].text is None and i not in p.draft_new]
         fb_new, fb_s = self.continue_draft(p.prefix, failed, [p.caps[i] for i in failed])
@@ -334,14 +403,26 @@ class Router:
         rows = []
         for i in range(n):
             r, tgt, kept = p.ratings[i], p.answers.get(i), p.keep[i]
+            if i in p.failed:  # the served draft could not rate it: an error row, neither kept nor routed
+                rows.append(RouteRow.from_rating(r, mode=self.cfg.mode, rule=self.rule.name,
+                                                 latency_s=r.prefix_latency_s))
+                continue
             fallback = not kept and tgt.text is None
-            draft_ids = p.prefix.tokens[i] + draft_new[i] if i in draft_new else None
-            draft_text = self.tokenizer.decode(draft_ids, skip_special_tokens=True) if draft_ids else None
+            draft_text, after, draft_tokens, draft_error = (
+                self.draft_output(p.prefix, i, draft_new[i]) if i in draft_new else (None, None, 0, None))
             # the answer comes from after the rating: a last-number rule must not read "0.87"
-            draft_answer = self.extract(self.tokenizer.decode(draft_new[i], skip_special_tokens=True)) \
-                if i in draft_new else None
+            draft_answer = self.extract(after) if after is not None else None
             by_draft = kept or fallback
-            d_lat = (fb_each if i in fb_new else p.draft_each) if by_draft else None
+            if draft_error is not None and (by_draft or p.draft_all):  # a served draft failed after its rating
+                error = f"{tgt.error}; then {draft_error}" if fallback else draft_error
+                rows.append(RouteRow.from_rating(r, mode=self.cfg.mode, rule=self.rule.name, error=error,
+                                                 fallback=fallback, latency_s=r.prefix_latency_s))
+                continue
+            if i in fb_new:
+                d_lat = fb_new[i].latency_s if self.draft is not None else fb_each
+            else:
+                d_lat = draft_new[i].latency_s if self.draft is not None and i in draft_new else p.draft_each
+            d_lat = d_lat if by_draft else None
             t_lat = tgt.latency_s if (tgt is not None and not kept) else None
             text = draft_text if by_draft else tgt.text
             row = RouteRow.from_rating(
@@ -353,7 +434,7 @@ class Router:
                 continue_latency_s=d_lat, target_latency_s=t_lat,
                 target_attempts=tgt.attempts if (tgt is not None and not kept) else None,
                 latency_s=r.prefix_latency_s + (d_lat or 0.0) + (t_lat or 0.0),
-                completion_tokens=len(draft_ids) if by_draft else tgt.completion_tokens,
+                completion_tokens=draft_tokens if by_draft else tgt.completion_tokens,
             )
             if target_only is not None:
                 base = target_only[i]

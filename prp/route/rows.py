@@ -30,7 +30,10 @@ class RatingRow:
     prefix: str = ""
     prefix_stop: str = ""  # "closed" | "eos" | "cap"
     prefix_tokens: int = 0
-    prefix_latency_s: float = 0.0  # per query: the prefix batch's wall time / batch size
+    prefix_latency_s: float = 0.0  # per query: the prefix batch's wall time / batch size (a served draft: its own)
+    ipr_digits_seen: int | None = None  # fewest of the ten digits known at a tenths digit (10 = exact IPR)
+    ipr_bound: float | None = None  # largest |IPR error| those digits allow (0.0 when exact; prp.route.ipr)
+    error: str | None = None  # why this query has no rating (a served draft that failed: `draft_failed: ...`)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -47,7 +50,6 @@ class RouteRow(RatingRow):
     answer: str | None = None
     text: str | None = None
     fallback: bool = False
-    error: str | None = None
     line: int | None = None  # input line, on error lines
     continue_latency_s: float | None = None
     target_latency_s: float | None = None
@@ -65,7 +67,7 @@ class RouteRow(RatingRow):
 
     @classmethod
     def from_rating(cls, rating: RatingRow, **kw) -> RouteRow:
-        return cls(**asdict(rating), **kw)
+        return cls(**{**asdict(rating), **kw})
 
     @classmethod
     def from_json(cls, obj: dict) -> RouteRow:

@@ -44,7 +44,8 @@ ENGINE_KINDS = ("eager", "compiled", "static")
 def add_router_arguments(ap, *, title: str = "models") -> None:
     """The flags route.py and eval.py share: models, the evaluation stage (Sec. 4.2-4.3), a remote target."""
     io = ap.add_argument_group(title)
-    io.add_argument("--draft", help="draft (router) model dir, trained with DRL or JRL")
+    io.add_argument("--draft", help="draft (router): a local model dir trained with DRL or JRL, or an http(s) base URL "
+                                    "of an OpenAI-compatible server with logprobs and continuation (docs/deploy.md)")
     io.add_argument("--target", help="target: a local HF model dir, or an http(s) base URL (OpenAI-compatible)")
     io.add_argument("--target-model", default=None, help="model name sent to a remote target")
     io.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env var holding the API key")
@@ -85,7 +86,26 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
                     help="seconds per attempt, in all (connect + answer): a query falls back to the draft "
                          "within timeout x tries + backoff")
     rm.add_argument("--backoff", type=non_negative_float, default=0.5, help="first retry wait; doubles each retry")
-    rm.add_argument("--concurrency", type=positive_int, default=8, help="remote target requests in flight at once")
+    rm.add_argument("--concurrency", type=positive_int, default=8,
+                    help="requests in flight to a remote target, and to a remote draft")
+
+    rd = ap.add_argument_group("remote draft (--draft URL; docs/deploy.md)")
+    rd.add_argument("--draft-model-name", default="draft", help="model name sent to a remote draft")
+    rd.add_argument("--draft-api-key-env", default="OPENAI_API_KEY",
+                    help="NAME of the env var holding the remote draft's API key")
+    rd.add_argument("--draft-timeout", type=positive_float, default=60.0,
+                    help="seconds per attempt, in all; a query whose draft fails gets an error row (a 503 served) "
+                         "within timeout x tries + backoff")
+    rd.add_argument("--draft-tries", type=positive_int, default=4)
+    rd.add_argument("--draft-backoff", type=non_negative_float, default=0.5,
+                    help="first retry wait; doubles each retry")
+    rd.add_argument("--draft-top-logprobs", type=int, choices=range(10, 21), metavar="{10..20}", default=20,
+                    help="K of top_logprobs at each rating digit (IPR is exact when all ten digits are among them)")
+    rd.add_argument("--draft-processor", metavar="DIR", default=None,
+                    help="the remote draft's tokenizer/processor files (a model folder; weights are not read): "
+                         "counts prompt tokens (needed by --serve) and checks the server's chat template at start")
+    rd.add_argument("--no-draft-check", dest="draft_check", action="store_false",
+                    help="skip the start-up check of the remote draft's features (logprobs, top-K, continuation)")
 
 
 def resolve_route_settings(args, *, prog: str) -> None:
@@ -114,15 +134,25 @@ def build_router(args) -> Router:
 
     max_new = args.max_new_tokens or ROUTE_DEFAULTS["max_new_tokens"]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
-    retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
-    target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
-                         remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)
-    apply_engine(getattr(args, "engine", None), draft, None if target.remote else target.model)
     cfg = RouterConfig(mode=args.mode or ROUTE_DEFAULTS["mode"], rule=args.rule, tau=args.tau, ipr=args.ipr,
                        ipr_backend=args.ipr_backend, rating=args.rating or ROUTE_DEFAULTS["rating"],
                        max_prefix_tokens=args.max_prefix_tokens, max_new_tokens=max_new)
+    if is_url(args.draft):
+        from prp.route.remote_draft import load_remote_draft
+
+        draft, processor = load_remote_draft(args, cfg)
+    else:
+        draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
+    retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
+    target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
+                         remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)
+    apply_engine(getattr(args, "engine", None), None if getattr(draft, "remote", False) else draft,
+                 None if target.remote else target.model)
     return Router(draft, processor, target, cfg)
+
+
+def is_url(spec: str | None) -> bool:
+    return bool(spec) and spec.startswith(("http://", "https://"))
 
 
 def apply_engine(kind: str | None, *models) -> None:
@@ -237,6 +267,8 @@ def _prompt_problem(router: Router, question: str, limit: int) -> str | None:
     first: no tokenizer PRP serves packs more than 16 characters into a token)."""
     if len(question) > 16 * limit:
         return f"prompt_too_long: {len(question)} characters for a limit of {limit} tokens"
+    if router.tokenizer is None:  # a served draft without --draft-processor: its server checks the rest
+        return None
     n = len(router.tokenizer(question, add_special_tokens=False)["input_ids"])
     return f"prompt_too_long: {n} tokens > {limit}" if n > limit else None
 
@@ -405,35 +437,51 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
     table = all("draft_correct" in r.meta and "target_correct" in r.meta for r in recs)
     if not table and judge is None:
         raise ValueError("calibration needs a judge (the benchmark's rule) unless the file has correctness columns")
-    scores, dc, tc = [], [], []
+    scores, dc, tc, failed = [], [], [], []
     progress = RouteProgress("calibrate", total=len(recs))
     progress.start()
     try:
-        _calibration_rows(router, recs, batch_size, table, judge, progress, scores, dc, tc)
+        _calibration_rows(router, recs, batch_size, table, judge, progress, scores, dc, tc, failed)
     finally:
         progress.close()
+    if failed:  # calibrating on the rest would quietly shift T: say so, and stop
+        from prp.core.cli import UserError
+
+        raise UserError(f"calibration: the draft failed on {len(failed)} of {len(recs)} validation queries "
+                        f"(first: {failed[0]}); calibrate when the draft server answers")
     cal = calibrate(scores, dc, tc, p_t=p_t, target_acc=target_acc, confidence=confidence, rule=router.rule)
     cal.mode, cal.tau, cal.ipr = router.cfg.mode, router.cfg.tau, router.cfg.ipr
     cal.judge = getattr(judge, "bench", "") if not table else "table"
     return cal
 
 
-def _calibration_rows(router, recs, batch_size, table, judge, progress, scores, dc, tc) -> None:
-    """Fill scores / draft correctness / target correctness for `calibrate_on`, batch by batch."""
+def _calibration_rows(router, recs, batch_size, table, judge, progress, scores, dc, tc, failed) -> None:
+    """Fill scores / draft correctness / target correctness for `calibrate_on`, batch by batch; a query a
+    served draft failed on goes to `failed` (no rating to calibrate on, not a low one)."""
     from prp.route.decide import FixedThreshold
     from prp.route.router import Query
 
     for batch in _batches(recs, batch_size):
         queries = [Query(id=r.id, question=r.question, image=r.load_image(), gold=r.answer) for r in batch]
         if table:
-            scores += [x.score for x in router.rate(queries)[1]]
-            dc += [float(r.meta["draft_correct"]) for r in batch]
-            tc += [float(r.meta["target_correct"]) for r in batch]
+            for x, rec in zip(router.rate(queries)[1], batch, strict=True):
+                if x.error:
+                    failed.append(f"{rec.id}: {x.error}")
+                    continue
+                scores.append(x.score)
+                dc.append(float(rec.meta["draft_correct"]))
+                tc.append(float(rec.meta["target_correct"]))
         else:
             rows = router.route_rows(queries, FixedThreshold(None, router.rule.name), target_all=True,
                                      draft_all=True)
             for row, rec in zip(rows, batch, strict=True):
+                if row.route is None:
+                    failed.append(f"{rec.id}: {row.error}")
+                    continue
                 scores.append(row.score)
                 dc.append(float(judge(rec, row.draft_answer)))
                 tc.append(float(judge(rec, row.target_answer)))
-        progress.update(len(batch), draft=f"{sum(dc) / len(dc):.0%}", target=f"{sum(tc) / len(tc):.0%}")
+        if dc:
+            progress.update(len(batch), draft=f"{sum(dc) / len(dc):.0%}", target=f"{sum(tc) / len(tc):.0%}")
+        else:
+            progress.update(len(batch))
