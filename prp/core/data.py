@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
+import os
 import stat
 import warnings
 from collections import Counter
@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from prp.core.jsonl import iter_json_lines, loads
+from prp.core.jsonl import jsonl_lines as jsonl_lines  # re-exported: older callers import it from here
 
 log = logging.getLogger(__name__)
 
@@ -208,16 +211,66 @@ def _check_image(path: Path, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> str 
     return None
 
 
-def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, str] | None = None) -> Record:
-    """One JSON object -> Record.  `fields` renames keys (e.g. ChartQA's query/label)."""
+# A path longer than Linux's PATH_MAX (4096) cannot be opened; one path component is at most 255 bytes.
+MAX_IMAGE_PATH_CHARS = 4096
+MAX_PATH_COMPONENT_BYTES = 255
+
+
+def resolve_image_path(value, base_dir: str | Path, *, confine: bool = False) -> str | None:
+    """A record's image field -> the path to open (None: no image).  ValueError "bad_image_field"
+    for a value that is not a path, ImageError "bad_image_path" for a path that cannot be one.
+
+    `confine` (batch routing, docs/routing.md): the path must stay under `base_dir` (the data file's
+    folder or --image-root): absolute paths, `..` components and symlinks resolving outside are
+    refused, all with the same message, decided before the file itself is opened, so the error row
+    never tells the file's author whether (or what) something exists outside the root.  The path
+    returned is then the resolved one (the file that was checked is the file that is opened).
+
+    >>> resolve_image_path("a/b.png", "/data")
+    '/data/a/b.png'
+    >>> for bad in ("/etc/passwd", "../x.png", "a/../../x.png"):
+    ...     try:
+    ...         resolve_image_path(bad, "/data", confine=True)
+    ...     except ImageError as exc:
+    ...         print(exc)
+    bad_image_path: outside the image root (absolute or .. paths need --allow-outside-image-paths)
+    bad_image_path: outside the image root (absolute or .. paths need --allow-outside-image-paths)
+    bad_image_path: outside the image root (absolute or .. paths need --allow-outside-image-paths)
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("bad_image_field: the image must be a path (a string)")
+    if "\x00" in value:
+        raise ImageError("bad_image_path: the path holds a NUL character")
+    if len(value) > MAX_IMAGE_PATH_CHARS:
+        raise ImageError(f"bad_image_path: {len(value)} characters > {MAX_IMAGE_PATH_CHARS}")
+    rel = Path(value)
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_PATH_COMPONENT_BYTES for part in rel.parts):
+        raise ImageError(f"bad_image_path: a path component longer than {MAX_PATH_COMPONENT_BYTES} bytes")
+    path = rel if rel.is_absolute() else Path(base_dir) / rel
+    if not confine:
+        return str(path)
+    outside = ImageError("bad_image_path: outside the image root "
+                         "(absolute or .. paths need --allow-outside-image-paths)")
+    if rel.is_absolute() or ".." in rel.parts:
+        raise outside
+    root = os.path.realpath(base_dir)
+    real = os.path.realpath(path)  # follows every symlink; a missing file stays a plain path
+    if os.path.commonpath([root, real]) != root:
+        raise outside
+    return real
+
+
+def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, str] | None = None,
+                 confine_images: bool = False) -> Record:
+    """One JSON object -> Record.  `fields` renames keys (e.g. ChartQA's query/label);
+    `confine_images`: `resolve_image_path`'s confine (the image stays under `base_dir`)."""
     names = {"id": "id", "question": "question", "answer": "answer", "image": "image", **(fields or {})}
     question = raw.get(names["question"])
     if not isinstance(question, str) or not question.strip():
         raise ValueError("empty_question")
-    image = raw.get(names["image"])
-    image_path = None
-    if image:
-        image_path = Path(image) if Path(image).is_absolute() else base_dir / image
+    image_path = resolve_image_path(raw.get(names["image"]), base_dir, confine=confine_images)
     answer = raw.get(names["answer"])
     record_id = raw.get(names["id"], f"line-{line_no}")
     meta = {k: v for k, v in raw.items() if k not in names.values()}
@@ -225,36 +278,17 @@ def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, s
         id=str(record_id),
         question=question.strip(),
         answer=None if answer is None else str(answer),
-        image=str(image_path) if image_path else None,
+        image=image_path,
         meta=meta,
     )
 
 
-def jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
-    """(line number from 1, the line's bytes without its newline) for every non-blank line of a
-    JSONL file: the one JSONL line reader.  Bytes, so each caller decides what a line that is not
-    UTF-8 or not JSON means (a counted skip, a logged None row, or an error).
-
-    >>> import tempfile
-    >>> with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
-    ...     _ = f.write(b'{"a": 1}\\n\\n  \\n{torn')
-    >>> list(jsonl_lines(f.name))
-    [(1, b'{"a": 1}'), (4, b'{torn')]
-    >>> Path(f.name).unlink()
-    """
-    with Path(path).open("rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                yield line_no, line[:-1] if line.endswith(b"\n") else line
-
-
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | None]]:
-    """(line number, object or None if the line is not a JSON object), blank lines left out."""
-    for line_no, line in jsonl_lines(path):
-        try:
-            raw = json.loads(line.decode("utf-8"))  # one non-UTF-8 line is a bad line, not a crash
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raw = None
+    """(line number, object or None if the line is not a usable JSON object), blank lines left out
+    (prp.core.jsonl: split on \\n only; non-UTF-8, too deep, overlong numbers, lone surrogates -> None)."""
+    for line_no, raw, error in iter_json_lines(path):
+        if error is not None:
+            log.warning("%s line %d: %s", Path(path).name, line_no, error)
         yield line_no, raw if isinstance(raw, dict) else None
 
 
@@ -265,16 +299,17 @@ def load_jsonl(
     fields: dict[str, str] | None = None,
     check_images: bool = True,
     require_answer: bool = False,
+    confine_images: bool = False,
 ) -> LoadResult:
     """A generic JSONL file of {"id", "image", "question", "answer", ...} lines.
 
-    Image paths are relative to `image_root` (default: the file's folder).  Error line numbers
-    are the file's own.
+    Image paths are relative to `image_root` (default: the file's folder); `confine_images` keeps
+    them under it (`resolve_image_path`).  Error line numbers are the file's own.
     """
     path = Path(path)
     return _load_numbered(
         iter_jsonl(path), base_dir=Path(image_root) if image_root else path.parent, source=path.name,
-        fields=fields, check_images=check_images, require_answer=require_answer,
+        fields=fields, check_images=check_images, require_answer=require_answer, confine_images=confine_images,
     )
 
 
@@ -300,7 +335,7 @@ def _read_table(path: Path) -> list:
         return read_parquet(str(path))
     if path.suffix == ".jsonl":
         return [raw for _, raw in iter_jsonl(path)]  # None: counted as bad_json below
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = loads(path.read_bytes())  # a JsonError (one line) for bad content
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -333,6 +368,7 @@ def _load_numbered(
     require_image: bool = False,
     require_answer: bool = False,
     image_cache_dir: Path | None = None,
+    confine_images: bool = False,
 ) -> LoadResult:
     """(line number, dict or None for an unreadable line) -> Records, skipping and counting bad ones."""
     names = {"id": "id", "image": "image", **(fields or {})}
@@ -354,9 +390,10 @@ def _load_numbered(
         if image_cache_dir is not None:
             _materialise_image(raw, names["image"], record_id, image_cache_dir)
         try:
-            record = parse_record(raw, base_dir=base_dir, line_no=line_no, fields=fields)
-        except ValueError as exc:
-            skip(line_no, record_id, str(exc))
+            record = parse_record(raw, base_dir=base_dir, line_no=line_no, fields=fields,
+                                  confine_images=confine_images)
+        except ValueError as exc:  # ImageError too (bad_image_path): the reason code alone
+            skip(line_no, record_id, str(exc).split(":", 1)[0])
             continue
         if require_answer and not (record.answer or "").strip():
             skip(line_no, record.id, "missing_answer")

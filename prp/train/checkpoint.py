@@ -6,14 +6,19 @@
         training_state.pt    optimizer, scheduler (plain torch runs)
         ds/                  DeepSpeed engine checkpoint (ZeRO-3 runs: partitioned optimizer state)
         trainer_state.json   step, micro-step, epoch, this epoch's sampler order, RNG states
+        manifest.json        sha256 and size of every other file (written last, before the rename)
 
-Everything is written into `ckpt-<step>.tmp`, every file fsynced, then the folder is renamed
+Everything is written into `ckpt-<step>.tmp`, the manifest added, every file fsynced, then the folder is renamed
 (atomic on POSIX) and the parent fsynced: a `ckpt-N` folder always holds a complete checkpoint,
 and a run killed while saving leaves only a `.tmp` that is ignored and later removed.
 
 Resuming (`find_resume_point`, then `restore`):
-- the newest checkpoint whose files are intact is used; a damaged one (a truncated or unreadable
-  file: a disk fault, a copy cut short) is skipped with a warning naming it and the reason;
+- the newest checkpoint whose files are intact is used; a damaged one is skipped with a warning
+  naming it and the reason: a file whose bytes no longer match manifest.json (a disk fault, a copy
+  cut short, zeros written into the weights), a special file (FIFO, device: refused without opening
+  it), a trainer_state.json whose values are not what this trainer writes (a step that is not the
+  folder's, Infinity, a negative or float count), an optimizer or RNG state of the wrong shape;
+  a checkpoint without manifest.json (written before checksums) is checked by its headers alone;
 - a checkpoint without its training state (optimizer / DeepSpeed state, scheduler, RNG) is an
   error, unless weights-only was asked for (`resume_weights_only`): then its weights, step and
   learning-rate schedule position are kept and the optimizer starts fresh;
@@ -21,9 +26,14 @@ Resuming (`find_resume_point`, then `restore`):
   DeepSpeed's own files also need the few DeepSpeed classes in `DEEPSPEED_SAFE_GLOBALS`.  Every
   `.pt` file's pickle is scanned before anything is loaded; one that names any other global is
   refused with an error (never skipped: that is tampering, not damage).
+
+Saving on a full disk (ENOSPC) stops the run with one line (`DiskFullError`) that says so and names
+the last good checkpoint; the partial `.tmp` folder is removed.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import importlib
 import json
 import logging
@@ -32,6 +42,7 @@ import pickle
 import random
 import re
 import shutil
+import stat
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -39,6 +50,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from prp.core.cli import UserError
+from prp.core.jsonl import JsonError, NotARegularFile, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +76,97 @@ class CheckpointError(RuntimeError):
 
 class DamagedCheckpoint(CheckpointError):
     """A file of the checkpoint is truncated or unreadable: `find_resume_point` falls back past it."""
+
+
+class DiskFullError(UserError):
+    """The disk filled up while the run wrote a checkpoint or its log: one line, exit status 2."""
+
+
+MANIFEST = "manifest.json"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException, where: str | Path) -> bool:
+    """Did `exc` come from a full disk?  An OSError with ENOSPC/EDQUOT anywhere in its chain, or a
+    write failure of torch's archive writer (a RuntimeError "[enforce fail at inline_container.cc]
+    ... file write failed" that carries no errno) while `where`'s file system has under 16 MiB free."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, RuntimeError) and "write" in str(exc).lower():
+        try:
+            return shutil.disk_usage(where).free < 16 * 2**20
+        except OSError:
+            return False
+    return False
+
+
+def disk_full_error(exc: BaseException, out: str | Path, doing: str) -> DiskFullError:
+    """The one line for a full disk: what failed, and the checkpoint to resume from."""
+    last = latest_checkpoint(out)
+    return DiskFullError(f"the disk is full ({os.strerror(errno.ENOSPC)}) while {doing} in {out}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}; the last good "
+                         f"checkpoint is {last or 'none (no checkpoint was completed)'}; free space, then rerun with "
+                         "--resume")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(tmp: Path) -> None:
+    """manifest.json: {"files": {relative path: {"bytes", "sha256"}}} for every file under `tmp`."""
+    files = {}
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST):
+        files[path.relative_to(tmp).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    (tmp / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n")
+
+
+def _refuse_special_files(ckpt: Path) -> None:
+    """Every entry of `ckpt` must be a folder or a regular file, checked by stat alone: a FIFO
+    named model.safetensors would block the reader forever, a device would never end."""
+    for dirpath, dirs, files in os.walk(ckpt):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                raise DamagedCheckpoint(f"{path}: unreadable ({exc.strerror or exc})") from exc
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise DamagedCheckpoint(f"{path}: not a regular file (a FIFO, socket or device): refused "
+                                        "without opening it")
+
+
+def verify_manifest(ckpt: Path) -> bool:
+    """Check every file listed in manifest.json that is present against its size and sha256
+    (DamagedCheckpoint on a mismatch); False when the checkpoint has no manifest (written before
+    checksums were).  A listed file that is absent is left to the checks that need it (a missing
+    training state is an error, not damage)."""
+    path = ckpt / MANIFEST
+    if not path.exists():
+        return False
+    try:
+        files = read_json_file(path, strict_numbers=True)["files"]
+        entries = [(name, int(meta["bytes"]), str(meta["sha256"])) for name, meta in files.items()]
+    except (JsonError, NotARegularFile, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DamagedCheckpoint(f"{path}: unreadable ({exc})") from exc
+    for name, size, digest in entries:
+        file = ckpt / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise DamagedCheckpoint(f"{path}: lists {name!r}, outside the checkpoint")
+        if not file.exists():  # a missing file is for the checks that need it (training state: an error)
+            continue
+        if file.stat().st_size != size:
+            raise DamagedCheckpoint(f"{file}: {file.stat().st_size} bytes, {MANIFEST} says {size} (truncated?)")
+        if _sha256(file) != digest:
+            raise DamagedCheckpoint(f"{file}: its content does not match its sha256 in {MANIFEST} (damaged)")
+    return True
 
 
 def rng_state() -> dict:
@@ -146,8 +251,10 @@ def write_state(tmp: Path, *, trainer_state: dict, optimizer=None, scheduler=Non
 
 
 def commit(tmp: Path, *, keep_last: int) -> Path:
-    """fsync, rename `ckpt-N.tmp` -> `ckpt-N`, fsync the parent, then drop all but the last `keep_last`."""
+    """Add the manifest, fsync, rename `ckpt-N.tmp` -> `ckpt-N`, fsync the parent, then drop all but
+    the last `keep_last`."""
     final = tmp.with_name(tmp.name.removesuffix(".tmp"))
+    write_manifest(tmp)
     _fsync_tree(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
@@ -161,7 +268,7 @@ def commit(tmp: Path, *, keep_last: int) -> Path:
 
 def read_state(ckpt: Path) -> tuple[dict, dict | None, dict]:
     """(trainer_state, training_state or None, rng_state)."""
-    trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
+    trainer_state = read_json_file(ckpt / "trainer_state.json", strict_numbers=True)
     training = ckpt / "training_state.pt"
     # weights_only: tensors, numbers and containers only, no arbitrary pickled objects
     training_state = safe_torch_load(training) if training.exists() else None
@@ -270,7 +377,7 @@ def _check_weights(ckpt: Path) -> None:
     index = ckpt / "model.safetensors.index.json"
     try:
         if index.is_file():
-            wanted = set(json.loads(index.read_text())["weight_map"].values())
+            wanted = set(read_json_file(index)["weight_map"].values())
             missing = wanted - {p.name for p in shards}
             if missing:
                 raise DamagedCheckpoint(f"{ckpt}: weight shards missing: {sorted(missing)}")
@@ -279,20 +386,82 @@ def _check_weights(ckpt: Path) -> None:
         for shard in shards:  # the header check covers a truncated file ("not fully covered")
             with safe_open(str(shard), framework="pt"):
                 pass
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DamagedCheckpoint(f"{ckpt}: unreadable weights ({exc})") from exc
 
 
+def _count(state: dict, key: str, *, low: int = 0) -> int | None:
+    value = state.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}"[:200])
+    return value
+
+
 def _read_trainer_state(ckpt: Path) -> dict:
+    """trainer_state.json, checked against what `write_state` writes: the step is ckpt-N's N (not
+    Infinity, -5 or 1e300), the counts are integers >= 0, the sampler order a list of integers."""
     path = ckpt / "trainer_state.json"
     if not path.is_file():
         raise DamagedCheckpoint(f"{path} is missing")
     try:
-        state = json.loads(path.read_text())
-        int(state["step"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        state = read_json_file(path, strict_numbers=True)
+        if not isinstance(state, dict):
+            raise ValueError("not an object")
+        step = _count(state, "step")
+        folder_step = int(_CKPT_RE.match(ckpt.name).group(1)) if _CKPT_RE.match(ckpt.name) else step
+        if step is None or step != folder_step:
+            raise ValueError(f"step {state.get('step')!r} is not the folder's step {folder_step}"[:200])
+        for key in ("micro_step", "epoch", "seed"):
+            _count(state, key)
+        _count(state, "world", low=1)
+        order = state.get("sampler_order")
+        if order is not None and not (isinstance(order, list) and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in order)):
+            raise ValueError("sampler_order must be a list of integers >= 0")
+    except (JsonError, NotARegularFile, ValueError) as exc:
         raise DamagedCheckpoint(f"{path}: unreadable ({exc})") from exc
     return state
+
+
+def _check_training_state(path: Path, training) -> None:
+    """training_state.pt holds {"optimizer": state_dict or None, "scheduler": state_dict or None}."""
+    problem = None
+    if not isinstance(training, dict):
+        problem = f"a {type(training).__name__}, not a dict"
+    else:
+        optimizer, scheduler = training.get("optimizer"), training.get("scheduler")
+        if optimizer is not None and not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+                                          and isinstance(optimizer.get("param_groups"), list)
+                                          and all(isinstance(g, dict) for g in optimizer["param_groups"])):
+            problem = "its optimizer state is not an optimizer state_dict"
+        elif scheduler is not None and not isinstance(scheduler, dict):
+            problem = "its scheduler state is not a state_dict"
+    if problem:
+        raise DamagedCheckpoint(f"{path}: wrong shape ({problem})")
+
+
+def _check_rng(path: Path, rng) -> None:
+    """rng_state.pt must be what `rng_state` writes: set on fresh generators, never the global ones."""
+    try:
+        random.Random().setstate(tuple(rng["python"]))
+        np_state = rng["numpy"]
+        np.random.RandomState().set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32),
+                                           np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]))
+        torch.Generator().set_state(rng["torch"])
+        cuda = rng.get("cuda")
+        if cuda is not None and not (isinstance(cuda, (list, tuple))
+                                     and all(isinstance(t, torch.Tensor) for t in cuda)):
+            raise TypeError("cuda: not a list of tensors")
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        why = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise DamagedCheckpoint(f"{path}: wrong shape ({type(exc).__name__}: {why})") from exc
+
+
+def _verify_or_warn(ckpt: Path) -> None:
+    if not verify_manifest(ckpt):
+        log.warning("%s has no %s (written before checksums): only its headers are checked", ckpt, MANIFEST)
 
 
 def _deepspeed_files(ckpt: Path) -> list[Path]:
@@ -303,10 +472,12 @@ def open_checkpoint(ckpt: Path, *, deepspeed: bool, weights_only: bool = False) 
     """Check `ckpt` and read its small state files.  DamagedCheckpoint if a file is damaged;
     CheckpointError if the training state is missing (and not weights_only) or a pickle is unsafe."""
     ckpt = Path(ckpt)
+    _refuse_special_files(ckpt)  # before anything is opened
     _check_weights(ckpt)
     trainer_state = _read_trainer_state(ckpt)
     step = int(trainer_state["step"])
     if weights_only:
+        _verify_or_warn(ckpt)
         return ResumePoint(ckpt, step, trainer_state, None, None, deepspeed, True)
 
     missing = [name for name in ("rng_state.pt", "training_state.pt") if not (ckpt / name).is_file()]
@@ -323,10 +494,13 @@ def open_checkpoint(ckpt: Path, *, deepspeed: bool, weights_only: bool = False) 
             raise CheckpointError(f"refusing to resume from {ckpt}: {path} would unpickle {', '.join(refused)}, "
                                   "which is not on the allow-list (DEEPSPEED_SAFE_GLOBALS)")
     training = safe_torch_load(ckpt / "training_state.pt")
+    _check_training_state(ckpt / "training_state.pt", training)
     rng = safe_torch_load(ckpt / "rng_state.pt")
+    _check_rng(ckpt / "rng_state.pt", rng)
     if not deepspeed and training.get("optimizer") is None:
         raise CheckpointError(f"{ckpt} holds no torch optimizer state (a DeepSpeed run saved it: resume it with "
                               f"deepspeed); {WEIGHTS_ONLY_HINT}")
+    _verify_or_warn(ckpt)  # last: a planted pickle is refused above as tampering, not skipped as damage
     return ResumePoint(ckpt, step, trainer_state, training, rng, deepspeed, False)
 
 

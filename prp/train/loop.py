@@ -172,8 +172,13 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 if d.main:
                     epoch = (step + 1) * cfg.gradient_accumulation_steps / self.sampler.micro_per_epoch
-                    runlog.write(step_row(step + 1, metrics, epoch=epoch, lr=lr, dt=dt, grad_norm=grad_norm,
-                                          skipped=self.skipped), samples)
+                    try:
+                        runlog.write(step_row(step + 1, metrics, epoch=epoch, lr=lr, dt=dt, grad_norm=grad_norm,
+                                              skipped=self.skipped), samples)
+                    except OSError as exc:
+                        if ckpt_io.is_disk_full(exc, self.out):
+                            raise ckpt_io.disk_full_error(exc, self.out, f"logging step {step + 1}") from exc
+                        raise
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean(metrics['loss']):.4f}", s=f"{dt:.2f}")
                 if (step + 1) % cfg.save_every == 0 or step + 1 == self.total_steps:
@@ -204,6 +209,12 @@ class Trainer:
                             keep_last=cfg.keep_last)
         except NonFiniteError as exc:
             raise NonFiniteError(self._diverged(str(exc))) from None
+        except (OSError, RuntimeError) as exc:  # torch's writer reports ENOSPC as a RuntimeError
+            if not ckpt_io.is_disk_full(exc, self.out):
+                raise
+            if self.d.main:
+                ckpt_io.remove_stale_tmp(self.out)  # the partial ckpt-N.tmp: give its space back
+            raise ckpt_io.disk_full_error(exc, self.out, f"saving ckpt-{step}") from exc
 
     def _diverged(self, what: str) -> str:
         return (f"training diverged: {what} (learning_rate {self.cfg.learning_rate:g}); nothing was saved for "
