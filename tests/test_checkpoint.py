@@ -305,10 +305,10 @@ def test_zeros_written_into_the_weights_data_fall_back(run, caplog):
 @pytest.mark.parametrize("step", ["Infinity", "-5", "1e300", "3", '"2"', "true", "NaN"])
 def test_trainer_state_values_not_written_by_the_trainer_fall_back(run, caplog, step):
     """Infinity was an OverflowError, -5 a ValueError later, 1e300 "resumed at step 10...0" with nothing
-    trained.  The manifest is rewritten to match, so the value check itself is what refuses it."""
+    trained.  No manifest (a checkpoint written before them), so the value check itself must refuse it."""
     state = run / "ckpt-2" / "trainer_state.json"
     state.write_text(state.read_text().replace('"step": 2', f'"step": {step}'))
-    ckpt_io.write_manifest(run / "ckpt-2")
+    (run / "ckpt-2" / "manifest.json").unlink(missing_ok=True)
     _fall_back_to_ckpt_1(run, caplog, r"trainer_state\.json: unreadable")
 
 
@@ -317,9 +317,9 @@ def test_trainer_state_values_not_written_by_the_trainer_fall_back(run, caplog, 
     ("rng_state.pt", {"python": 5}), ("rng_state.pt", [0]),
 ])
 def test_wrong_shaped_state_files_fall_back(run, caplog, name, value):
-    """Was: AttributeError / TypeError out of find_resume_point or restore."""
+    """Was: AttributeError / TypeError out of find_resume_point or restore.  No manifest, as above."""
     torch.save(value, run / "ckpt-2" / name)
-    ckpt_io.write_manifest(run / "ckpt-2")
+    (run / "ckpt-2" / "manifest.json").unlink(missing_ok=True)
     _fall_back_to_ckpt_1(run, caplog, rf"{name}: wrong shape")
 
 
