@@ -434,6 +434,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
 def test_resume_with_another_process_count_is_refused(tmp_path):
     """The data order of each rank depends on the process count: a checkpoint written by 2 processes
     is not resumed by 1 (one clear error), unless only its weights are kept."""
+    from prp.train import checkpoint as ckpt_io
     from prp.train.config import ConfigError
     from train import main
 
@@ -443,6 +444,7 @@ def test_resume_with_another_process_count_is_refused(tmp_path):
     state = json.loads(state_file.read_text())
     assert state["world"] == 1
     state_file.write_text(json.dumps({**state, "world": 2}))
+    ckpt_io.write_manifest(tmp_path / "ckpt-1")  # as a 2-process run would have written it (not damage)
     with pytest.raises(ConfigError, match="written by 2 processes, this run has 1"):
         main([*common[:-2], "--max-steps", "2", "--output-dir", str(tmp_path), "--resume"])
 

@@ -32,17 +32,13 @@ the last good checkpoint; the partial `.tmp` folder is removed.
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import importlib
 import json
 import logging
 import os
 import pickle
 import random
-import re
 import shutil
-import stat
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -51,12 +47,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prp.core.cli import UserError
-from prp.core.jsonl import JsonError, NotARegularFile, read_json_file
+from prp.core.jsonl import read_json_file
+from prp.train.integrity import (  # re-exported: the trainer and the tests import them from here
+    CKPT_RE,
+    MANIFEST,
+    CheckpointError,
+    DamagedCheckpoint,
+    DiskFullError,
+    check_rng,
+    check_training_state,
+    disk_full_error,
+    is_disk_full,
+    read_trainer_state,
+    refuse_special_files,
+    verify_manifest,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-_CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 
 # What a ZeRO checkpoint of deepspeed 0.19 pickles besides tensors, containers and plain values
 # (torch.serialization.get_unsafe_globals_in_checkpoint on its *_optim_states.pt): the loss scaler
@@ -68,105 +77,6 @@ DEEPSPEED_SAFE_GLOBALS = (
 )
 WEIGHTS_ONLY_HINT = ("resume with --resume-weights-only (config `resume_weights_only: true`) to keep its weights, "
                      "step and schedule with a fresh optimizer")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that must not be resumed from as asked (missing state, unsafe pickle, nothing intact)."""
-
-
-class DamagedCheckpoint(CheckpointError):
-    """A file of the checkpoint is truncated or unreadable: `find_resume_point` falls back past it."""
-
-
-class DiskFullError(UserError):
-    """The disk filled up while the run wrote a checkpoint or its log: one line, exit status 2."""
-
-
-MANIFEST = "manifest.json"
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def is_disk_full(exc: BaseException, where: str | Path) -> bool:
-    """Did `exc` come from a full disk?  An OSError with ENOSPC/EDQUOT anywhere in its chain, or a
-    write failure of torch's archive writer (a RuntimeError "[enforce fail at inline_container.cc]
-    ... file write failed" that carries no errno) while `where`'s file system has under 16 MiB free."""
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    if isinstance(exc, RuntimeError) and "write" in str(exc).lower():
-        try:
-            return shutil.disk_usage(where).free < 16 * 2**20
-        except OSError:
-            return False
-    return False
-
-
-def disk_full_error(exc: BaseException, out: str | Path, doing: str) -> DiskFullError:
-    """The one line for a full disk: what failed, and the checkpoint to resume from."""
-    last = latest_checkpoint(out)
-    return DiskFullError(f"the disk is full ({os.strerror(errno.ENOSPC)}) while {doing} in {out}: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}; the last good "
-                         f"checkpoint is {last or 'none (no checkpoint was completed)'}; free space, then rerun with "
-                         "--resume")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_manifest(tmp: Path) -> None:
-    """manifest.json: {"files": {relative path: {"bytes", "sha256"}}} for every file under `tmp`."""
-    files = {}
-    for path in sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != MANIFEST):
-        files[path.relative_to(tmp).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-    (tmp / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n")
-
-
-def _refuse_special_files(ckpt: Path) -> None:
-    """Every entry of `ckpt` must be a folder or a regular file, checked by stat alone: a FIFO
-    named model.safetensors would block the reader forever, a device would never end."""
-    for dirpath, dirs, files in os.walk(ckpt):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            path = os.path.join(dirpath, name)
-            try:
-                mode = os.stat(path).st_mode
-            except OSError as exc:
-                raise DamagedCheckpoint(f"{path}: unreadable ({exc.strerror or exc})") from exc
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise DamagedCheckpoint(f"{path}: not a regular file (a FIFO, socket or device): refused "
-                                        "without opening it")
-
-
-def verify_manifest(ckpt: Path) -> bool:
-    """Check every file listed in manifest.json that is present against its size and sha256
-    (DamagedCheckpoint on a mismatch); False when the checkpoint has no manifest (written before
-    checksums were).  A listed file that is absent is left to the checks that need it (a missing
-    training state is an error, not damage)."""
-    path = ckpt / MANIFEST
-    if not path.exists():
-        return False
-    try:
-        files = read_json_file(path, strict_numbers=True)["files"]
-        entries = [(name, int(meta["bytes"]), str(meta["sha256"])) for name, meta in files.items()]
-    except (JsonError, NotARegularFile, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise DamagedCheckpoint(f"{path}: unreadable ({exc})") from exc
-    for name, size, digest in entries:
-        file = ckpt / name
-        if ".." in Path(name).parts or Path(name).is_absolute():
-            raise DamagedCheckpoint(f"{path}: lists {name!r}, outside the checkpoint")
-        if not file.exists():  # a missing file is for the checks that need it (training state: an error)
-            continue
-        if file.stat().st_size != size:
-            raise DamagedCheckpoint(f"{file}: {file.stat().st_size} bytes, {MANIFEST} says {size} (truncated?)")
-        if _sha256(file) != digest:
-            raise DamagedCheckpoint(f"{file}: its content does not match its sha256 in {MANIFEST} (damaged)")
-    return True
 
 
 def rng_state() -> dict:
@@ -215,7 +125,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name))]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CKPT_RE.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -390,75 +300,6 @@ def _check_weights(ckpt: Path) -> None:
         raise DamagedCheckpoint(f"{ckpt}: unreadable weights ({exc})") from exc
 
 
-def _count(state: dict, key: str, *, low: int = 0) -> int | None:
-    value = state.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key} must be an integer >= {low}, got {value!r}"[:200])
-    return value
-
-
-def _read_trainer_state(ckpt: Path) -> dict:
-    """trainer_state.json, checked against what `write_state` writes: the step is ckpt-N's N (not
-    Infinity, -5 or 1e300), the counts are integers >= 0, the sampler order a list of integers."""
-    path = ckpt / "trainer_state.json"
-    if not path.is_file():
-        raise DamagedCheckpoint(f"{path} is missing")
-    try:
-        state = read_json_file(path, strict_numbers=True)
-        if not isinstance(state, dict):
-            raise ValueError("not an object")
-        step = _count(state, "step")
-        folder_step = int(_CKPT_RE.match(ckpt.name).group(1)) if _CKPT_RE.match(ckpt.name) else step
-        if step is None or step != folder_step:
-            raise ValueError(f"step {state.get('step')!r} is not the folder's step {folder_step}"[:200])
-        for key in ("micro_step", "epoch", "seed"):
-            _count(state, key)
-        _count(state, "world", low=1)
-        order = state.get("sampler_order")
-        if order is not None and not (isinstance(order, list) and all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in order)):
-            raise ValueError("sampler_order must be a list of integers >= 0")
-    except (JsonError, NotARegularFile, ValueError) as exc:
-        raise DamagedCheckpoint(f"{path}: unreadable ({exc})") from exc
-    return state
-
-
-def _check_training_state(path: Path, training) -> None:
-    """training_state.pt holds {"optimizer": state_dict or None, "scheduler": state_dict or None}."""
-    problem = None
-    if not isinstance(training, dict):
-        problem = f"a {type(training).__name__}, not a dict"
-    else:
-        optimizer, scheduler = training.get("optimizer"), training.get("scheduler")
-        if optimizer is not None and not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
-                                          and isinstance(optimizer.get("param_groups"), list)
-                                          and all(isinstance(g, dict) for g in optimizer["param_groups"])):
-            problem = "its optimizer state is not an optimizer state_dict"
-        elif scheduler is not None and not isinstance(scheduler, dict):
-            problem = "its scheduler state is not a state_dict"
-    if problem:
-        raise DamagedCheckpoint(f"{path}: wrong shape ({problem})")
-
-
-def _check_rng(path: Path, rng) -> None:
-    """rng_state.pt must be what `rng_state` writes: set on fresh generators, never the global ones."""
-    try:
-        random.Random().setstate(tuple(rng["python"]))
-        np_state = rng["numpy"]
-        np.random.RandomState().set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32),
-                                           np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]))
-        torch.Generator().set_state(rng["torch"])
-        cuda = rng.get("cuda")
-        if cuda is not None and not (isinstance(cuda, (list, tuple))
-                                     and all(isinstance(t, torch.Tensor) for t in cuda)):
-            raise TypeError("cuda: not a list of tensors")
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
-        why = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise DamagedCheckpoint(f"{path}: wrong shape ({type(exc).__name__}: {why})") from exc
-
-
 def _verify_or_warn(ckpt: Path) -> None:
     if not verify_manifest(ckpt):
         log.warning("%s has no %s (written before checksums): only its headers are checked", ckpt, MANIFEST)
@@ -472,9 +313,9 @@ def open_checkpoint(ckpt: Path, *, deepspeed: bool, weights_only: bool = False) 
     """Check `ckpt` and read its small state files.  DamagedCheckpoint if a file is damaged;
     CheckpointError if the training state is missing (and not weights_only) or a pickle is unsafe."""
     ckpt = Path(ckpt)
-    _refuse_special_files(ckpt)  # before anything is opened
+    refuse_special_files(ckpt)  # before anything is opened
     _check_weights(ckpt)
-    trainer_state = _read_trainer_state(ckpt)
+    trainer_state = read_trainer_state(ckpt)
     step = int(trainer_state["step"])
     if weights_only:
         _verify_or_warn(ckpt)
@@ -494,9 +335,9 @@ def open_checkpoint(ckpt: Path, *, deepspeed: bool, weights_only: bool = False) 
             raise CheckpointError(f"refusing to resume from {ckpt}: {path} would unpickle {', '.join(refused)}, "
                                   "which is not on the allow-list (DEEPSPEED_SAFE_GLOBALS)")
     training = safe_torch_load(ckpt / "training_state.pt")
-    _check_training_state(ckpt / "training_state.pt", training)
+    check_training_state(ckpt / "training_state.pt", training)
     rng = safe_torch_load(ckpt / "rng_state.pt")
-    _check_rng(ckpt / "rng_state.pt", rng)
+    check_rng(ckpt / "rng_state.pt", rng)
     if not deepspeed and training.get("optimizer") is None:
         raise CheckpointError(f"{ckpt} holds no torch optimizer state (a DeepSpeed run saved it: resume it with "
                               f"deepspeed); {WEIGHTS_ONLY_HINT}")
@@ -548,3 +389,12 @@ def restore(point: ResumePoint, *, optimizer, scheduler, engine=None) -> int:
         scheduler.load_state_dict(point.training_state["scheduler"])
     set_rng_state(point.rng)
     return point.step
+
+
+__all__ = [
+    "DEEPSPEED_SAFE_GLOBALS", "MANIFEST", "CheckpointError", "DamagedCheckpoint", "DiskFullError", "ResumePoint",
+    "SafeCheckpointEngine", "commit", "disk_full_error", "find_resume_point", "is_disk_full", "latest_checkpoint",
+    "list_checkpoints", "load_deepspeed_state", "open_checkpoint", "read_state", "remove_stale_tmp", "restore",
+    "rng_state", "safe_torch_load", "set_rng_state", "tmp_dir", "unsafe_globals", "verify_manifest", "write_manifest",
+    "write_state",
+]

@@ -177,7 +177,8 @@ class Trainer:
                                               skipped=self.skipped), samples)
                     except OSError as exc:
                         if ckpt_io.is_disk_full(exc, self.out):
-                            raise ckpt_io.disk_full_error(exc, self.out, f"logging step {step + 1}") from exc
+                            raise ckpt_io.disk_full_error(exc, self.out, f"logging step {step + 1}",
+                                                          ckpt_io.latest_checkpoint(self.out)) from exc
                         raise
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean(metrics['loss']):.4f}", s=f"{dt:.2f}")
@@ -214,7 +215,8 @@ class Trainer:
                 raise
             if self.d.main:
                 ckpt_io.remove_stale_tmp(self.out)  # the partial ckpt-N.tmp: give its space back
-            raise ckpt_io.disk_full_error(exc, self.out, f"saving ckpt-{step}") from exc
+            raise ckpt_io.disk_full_error(exc, self.out, f"saving ckpt-{step}",
+                                          ckpt_io.latest_checkpoint(self.out)) from exc
 
     def _diverged(self, what: str) -> str:
         return (f"training diverged: {what} (learning_rate {self.cfg.learning_rate:g}); nothing was saved for "
