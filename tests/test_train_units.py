@@ -486,3 +486,14 @@ def test_deeply_nested_yaml_config_is_one_line_config_error(tmp_path):
         load_config(tmp_path / "deep.yaml")
     with pytest.raises(ConfigError, match="seed: the value is nested too deeply"):  # --set seed=[[[...]]]
         load_config(overrides=parse_set(["seed=" + "[" * 5000 + "]" * 5000]))
+
+
+def test_deepspeed_config_parser_limits_are_config_errors(tmp_path):
+    """A user's --deepspeed-config nested 100,000 levels was a RecursionError traceback."""
+    from prp.train.dist import ds_config_for
+
+    for name, data in (("deep.json", b"[" * 100_000), ("list.json", b"[1]"), ("latin1.json", b'{"a": "caf\xe9"}')):
+        (tmp_path / name).write_bytes(data)
+        cfg = TrainConfig(deepspeed_config=str(tmp_path / name))
+        with pytest.raises(ConfigError, match=rf"deepspeed_config .*{name}"):
+            ds_config_for(cfg, 1)
