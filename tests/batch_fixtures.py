@@ -45,7 +45,7 @@ def poisoned_line(kind: str, n: int, assets: dict[str, str], valid: dict) -> byt
     elif kind == "empty_question":
         obj = {"id": f"p{n}", "question": " "}
     elif kind == "missing":
-        obj = {"id": f"p{n}", "question": q, "image": "/nonexistent/x.png"}
+        obj = {"id": f"p{n}", "question": q, "image": "nonexistent/x.png"}
     elif kind == "duplicate":
         obj = {**valid, "answer": "$999999$"}  # the same id as an earlier valid line, another gold
     else:
@@ -57,13 +57,14 @@ def write_poisoned_file(tmp: Path, n_lines: int, *, every: int = 10) -> tuple[Pa
     """n_lines lines; every `every`-th line (1 in 10) is poisoned, cycling through POISON's kinds.
 
     Returns (path, {line number: expected error reason}).  Line 6 is poisoned and a later valid
-    line carries the id "line-6" (it must not vanish).
+    line carries the id "line-6" (it must not vanish).  Image paths are relative to `tmp`, the
+    file's folder (batch image paths stay under it).
     """
     base = build_queries(tmp / "imgs", 10)
     good = [json.loads(x) for x in base.read_text().splitlines()]
     for g in good:
-        g["image"] = str(base.parent / g["image"])
-    assets = poison_assets(tmp / "poison")
+        g["image"] = os.path.relpath(base.parent / g["image"], tmp)
+    assets = {k: os.path.relpath(v, tmp) for k, v in poison_assets(tmp / "poison").items()}
     kinds = list(POISON)
     lines, expected, k = [], {}, 0
     for n in range(1, n_lines + 1):

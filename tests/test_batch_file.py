@@ -6,7 +6,7 @@ import json
 
 import pytest
 from batch_fixtures import POISON, poison_assets, write_poisoned_file
-from route_fixtures import Interrupt, InterruptingPolicy
+from route_fixtures import Interrupt, InterruptingPolicy, build_queries
 from serve_fixtures import bomb_png
 
 from prp.core.data import ImageError, ImageLimits, image_error_reason, load_jsonl, open_image
@@ -135,3 +135,90 @@ def test_an_overlong_question_gets_its_own_error_row(router, tmp_path):
     assert by_id["huge"]["error"] == "prompt_too_long: 5000 characters for a limit of 50 tokens"
     assert [r["error"] for r in rows if r["line"] <= 5] == [None] * 5  # the neighbours were routed
     assert route_run.default_prompt_limit(router) >= 256
+
+
+# ------------------------------------------------------------------------------ issue 26: hostile lines
+
+
+def _hostile_batch(tmp_path):
+    """The lines of issue 26 (5) between good ones: {line: the reason its error row starts with}."""
+    good = [json.loads(x) for x in build_queries(tmp_path / "imgs", 2).read_text().splitlines()]
+    for g in good:
+        g["image"] = f"imgs/{g['image']}"  # relative to the batch file's folder
+    lines = {
+        1: (json.dumps(good[0]).encode(), None),
+        2: (b'{"id": "big", "question": "q", "answer": ' + b"9" * 5000 + b"}", "number_too_long"),
+        3: (b'{"id": "nul", "question": "q", "image": "ok\\u0000.png"}', "bad_image_path"),
+        4: (b'{"id": "sur", "question": "lone \\ud800 surrogate"}', "lone_surrogate"),
+        5: (b'{"id": "int", "question": "q", "image": 5}', "bad_image_field"),
+        6: (b"[" * 100_000, "json_too_deep"),
+        7: (json.dumps({"id": "long", "question": "q", "image": "a" * 5000 + ".png"}).encode(), "bad_image_path"),
+        8: (json.dumps({**good[1], "question": "What is the sum\u2028of the numbers?\u0085"},
+                       ensure_ascii=False).encode(), None),  # U+2028 / U+0085 inside a string: one line
+    }
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(raw for raw, _ in lines.values()) + b"\n")
+    return path, {n: reason for n, (_, reason) in lines.items()}
+
+
+def test_read_batch_file_turns_every_hostile_line_into_its_error(tmp_path):
+    path, expected = _hostile_batch(tmp_path)
+    items = read_batch_file(path)
+    assert [(i.line, (i.error or "").split(":")[0] or None) for i in items] == list(expected.items())
+    assert all("\n" not in (i.error or "") for i in items)
+
+
+def test_hostile_lines_get_error_rows_and_resume_and_report_go_on(router, tmp_path):
+    """Issue 26 (5): each line was a crash of the whole run (exit 1, 0 rows) or of the report step."""
+    from prp.eval.html import write_routes_html
+
+    path, expected = _hostile_batch(tmp_path)
+    out = tmp_path / "routes.jsonl"
+    rows = route_run.route_file(router, path, out, BatchFraction(0.5), batch_size=4, judge=_judge)
+    assert [(r["line"], (r["error"] or "").split(":")[0] or None) for r in rows] == list(expected.items())
+    assert all(r["route"] in ("draft", "target") for r in rows if expected[r["line"]] is None)
+    # an interruption after 3 rows, then --resume: it goes past the bad lines again, one row per line
+    out.write_bytes(b"".join(out.read_bytes().splitlines(keepends=True)[:3]))
+    rows = route_run.route_file(router, path, out, BatchFraction(0.5), batch_size=4, resume=True, judge=_judge)
+    assert [r["line"] for r in rows] == list(expected)
+    # the report step (route.py's browser page) reads the same lines
+    records = [bl.record for bl in read_batch_file(path) if bl.record]
+    assert write_routes_html(out, rows, records=records).is_file()
+    assert write_routes_html(out, rows, records=path).is_file()  # records_by_id reading the file itself
+    from prp.eval.html_page import relative_href  # the crash of the 5000-character path: ENAMETOOLONG
+
+    assert relative_href("a" * 5000 + ".png", tmp_path) is None and relative_href("ok\x00.png", tmp_path) is None
+
+
+def test_batch_image_paths_stay_under_the_image_root(tmp_path):
+    """Issue 26 (6): absolute, `..` and symlinked-outside paths are refused with one message that does
+    not tell whether (or what) exists outside; inside paths, --image-root and the opt-out flag work."""
+    from serve_fixtures import png_bytes
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir(), elsewhere.mkdir()
+    (elsewhere / "real.png").write_bytes(png_bytes(size=(8, 8)))
+    (data / "inside.png").write_bytes(png_bytes(size=(8, 8)))
+    (data / "passwd.png").symlink_to("/etc/passwd")
+    (data / "real-link.png").symlink_to(elsewhere / "real.png")
+    (data / "nowhere-link.png").symlink_to(elsewhere / "nothing.png")
+    outside = ["../../../../etc/passwd", "/etc/shadow", "passwd.png", "/proc/self/environ", "../elsewhere/real.png",
+               "real-link.png", "nowhere-link.png", "/nonexistent/nothing.png", "../nothing-here.png",
+               "sub/../../elsewhere/real.png"]
+    path = data / "b.jsonl"
+    path.write_text("".join(json.dumps({"id": f"i{k}", "question": "q", "image": image}) + "\n"
+                            for k, image in enumerate([*outside, "inside.png"])))
+    items = read_batch_file(path)
+    errors = {i.error for i in items[:-1]}
+    assert len(errors) == 1 and errors.pop().startswith("bad_image_path: outside the image root")
+    assert all(i.record is None for i in items[:-1])
+    assert items[-1].record is not None and open_image(items[-1].record.image).size == (8, 8)
+    # --allow-outside-image-paths: the real image elsewhere is routed again
+    allowed = {i.id: i for i in read_batch_file(path, allow_outside_images=True)}
+    assert open_image(allowed["i4"].record.image).size == (8, 8)
+    assert open_image(allowed["i5"].record.image).size == (8, 8)
+    # --image-root: paths are relative to it and stay under it
+    (data / "c.jsonl").write_text('{"id": "a", "question": "q", "image": "real.png"}\n'
+                                  '{"id": "b", "question": "q", "image": "../data/inside.png"}\n')
+    rooted = read_batch_file(data / "c.jsonl", image_root=elsewhere)
+    assert rooted[0].record is not None and rooted[1].error.startswith("bad_image_path")

@@ -1,6 +1,7 @@
 """MathVista: the official score on the shipped Bard / GPT-4 outputs, edge cases, query, loader."""
 import json
 import os
+import re
 
 import pytest
 
@@ -292,3 +293,34 @@ def test_eval_score_cli_exits_2_with_one_line(tmp_path, capsys):
     good = _write(tmp_path, "good.json", '{"168": {"extraction": "E"}}')
     eval_script.main(["--bench", "mathvista", "--score", good, "--data-dir", TESTMINI])
     assert capsys.readouterr().out.strip() == "accuracy: 0.1 (1/1000)"
+
+
+def test_score_jsonl_splits_on_newline_only(tmp_path):
+    """Issue 26 (10): what json.dumps(ensure_ascii=False) writes (U+2028, U+0085 raw inside a string) is
+    one valid line; str.splitlines() tore it in two and the file was refused."""
+    path = tmp_path / "out.jsonl"
+    rows = [{"pid": "168", "extraction": "E", "response": "first\u2028second\u0085third\u2029end"},
+            {"pid": "849", "extraction": "D", "response": "x\x1cy"}]
+    path.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    result = score_output_file(str(path), TESTMINI)
+    assert result.per_pid["168"] is True and result.per_pid["849"] is True and result.correct == 2
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000, "json_too_deep"),
+    ("deep.jsonl", b'{"pid": "5", "extraction": "A"}\n' + b"[" * 100_000, "line 2 is unreadable .json_too_deep"),
+    ("digits.json", b'{"5": {"extraction": ' + b"9" * 5000 + b"}}", "number_too_long"),
+    ("digits.jsonl", b'{"pid": "5", "extraction": ' + b"9" * 5000 + b"}", "line 1 is unreadable .number_too_long"),
+    ("surrogate.json", b'{"5": {"extraction": "\\ud800"}}', "lone_surrogate"),
+])
+def test_score_parser_limits_are_one_line_exit_2(tmp_path, capsys, name, data, message):
+    """Issue 26 (10): a 100,000-level nesting or a 5000-digit number was a traceback, not the one line."""
+    import eval as eval_script
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(SystemExit) as stop:
+        eval_script.main(["--bench", "mathvista", "--score", str(path), "--data-dir", TESTMINI])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(f"eval.py: error: {path}: ")
+    assert re.search(message, err[0]), err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -268,3 +269,73 @@ def test_deepspeed_resume_uses_the_allow_list_and_refuses_a_planted_pickle(tmp_p
     assert result["same"]  # the fp32 master partitions came back exactly
     assert "refusing to load" in result["refused"] and "builtins.exec" in result["refused"]
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------ issue 26 (9): damage the headers miss
+
+
+def _fall_back_to_ckpt_1(run, caplog, reason: str) -> None:
+    with caplog.at_level(logging.WARNING, logger="prp.train.checkpoint"):
+        point = ckpt_io.find_resume_point(run, deepspeed=False)
+    assert point.path.name == "ckpt-1" and point.step == 1
+    warned = [r.getMessage() for r in caplog.records if "ckpt-2" in r.getMessage() and "damaged" in r.getMessage()]
+    assert warned and re.search(reason, warned[0]), warned
+
+
+def test_checkpoints_carry_a_checksum_manifest(run):
+    manifest = json.loads((run / "ckpt-2" / "manifest.json").read_text())["files"]
+    assert set(manifest) == {"config.json", "model.safetensors", "training_state.pt", "rng_state.pt",
+                             "trainer_state.json"}
+    import hashlib
+
+    data = (run / "ckpt-2" / "model.safetensors").read_bytes()
+    assert manifest["model.safetensors"] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_zeros_written_into_the_weights_data_fall_back(run, caplog):
+    """The safetensors header stays valid, so only the checksum can tell (was: resumed silently)."""
+    weights = run / "ckpt-2" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # the tensor data follows the 8-byte length and the header
+    data[start:] = bytes(len(data) - start)
+    weights.write_bytes(bytes(data))
+    _fall_back_to_ckpt_1(run, caplog, r"model\.safetensors.*sha256")
+
+
+@pytest.mark.parametrize("step", ["Infinity", "-5", "1e300", "3", '"2"', "true", "NaN"])
+def test_trainer_state_values_not_written_by_the_trainer_fall_back(run, caplog, step):
+    """Infinity was an OverflowError, -5 a ValueError later, 1e300 "resumed at step 10...0" with nothing
+    trained.  No manifest (a checkpoint written before them), so the value check itself must refuse it."""
+    state = run / "ckpt-2" / "trainer_state.json"
+    state.write_text(state.read_text().replace('"step": 2', f'"step": {step}'))
+    (run / "ckpt-2" / "manifest.json").unlink(missing_ok=True)
+    _fall_back_to_ckpt_1(run, caplog, r"trainer_state\.json: unreadable")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("training_state.pt", [1, 2, 3]), ("training_state.pt", {"optimizer": [1], "scheduler": None}),
+    ("rng_state.pt", {"python": 5}), ("rng_state.pt", [0]),
+])
+def test_wrong_shaped_state_files_fall_back(run, caplog, name, value):
+    """Was: AttributeError / TypeError out of find_resume_point or restore.  No manifest, as above."""
+    torch.save(value, run / "ckpt-2" / name)
+    (run / "ckpt-2" / "manifest.json").unlink(missing_ok=True)
+    _fall_back_to_ckpt_1(run, caplog, rf"{name}: wrong shape")
+
+
+def test_a_fifo_in_a_checkpoint_is_refused_without_opening_it(run):
+    """A FIFO named model.safetensors hung --resume forever (its reader waits for a writer, holding the
+    GIL inside safetensors): checked in a child process, so the old behaviour fails the test, not the suite."""
+    weights = run / "ckpt-2" / "model.safetensors"
+    weights.unlink()
+    os.mkfifo(weights)
+    code = ("import logging, sys; logging.basicConfig(level=logging.WARNING)\n"
+            "from prp.train import checkpoint as c\n"
+            "print(c.find_resume_point(sys.argv[1], deepspeed=False).path.name)")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parent.parent)
+    except subprocess.TimeoutExpired:
+        pytest.fail("find_resume_point blocked on the FIFO")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ckpt-1" and "not a regular file" in proc.stderr

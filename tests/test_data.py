@@ -77,9 +77,8 @@ def test_one_jsonl_line_reader_each_caller_keeps_its_error_rule(tmp_path):
     """jsonl_lines numbers the file's own lines and leaves blanks out; what a bad line means stays
     each caller's: a None (training/routing input, benchmark rows), an error (routed output), a skip
     (target-accuracy cache)."""
-    import json as _json
-
     from prp.core.data import iter_jsonl, jsonl_lines
+    from prp.core.jsonl import JsonError
     from prp.eval.bench.records import read_rows as bench_rows
     from prp.route.run import read_rows as routed_rows
     from prp.train.presample import read_cache
@@ -91,12 +90,50 @@ def test_one_jsonl_line_reader_each_caller_keeps_its_error_rule(tmp_path):
     assert [(n, raw is not None) for n, raw in iter_jsonl(path)] == [(1, True), (4, False), (5, False), (6, True)]
     assert bench_rows(str(path)) == [{"id": "a", "acc": 0.5}, None, [1], {"id": "b", "acc": 1}]
     assert read_cache(path) == {"a": 0.5, "b": 1.0}
-    with pytest.raises(_json.JSONDecodeError):
+    with pytest.raises(JsonError, match=r"^bad_json"):
         routed_rows(path)
     path.write_bytes(b'{"line": 2}\n\n[3]\r\n')
     assert routed_rows(path) == [{"line": 2}, [3]]
     path.write_bytes(b'{"id": "a", "acc": 0.5}\n\xff\xfe\n')
     assert [raw for _, raw in iter_jsonl(path)] == [{"id": "a", "acc": 0.5}, None]  # a bad line, not a crash
-    for reader in (read_cache, routed_rows, lambda p: bench_rows(str(p))):
-        with pytest.raises(UnicodeDecodeError):
-            reader(path)
+    # a user's file (an --acc-tgt-cache, a benchmark's rows): the bad line alone is left out; our output: an error
+    assert read_cache(path) == {"a": 0.5} and bench_rows(str(path)) == [{"id": "a", "acc": 0.5}, None]
+    with pytest.raises(JsonError, match=r"^bad_utf8"):
+        routed_rows(path)
+
+
+# One record per hostile line kind (issue 26): the shared reader's reason codes, for every reader.
+HOSTILE_LINES = {
+    b'{"id": "n", "question": "q", "answer": ' + b"9" * 5000 + b"}": "number_too_long",
+    b"[" * 100_000: "json_too_deep",
+    b'{"a": ' * 200 + b"1" + b"}" * 200: "json_too_deep",
+    b'{"id": "s", "question": "\\ud800 lone"}': "lone_surrogate",
+    b'{"id": "u", "question": "caf\xe9"}': "bad_utf8",
+}
+
+
+def test_shared_reader_splits_on_newline_only_and_names_every_parser_limit(tmp_path):
+    from prp.core.jsonl import iter_json_lines
+
+    ok = {"id": "x", "question": "a\u2028b\u0085c\u2029d\x1ce\x0bf\x0cg"}  # splitlines() splits at each
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(json.dumps(ok, ensure_ascii=False).encode() + b"\n" + b"\n".join(HOSTILE_LINES) + b"\n")
+    got = list(iter_json_lines(path))
+    assert got[0][:2] == (1, ok) and got[0][2] is None
+    assert [(n, value, err.reason) for n, value, err in got[1:]] == [
+        (n, None, reason) for n, reason in enumerate(HOSTILE_LINES.values(), start=2)]
+    assert all("\n" not in str(err) for _, _, err in got[1:])  # one line each
+    # the training / calibration loader counts each as a skipped bad line, and keeps the good one
+    loaded = load_jsonl(path, check_images=False)
+    assert [r.question for r in loaded.records] == [ok["question"]] and loaded.skipped == {"bad_json": 5}
+
+
+def test_loader_skips_an_image_field_that_is_not_a_path(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"id": "a", "question": "q", "image": 5}\n'
+                    '{"id": "b", "question": "q", "image": "x\\u0000.png"}\n'
+                    '{"id": "c", "question": "q", "image": "' + "d/" * 2500 + 'x.png"}\n'
+                    '{"id": "ok", "question": "q"}\n')
+    loaded = load_jsonl(path, check_images=False)  # was: TypeError from Path(5)
+    assert [r.id for r in loaded.records] == ["ok"]
+    assert loaded.skipped == {"bad_image_field": 1, "bad_image_path": 2}

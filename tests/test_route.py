@@ -363,7 +363,9 @@ def test_bad_lines_and_images_yield_error_lines(draft, target, data, tmp_path):
     good = [json.dumps({**json.loads(line), "image": str(data.parent / json.loads(line)["image"])}) for line in lines]
     path.write_text("\n".join(good + bad) + "\n")
     router = _router(draft, target, mode="drl", rating="forced", max_new_tokens=2)
-    rows = route_run.route_file(router, path, tmp_path / "out.jsonl", BatchFraction(0.5), batch_size=4)
+    # the good lines' images live beside another file: --allow-outside-image-paths (docs/routing.md)
+    rows = route_run.route_file(router, path, tmp_path / "out.jsonl", BatchFraction(0.5), batch_size=4,
+                                allow_outside_images=True)
     by_id = {r["id"]: r for r in rows}
     assert len(rows) == 8 and [r["line"] for r in rows] == list(range(1, 9))
     reason = {r["line"]: (r["error"] or "").split(":")[0] for r in rows}  # errors start with their reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def _many_queries(tmp_path: Path, n: int) -> Path:
     with out.open("w") as f:
         for i in range(n):
             rec = json.loads(lines[i % 10])
-            rec["id"], rec["image"] = f"q{i:03d}", str(base.parent / rec["image"])
+            rec["id"], rec["image"] = f"q{i:03d}", os.path.relpath(base.parent / rec["image"], tmp_path)
             f.write(json.dumps(rec) + "\n")
     return out
 

@@ -434,6 +434,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
 def test_resume_with_another_process_count_is_refused(tmp_path):
     """The data order of each rank depends on the process count: a checkpoint written by 2 processes
     is not resumed by 1 (one clear error), unless only its weights are kept."""
+    from prp.train import checkpoint as ckpt_io
     from prp.train.config import ConfigError
     from train import main
 
@@ -443,5 +444,40 @@ def test_resume_with_another_process_count_is_refused(tmp_path):
     state = json.loads(state_file.read_text())
     assert state["world"] == 1
     state_file.write_text(json.dumps({**state, "world": 2}))
+    ckpt_io.write_manifest(tmp_path / "ckpt-1")  # as a 2-process run would have written it (not damage)
     with pytest.raises(ConfigError, match="written by 2 processes, this run has 1"):
         main([*common[:-2], "--max-steps", "2", "--output-dir", str(tmp_path), "--resume"])
+
+
+@pytest.mark.parametrize("failure", ["oserror", "torch_writer"])
+def test_full_disk_stops_with_one_line_naming_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, failure):
+    """Issue 26 (9): a full disk ended in `RuntimeError: [enforce fail at inline_container.cc:672]` without
+    saying the disk was full or which checkpoint is intact.  Step 2's save fails inside the writer."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from prp.core.cli import run_main
+    from prp.train import checkpoint as ckpt_io
+    from train import main
+
+    real_save = torch.save
+    usage = namedtuple("usage", "total used free")
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        if "ckpt-2.tmp" in str(f):
+            if failure == "oserror":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))  # what df would say
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
+                               "file data/0: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io.torch, "save", full_disk_save)
+    out = tmp_path / "out"
+    argv = ["--mode", "drl", "--config", TINY, "--max-steps", "2", "--set", "save_every=1", "--output-dir", str(out)]
+    assert run_main(main, argv, prog="train.py") == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train.py:")]  # not the progress bars
+    assert len(err) == 1 and err[0].startswith("train.py: error: the disk is full"), err
+    assert f"the last good checkpoint is {out / 'ckpt-1'}" in err[0] and "--resume" in err[0]
+    assert (out / "ckpt-1").is_dir() and not (out / "ckpt-2").exists() and not (out / "ckpt-2.tmp").exists()

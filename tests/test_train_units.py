@@ -506,3 +506,35 @@ def test_rating_stats_count_only_ratings_eq4_accepts():
     assert stats["std"] == pytest.approx(0.277263, abs=1e-6)
     empty = rating_stats(torch.full((1, 4), nan, dtype=torch.float64), torch.tensor([1.0]))
     assert empty["valid_frac"] == 0.0 and math.isnan(empty["mae"]) and math.isnan(empty["std"])
+
+
+def test_trim_jsonl_drops_unreadable_lines_instead_of_crashing(tmp_path):
+    """Issue 26 (9): a non-UTF-8 byte, a 5000-digit number or deep nesting in metrics.jsonl crashed the
+    resume until the file was edited by hand.  Lines are split on \\n only: U+2028 inside a string stays."""
+    path = tmp_path / "metrics.jsonl"
+    good = [json.dumps({"step": 1, "note": "a\u2028b\u0085c"}, ensure_ascii=False).encode(), b'{"step": 2}']
+    bad = [b'{"step": 1, "x": "caf\xe9"}', b'{"step": 1, "x": ' + b"9" * 5000 + b"}", b"[" * 100_000,
+           b'{"step": true}', b'{"step": 1.5}', b'"step"']
+    path.write_bytes(b"\n".join([good[0], *bad, good[1], b'{"step": 3}']) + b"\n")
+    assert trim_jsonl(path, 2) == len(bad) + 1
+    assert path.read_bytes() == b"\n".join(good) + b"\n"  # the kept lines byte for byte
+
+
+def test_deeply_nested_yaml_config_is_one_line_config_error(tmp_path):
+    """Issue 26 (9): a 5000-level nested YAML config was a RecursionError traceback."""
+    (tmp_path / "deep.yaml").write_text("model: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml is nested too deeply"):
+        load_config(tmp_path / "deep.yaml")
+    with pytest.raises(ConfigError, match="seed: the value is nested too deeply"):  # --set seed=[[[...]]]
+        load_config(overrides=parse_set(["seed=" + "[" * 5000 + "]" * 5000]))
+
+
+def test_deepspeed_config_parser_limits_are_config_errors(tmp_path):
+    """A user's --deepspeed-config nested 100,000 levels was a RecursionError traceback."""
+    from prp.train.dist import ds_config_for
+
+    for name, data in (("deep.json", b"[" * 100_000), ("list.json", b"[1]"), ("latin1.json", b'{"a": "caf\xe9"}')):
+        (tmp_path / name).write_bytes(data)
+        cfg = TrainConfig(deepspeed_config=str(tmp_path / name))
+        with pytest.raises(ConfigError, match=rf"deepspeed_config .*{name}"):
+            ds_config_for(cfg, 1)

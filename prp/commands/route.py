@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output JSONL, with X.html, X.summary.json (and X.threshold.json) beside it; a file you "
                          "name is yours to replace (default: a new run folder, runs/route/YYYYmmdd-HHMMSS/"
                          "routes.jsonl, so no earlier run's results are ever replaced)")
+    io.add_argument("--image-root", default=None,
+                    help="folder the --data image paths are relative to and must stay under (default: the data "
+                         "file's folder; a --calibrate file's images stay under its own folder)")
+    io.add_argument("--allow-outside-image-paths", action="store_true",
+                    help="accept absolute image paths, `..` and symlinks leading outside the image root "
+                         "(off: such a line gets a bad_image_path error row; the images may be uploaded to --target)")
     io.add_argument("--resume", action="store_true", help="skip input lines already in --out")
     io.add_argument("--retry-errors", action="store_true",
                     help="route the error and fallback rows of --out again (implies --resume)")
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
     if args.confidence is not None and not (args.calibrate and args.target_acc is not None):
         raise UserError("--confidence qualifies a calibration goal: give it with --calibrate and --target-acc")
+    if args.image_root and not Path(args.image_root).is_dir():
+        raise UserError(f"--image-root {args.image_root}: not a folder; give the folder the image paths start at")
     for flag, path in (("--data", None if args.serve else args.data), ("--threshold-file", args.threshold_file),
                        ("--calibrate", None if args.calibrate == "default" else args.calibrate)):
         if path and not Path(path).exists():  # fail before loading the models
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             val = str(ensure_default_demo(spec)["validation"])
         cal = route_run.calibrate_on(router, val, p_t=None if args.target_acc is not None else args.pt,
                                      target_acc=args.target_acc, confidence=args.confidence,
-                                     batch_size=args.batch_size, judge=judge)
+                                     batch_size=args.batch_size, judge=judge,
+                                     allow_outside_images=args.allow_outside_image_paths)
         out = args.threshold_out or str(Path(args.out).with_suffix(".threshold.json"))
         cal.save(out)
         bound = "" if cal.bound is None else f", {cal.requested['confidence']:.0%} lower bound {cal.bound:+.1%}"
@@ -200,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                 max_prompt_tokens=args.max_prompt_tokens, target_all=args.measure_target_only,
                                 image_limits=ImageLimits(max_pixels=args.max_image_pixels,
                                                          max_aspect_ratio=args.max_aspect_ratio),
+                                image_root=args.image_root, allow_outside_images=args.allow_outside_image_paths,
                                 judge=judge)
     from prp.route.summary import format_summary, summarize
 
@@ -208,8 +218,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(format_summary(summary))
     Path(args.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from prp.eval.html import write_routes_html  # the per-query browser (docs/report.md)
+    from prp.route.batchfile import read_batch_file  # the report shows what was routed: the same lines, same checks
 
-    print(f"browse: {write_routes_html(args.out, rows, records=args.data, summary=summary, models=vars(args))}")
+    records = [bl.record for bl in read_batch_file(args.data, image_root=args.image_root,
+                                                    allow_outside_images=args.allow_outside_image_paths) if bl.record]
+    print(f"browse: {write_routes_html(args.out, rows, records=records, summary=summary, models=vars(args))}")
     return summary
 
 

@@ -4,28 +4,32 @@ A `Record` is one (image, question, answer) item.  Loaders never raise on a bad 
 log it and count it in `LoadResult.skipped` under a reason ("bad_json", "missing_question", "empty_question",
 "missing_image", "corrupt_image", ...), so a run reports exactly what it dropped.
 Images are opened lazily (`Record.load_image`) but checked for existence and readability
-at load time when `check_images=True`.
+at load time when `check_images=True` (prp.core.images holds the image checks).
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
-import stat
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from prp.core.images import (  # the image half of loading (prp.core.images), re-exported for the loaders' callers
+    DEFAULT_IMAGE_LIMITS,
+    ImageError,
+    ImageLimits,
+    _check_image,
+    check_image_header,
+    decode_image_bytes,
+    image_error_reason,
+    open_image,
+    resolve_image_path,
+)
+from prp.core.jsonl import iter_json_lines, jsonl_lines, loads
 
 log = logging.getLogger(__name__)
-
-
-class ImageError(ValueError):
-    """An image that is missing or cannot be decoded."""
 
 
 @dataclass
@@ -85,131 +89,10 @@ class LoadResult:
         )
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    """What an image may be before its pixels are decoded (checked from the header alone).
-
-    `max_pixels`: width x height; decoded RGB costs 3 bytes a pixel, so a 259 KB PNG that claims
-    13000 x 13000 would cost ~0.5 GB decoded (2.3 GB with the processor's copies).
-    `max_aspect_ratio`: long side / short side; the Qwen2-VL processor's `smart_resize` raises
-    above 200.  `max_file_bytes`: the encoded file.
-    """
-
-    max_pixels: int = 4096 * 4096
-    max_aspect_ratio: float = 200.0
-    max_file_bytes: int = 32 * 1024 * 1024
-
-
-DEFAULT_IMAGE_LIMITS = ImageLimits()
-
-
-def check_image_header(image: Image.Image, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> str | None:
-    """The reason an opened (not yet decoded) image breaks `limits`, or None.
-
-    >>> check_image_header(Image.new("RGB", (3000, 1)))
-    'image_aspect_ratio: 3000x1 (long/short side 3000 > 200)'
-    >>> check_image_header(Image.new("RGB", (20, 10))) is None
-    True
-    """
-    width, height = image.size
-    if width < 1 or height < 1:
-        return f"image_size: {width}x{height}"
-    if width * height > limits.max_pixels:
-        return f"image_too_large: {width}x{height} = {width * height} pixels > {limits.max_pixels}"
-    ratio = max(width, height) / min(width, height)
-    if ratio > limits.max_aspect_ratio:
-        return f"image_aspect_ratio: {width}x{height} (long/short side {ratio:g} > {limits.max_aspect_ratio:g})"
-    return None
-
-
-@contextlib.contextmanager
-def _quiet_bomb_warning():
-    """PIL warns about a huge image as it reads the header; the limits refuse it by name instead."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        yield
-
-
-def _decode(fp, label: str, limits: ImageLimits) -> Image.Image:
-    """Open (header only), check the limits, then decode to RGB.  PIL's own decompression-bomb
-    guard stays on as a second line; its error is not an OSError, so it is named here."""
-    try:
-        with _quiet_bomb_warning(), Image.open(fp) as image:
-            problem = check_image_header(image, limits)
-            if problem:
-                raise ImageError(problem)
-            return image.convert("RGB")
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image_too_large: {label}: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"corrupt_image: {label}: {exc}") from exc
-
-
-def _regular_file(path: Path, limits: ImageLimits) -> None:
-    """Only a regular file of bounded size is opened: a FIFO would block the reader forever, and a
-    directory or a device is never an image."""
-    try:
-        info = path.stat()
-    except FileNotFoundError as exc:
-        raise ImageError(f"missing_image: {path}") from exc
-    except OSError as exc:
-        raise ImageError(f"unreadable_image: {path}: {exc.strerror or exc}") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise ImageError(f"not_a_file: {path}")
-    if info.st_size > limits.max_file_bytes:
-        raise ImageError(f"image_file_too_large: {path}: {info.st_size} bytes > {limits.max_file_bytes}")
-
-
-def open_image(path: str | Path, *, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> Image.Image:
-    """Open and fully decode an image as RGB; ImageError if it cannot be read or breaks `limits`.
-
-    The message starts with the reason (missing_image, unreadable_image, not_a_file,
-    image_file_too_large, image_too_large, image_aspect_ratio, image_size, corrupt_image)."""
-    path = Path(path)
-    _regular_file(path, limits)
-    return _decode(path, str(path), limits)
-
-
-def decode_image_bytes(raw: bytes, *, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> Image.Image:
-    """`open_image` for bytes already in memory (an uploaded image)."""
-    if len(raw) > limits.max_file_bytes:
-        raise ImageError(f"image_file_too_large: {len(raw)} bytes > {limits.max_file_bytes}")
-    return _decode(io.BytesIO(raw), "uploaded image", limits)
-
-
-def image_error_reason(exc: ImageError) -> str:
-    """The reason code an ImageError's message starts with.
-
-    >>> image_error_reason(ImageError("corrupt_image: a.png: truncated"))
-    'corrupt_image'
-    """
-    return str(exc).split(":", 1)[0]
-
-
-def _check_image(path: Path, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> str | None:
-    """The skip reason for an unusable image, or None.  The size limits come from the header and
-    `verify()` checks the file without decoding the pixels (loading stays cheap); a file that still
-    fails to decode later is caught where the image is used."""
-    try:
-        _regular_file(path, limits)
-        with _quiet_bomb_warning(), Image.open(path) as image:
-            problem = check_image_header(image, limits)
-            if problem:
-                return image_error_reason(ImageError(problem))
-            image.verify()
-    except ImageError as exc:
-        return image_error_reason(exc)
-    except Image.DecompressionBombError:
-        return "image_too_large"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
-        return "corrupt_image"
-    return None
-
-
-def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, str] | None = None) -> Record:
-    """One JSON object -> Record.  `fields` renames keys (e.g. ChartQA's query/label)."""
+def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, str] | None = None,
+                 confine_images: bool = False) -> Record:
+    """One JSON object -> Record.  `fields` renames keys (e.g. ChartQA's query/label);
+    `confine_images`: `resolve_image_path`'s confine (the image stays under `base_dir`)."""
     names = {"id": "id", "question": "question", "answer": "answer", "image": "image", **(fields or {})}
     if names["question"] not in raw:  # e.g. "text" or "prompt" instead: name what is missing and what was found
         found = ", ".join(f'"{k}"' for k in list(raw)[:8]) or "no fields"
@@ -218,10 +101,7 @@ def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, s
     question = raw.get(names["question"])
     if not isinstance(question, str) or not question.strip():
         raise ValueError("empty_question")
-    image = raw.get(names["image"])
-    image_path = None
-    if image:
-        image_path = Path(image) if Path(image).is_absolute() else base_dir / image
+    image_path = resolve_image_path(raw.get(names["image"]), base_dir, confine=confine_images)
     answer = raw.get(names["answer"])
     record_id = raw.get(names["id"], f"line-{line_no}")
     meta = {k: v for k, v in raw.items() if k not in names.values()}
@@ -229,36 +109,17 @@ def parse_record(raw: dict, *, base_dir: Path, line_no: int, fields: dict[str, s
         id=str(record_id),
         question=question.strip(),
         answer=None if answer is None else str(answer),
-        image=str(image_path) if image_path else None,
+        image=image_path,
         meta=meta,
     )
 
 
-def jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
-    """(line number from 1, the line's bytes without its newline) for every non-blank line of a
-    JSONL file: the one JSONL line reader.  Bytes, so each caller decides what a line that is not
-    UTF-8 or not JSON means (a counted skip, a logged None row, or an error).
-
-    >>> import tempfile
-    >>> with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
-    ...     _ = f.write(b'{"a": 1}\\n\\n  \\n{torn')
-    >>> list(jsonl_lines(f.name))
-    [(1, b'{"a": 1}'), (4, b'{torn')]
-    >>> Path(f.name).unlink()
-    """
-    with Path(path).open("rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                yield line_no, line[:-1] if line.endswith(b"\n") else line
-
-
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | None]]:
-    """(line number, object or None if the line is not a JSON object), blank lines left out."""
-    for line_no, line in jsonl_lines(path):
-        try:
-            raw = json.loads(line.decode("utf-8"))  # one non-UTF-8 line is a bad line, not a crash
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raw = None
+    """(line number, object or None if the line is not a usable JSON object), blank lines left out
+    (prp.core.jsonl: split on \\n only; non-UTF-8, too deep, overlong numbers, lone surrogates -> None)."""
+    for line_no, raw, error in iter_json_lines(path):
+        if error is not None:
+            log.warning("%s line %d: %s", Path(path).name, line_no, error)
         yield line_no, raw if isinstance(raw, dict) else None
 
 
@@ -269,16 +130,17 @@ def load_jsonl(
     fields: dict[str, str] | None = None,
     check_images: bool = True,
     require_answer: bool = False,
+    confine_images: bool = False,
 ) -> LoadResult:
     """A generic JSONL file of {"id", "image", "question", "answer", ...} lines.
 
-    Image paths are relative to `image_root` (default: the file's folder).  Error line numbers
-    are the file's own.
+    Image paths are relative to `image_root` (default: the file's folder); `confine_images` keeps
+    them under it (`resolve_image_path`).  Error line numbers are the file's own.
     """
     path = Path(path)
     return _load_numbered(
         iter_jsonl(path), base_dir=Path(image_root) if image_root else path.parent, source=path.name,
-        fields=fields, check_images=check_images, require_answer=require_answer,
+        fields=fields, check_images=check_images, require_answer=require_answer, confine_images=confine_images,
     )
 
 
@@ -304,7 +166,7 @@ def _read_table(path: Path) -> list:
         return read_parquet(str(path))
     if path.suffix == ".jsonl":
         return [raw for _, raw in iter_jsonl(path)]  # None: counted as bad_json below
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = loads(path.read_bytes())  # a JsonError (one line) for bad content
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -337,6 +199,7 @@ def _load_numbered(
     require_image: bool = False,
     require_answer: bool = False,
     image_cache_dir: Path | None = None,
+    confine_images: bool = False,
 ) -> LoadResult:
     """(line number, dict or None for an unreadable line) -> Records, skipping and counting bad ones."""
     names = {"id": "id", "image": "image", **(fields or {})}
@@ -358,9 +221,10 @@ def _load_numbered(
         if image_cache_dir is not None:
             _materialise_image(raw, names["image"], record_id, image_cache_dir)
         try:
-            record = parse_record(raw, base_dir=base_dir, line_no=line_no, fields=fields)
-        except ValueError as exc:
-            skip(line_no, record_id, str(exc))
+            record = parse_record(raw, base_dir=base_dir, line_no=line_no, fields=fields,
+                                  confine_images=confine_images)
+        except ValueError as exc:  # ImageError too (bad_image_path): the reason code alone
+            skip(line_no, record_id, str(exc).split(":", 1)[0])
             continue
         if require_answer and not (record.answer or "").strip():
             skip(line_no, record.id, "missing_answer")
@@ -430,3 +294,11 @@ def drop_unparsable_gold(result: LoadResult) -> LoadResult:
         kept.append(record)
     result.records = kept
     return result
+
+
+__all__ = [
+    "DEFAULT_IMAGE_LIMITS", "ImageError", "ImageLimits", "LoadResult", "Record", "check_image_header",
+    "decode_image_bytes", "drop_unparsable_gold", "image_error_reason", "iter_jsonl", "jsonl_lines",
+    "load_chartqa_train", "load_jsonl", "load_mmk12", "load_rows", "open_image", "parse_record", "read_parquet",
+    "resolve_image_path",
+]

@@ -44,7 +44,7 @@ def records_by_id(records: Iterable[Any] | str | Path | None) -> dict[str, dict]
     if isinstance(records, (str, Path)):
         from prp.core.data import load_jsonl
 
-        records = load_jsonl(records, check_images=False).records
+        records = load_jsonl(records, check_images=False, confine_images=True).records  # as route.py reads it
     out: dict[str, dict] = {}
     for rec in records or ():
         get = rec.get if isinstance(rec, Mapping) else lambda k, r=rec: getattr(r, k, None)

@@ -86,9 +86,12 @@ def relative_href(path, base_dir: str | Path) -> str | None:
     >>> relative_href(__file__, Path(__file__).parent.parent)
     'eval/html_page.py'
     """
-    if not isinstance(path, (str, Path)) or not Path(path).is_file():
+    try:  # is_file raises on a name too long (ENAMETOOLONG) or holding a NUL: no link, not a crash
+        if not isinstance(path, (str, Path)) or not Path(path).is_file():
+            return None
+        rel = os.path.relpath(Path(path).resolve(), Path(base_dir).resolve())
+    except (OSError, ValueError):
         return None
-    rel = os.path.relpath(Path(path).resolve(), Path(base_dir).resolve())
     return urllib.parse.quote(Path(rel).as_posix())
 
 

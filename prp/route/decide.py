@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from prp.core.jsonl import read_json_file
 from prp.route.scoring import Rule, get_rule
 
 ROUNDINGS = ("round", "ceil", "floor")
@@ -130,7 +131,7 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        return cls(**json.loads(Path(path).read_text()))
+        return cls(**read_json_file(path))  # bad content: a one-line JsonError (prp.core.jsonl)
 
 
 def target_goal(target_acc: float | str, target_accuracy: float) -> float:

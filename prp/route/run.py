@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prp.core.cli import non_negative_float, positive_float, positive_int
-from prp.core.data import ImageError, jsonl_lines, load_jsonl
+from prp.core.data import ImageError, load_jsonl
+from prp.core.jsonl import JsonError, jsonl_lines, loads
 from prp.route.batchfile import read_batch_file
 from prp.route.isolate import run_isolated
 from prp.route.progress import RouteProgress
@@ -188,8 +189,8 @@ class JsonlSink:
             keep, dropped = [], {"torn": 0, "no_line": 0, "retry": 0, "repeat": 0}
             for _, raw in jsonl_lines(self.path):
                 try:
-                    row = json.loads(raw.decode("utf-8"))
-                except ValueError:  # a line torn by the interruption
+                    row = loads(raw)
+                except JsonError:  # a line torn by the interruption
                     dropped["torn"] += 1
                     continue
                 line = row.get("line") if isinstance(row, dict) else None
@@ -238,8 +239,8 @@ class JsonlSink:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Every row of a routed output file; a line that is not UTF-8 JSON raises (the file is ours)."""
-    return [json.loads(line.decode("utf-8")) for _, line in jsonl_lines(path)]
+    """Every row of a routed output file; a line that is not UTF-8 JSON raises JsonError (the file is ours)."""
+    return [loads(line) for _, line in jsonl_lines(path)]
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -288,7 +289,8 @@ MAX_WAITING_BATCHES = 8
 
 def route_file(router: Router, data: str | Path, out: str | Path, policy, *, batch_size: int = 16,
                resume: bool = False, retry_errors: bool = False, target_all: bool = False,
-               judge=None, max_prompt_tokens: int | None = None, image_limits=None) -> list[dict]:
+               judge=None, max_prompt_tokens: int | None = None, image_limits=None,
+               image_root: str | Path | None = None, allow_outside_images: bool = False) -> list[dict]:
     """Route every line of `data` into `out`: exactly one row per input line (prp.route.batchfile),
     an error row for a line that cannot be routed.  Returns all rows of `out` in input order.
 
@@ -300,9 +302,11 @@ def route_file(router: Router, data: str | Path, out: str | Path, policy, *, bat
     A bad item never fails its neighbours: images are opened one by one, a question over
     `max_prompt_tokens` (default: `default_prompt_limit`) gets its own error row, and a batch the
     router fails on is split until only the failing queries get error rows (prp.route.isolate).
+    Image paths stay under `image_root` (default: the data file's folder) unless
+    `allow_outside_images` (prp.route.batchfile).
     """
     prompt_limit = max_prompt_tokens or default_prompt_limit(router)
-    lines = read_batch_file(data)
+    lines = read_batch_file(data, image_root=image_root, allow_outside_images=allow_outside_images)
     progress = RouteProgress("route", total=len(lines))
     sink = JsonlSink(out, resume=resume, retry_errors=retry_errors, on_row=progress.row)
     try:
@@ -334,14 +338,16 @@ def _ready_queries(router: Router, batch, sink: JsonlSink, prompt_limit: int, im
 
     ready = []
     for bl in batch:
-        too_long = _prompt_problem(router, bl.record.question, prompt_limit)
-        if too_long:
-            sink.write(error_row(bl.id, too_long, line=bl.line))
-            continue
         try:
-            image = bl.record.load_image(image_limits)  # None: prp.core.data's defaults
+            problem = _prompt_problem(router, bl.record.question, prompt_limit)
+            image = None if problem else bl.record.load_image(image_limits)  # None: prp.core.data's defaults
         except ImageError as exc:
-            sink.write(error_row(bl.id, str(exc), line=bl.line))
+            problem = str(exc)
+        except Exception as exc:  # whatever else one line's question or image does: its own error row
+            log.warning("line %d: %s: %s", bl.line, type(exc).__name__, exc)
+            problem = f"bad_line: {type(exc).__name__}"
+        if problem:
+            sink.write(error_row(bl.id, problem, line=bl.line))
             continue
         rec = bl.record
         ready.append((bl, Query(id=rec.id, question=rec.question, image=image, gold=rec.answer)))
@@ -411,7 +417,12 @@ class _TargetQueue:
                 row = error_row(bl.id, f"routing_failed: {type(row).__name__}: {row}", line=bl.line)
             else:
                 row["line"] = bl.line
-                score_row(row, bl.record, self.judge)  # the gold of this very line
+                try:
+                    score_row(row, bl.record, self.judge)  # the gold of this very line
+                except Exception as exc:  # a gold the judge cannot read: this row says so, the rest goes on
+                    log.warning("line %d: judging failed: %s: %s", bl.line, type(exc).__name__, exc)
+                    row["correct"] = row["target_only_correct"] = None
+                    row["error"] = f"judge_failed: {type(exc).__name__}"
             self.sink.write(row)
 
 
@@ -419,7 +430,8 @@ class _TargetQueue:
 
 
 def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, target_acc: float | str | None,
-                 confidence: float | None = None, batch_size: int = 16, judge=None):
+                 confidence: float | None = None, batch_size: int = 16, judge=None,
+                 allow_outside_images: bool = False):
     """Sec. 4.4 (a): scores on a labelled validation split, draft/target correctness, then T in the
     router's rule direction.
 
@@ -430,7 +442,7 @@ def calibrate_on(router: Router, val_path: str | Path, *, p_t: float | None, tar
     """
     from prp.route.decide import calibrate
 
-    loaded = load_jsonl(val_path, check_images=True, require_answer=True)
+    loaded = load_jsonl(val_path, check_images=True, require_answer=True, confine_images=not allow_outside_images)
     recs = loaded.records
     if not recs:
         raise SystemExit(f"no usable labelled records in {val_path} ({loaded.summary()})")

@@ -6,14 +6,19 @@
         training_state.pt    optimizer, scheduler (plain torch runs)
         ds/                  DeepSpeed engine checkpoint (ZeRO-3 runs: partitioned optimizer state)
         trainer_state.json   step, micro-step, epoch, this epoch's sampler order, RNG states
+        manifest.json        sha256 and size of every other file (written last, before the rename)
 
-Everything is written into `ckpt-<step>.tmp`, every file fsynced, then the folder is renamed
+Everything is written into `ckpt-<step>.tmp`, the manifest added, every file fsynced, then the folder is renamed
 (atomic on POSIX) and the parent fsynced: a `ckpt-N` folder always holds a complete checkpoint,
 and a run killed while saving leaves only a `.tmp` that is ignored and later removed.
 
 Resuming (`find_resume_point`, then `restore`):
-- the newest checkpoint whose files are intact is used; a damaged one (a truncated or unreadable
-  file: a disk fault, a copy cut short) is skipped with a warning naming it and the reason;
+- the newest checkpoint whose files are intact is used; a damaged one is skipped with a warning
+  naming it and the reason: a file whose bytes no longer match manifest.json (a disk fault, a copy
+  cut short, zeros written into the weights), a special file (FIFO, device: refused without opening
+  it), a trainer_state.json whose values are not what this trainer writes (a step that is not the
+  folder's, Infinity, a negative or float count), an optimizer or RNG state of the wrong shape;
+  a checkpoint without manifest.json (written before checksums) is checked by its headers alone;
 - a checkpoint without its training state (optimizer / DeepSpeed state, scheduler, RNG) is an
   error, unless weights-only was asked for (`resume_weights_only`): then its weights, step and
   learning-rate schedule position are kept and the optimizer starts fresh;
@@ -21,6 +26,9 @@ Resuming (`find_resume_point`, then `restore`):
   DeepSpeed's own files also need the few DeepSpeed classes in `DEEPSPEED_SAFE_GLOBALS`.  Every
   `.pt` file's pickle is scanned before anything is loaded; one that names any other global is
   refused with an error (never skipped: that is tampering, not damage).
+
+Saving on a full disk (ENOSPC) stops the run with one line (`DiskFullError`) that says so and names
+the last good checkpoint; the partial `.tmp` folder is removed.
 """
 from __future__ import annotations
 
@@ -30,7 +38,6 @@ import logging
 import os
 import pickle
 import random
-import re
 import shutil
 import warnings
 import zipfile
@@ -40,9 +47,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prp.core.jsonl import read_json_file
+from prp.train.integrity import (  # re-exported: the trainer and the tests import them from here
+    CKPT_RE,
+    MANIFEST,
+    CheckpointError,
+    DamagedCheckpoint,
+    DiskFullError,
+    check_rng,
+    check_training_state,
+    disk_full_error,
+    is_disk_full,
+    read_trainer_state,
+    refuse_special_files,
+    verify_manifest,
+    write_manifest,
+)
+
 log = logging.getLogger(__name__)
 
-_CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 
 # What a ZeRO checkpoint of deepspeed 0.19 pickles besides tensors, containers and plain values
 # (torch.serialization.get_unsafe_globals_in_checkpoint on its *_optim_states.pt): the loss scaler
@@ -54,14 +77,6 @@ DEEPSPEED_SAFE_GLOBALS = (
 )
 WEIGHTS_ONLY_HINT = ("resume with --resume-weights-only (config `resume_weights_only: true`) to keep its weights, "
                      "step and schedule with a fresh optimizer")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that must not be resumed from as asked (missing state, unsafe pickle, nothing intact)."""
-
-
-class DamagedCheckpoint(CheckpointError):
-    """A file of the checkpoint is truncated or unreadable: `find_resume_point` falls back past it."""
 
 
 def rng_state() -> dict:
@@ -110,7 +125,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name))]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CKPT_RE.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -146,8 +161,10 @@ def write_state(tmp: Path, *, trainer_state: dict, optimizer=None, scheduler=Non
 
 
 def commit(tmp: Path, *, keep_last: int) -> Path:
-    """fsync, rename `ckpt-N.tmp` -> `ckpt-N`, fsync the parent, then drop all but the last `keep_last`."""
+    """Add the manifest, fsync, rename `ckpt-N.tmp` -> `ckpt-N`, fsync the parent, then drop all but
+    the last `keep_last`."""
     final = tmp.with_name(tmp.name.removesuffix(".tmp"))
+    write_manifest(tmp)
     _fsync_tree(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it
         shutil.rmtree(final)
@@ -161,7 +178,7 @@ def commit(tmp: Path, *, keep_last: int) -> Path:
 
 def read_state(ckpt: Path) -> tuple[dict, dict | None, dict]:
     """(trainer_state, training_state or None, rng_state)."""
-    trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
+    trainer_state = read_json_file(ckpt / "trainer_state.json", strict_numbers=True)
     training = ckpt / "training_state.pt"
     # weights_only: tensors, numbers and containers only, no arbitrary pickled objects
     training_state = safe_torch_load(training) if training.exists() else None
@@ -270,7 +287,7 @@ def _check_weights(ckpt: Path) -> None:
     index = ckpt / "model.safetensors.index.json"
     try:
         if index.is_file():
-            wanted = set(json.loads(index.read_text())["weight_map"].values())
+            wanted = set(read_json_file(index)["weight_map"].values())
             missing = wanted - {p.name for p in shards}
             if missing:
                 raise DamagedCheckpoint(f"{ckpt}: weight shards missing: {sorted(missing)}")
@@ -279,20 +296,13 @@ def _check_weights(ckpt: Path) -> None:
         for shard in shards:  # the header check covers a truncated file ("not fully covered")
             with safe_open(str(shard), framework="pt"):
                 pass
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DamagedCheckpoint(f"{ckpt}: unreadable weights ({exc})") from exc
 
 
-def _read_trainer_state(ckpt: Path) -> dict:
-    path = ckpt / "trainer_state.json"
-    if not path.is_file():
-        raise DamagedCheckpoint(f"{path} is missing")
-    try:
-        state = json.loads(path.read_text())
-        int(state["step"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise DamagedCheckpoint(f"{path}: unreadable ({exc})") from exc
-    return state
+def _verify_or_warn(ckpt: Path) -> None:
+    if not verify_manifest(ckpt):
+        log.warning("%s has no %s (written before checksums): only its headers are checked", ckpt, MANIFEST)
 
 
 def _deepspeed_files(ckpt: Path) -> list[Path]:
@@ -303,10 +313,12 @@ def open_checkpoint(ckpt: Path, *, deepspeed: bool, weights_only: bool = False) 
     """Check `ckpt` and read its small state files.  DamagedCheckpoint if a file is damaged;
     CheckpointError if the training state is missing (and not weights_only) or a pickle is unsafe."""
     ckpt = Path(ckpt)
+    refuse_special_files(ckpt)  # before anything is opened
     _check_weights(ckpt)
-    trainer_state = _read_trainer_state(ckpt)
+    trainer_state = read_trainer_state(ckpt)
     step = int(trainer_state["step"])
     if weights_only:
+        _verify_or_warn(ckpt)
         return ResumePoint(ckpt, step, trainer_state, None, None, deepspeed, True)
 
     missing = [name for name in ("rng_state.pt", "training_state.pt") if not (ckpt / name).is_file()]
@@ -323,10 +335,13 @@ def open_checkpoint(ckpt: Path, *, deepspeed: bool, weights_only: bool = False) 
             raise CheckpointError(f"refusing to resume from {ckpt}: {path} would unpickle {', '.join(refused)}, "
                                   "which is not on the allow-list (DEEPSPEED_SAFE_GLOBALS)")
     training = safe_torch_load(ckpt / "training_state.pt")
+    check_training_state(ckpt / "training_state.pt", training)
     rng = safe_torch_load(ckpt / "rng_state.pt")
+    check_rng(ckpt / "rng_state.pt", rng)
     if not deepspeed and training.get("optimizer") is None:
         raise CheckpointError(f"{ckpt} holds no torch optimizer state (a DeepSpeed run saved it: resume it with "
                               f"deepspeed); {WEIGHTS_ONLY_HINT}")
+    _verify_or_warn(ckpt)  # last: a planted pickle is refused above as tampering, not skipped as damage
     return ResumePoint(ckpt, step, trainer_state, training, rng, deepspeed, False)
 
 
@@ -374,3 +389,12 @@ def restore(point: ResumePoint, *, optimizer, scheduler, engine=None) -> int:
         scheduler.load_state_dict(point.training_state["scheduler"])
     set_rng_state(point.rng)
     return point.step
+
+
+__all__ = [
+    "DEEPSPEED_SAFE_GLOBALS", "MANIFEST", "CheckpointError", "DamagedCheckpoint", "DiskFullError", "ResumePoint",
+    "SafeCheckpointEngine", "commit", "disk_full_error", "find_resume_point", "is_disk_full", "latest_checkpoint",
+    "list_checkpoints", "load_deepspeed_state", "open_checkpoint", "read_state", "remove_stale_tmp", "restore",
+    "rng_state", "safe_torch_load", "set_rng_state", "tmp_dir", "unsafe_globals", "verify_manifest", "write_manifest",
+    "write_state",
+]

@@ -190,7 +190,10 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"unknown config key {name!r}")
     default = _FIELDS[name].default
     if isinstance(value, str) and not isinstance(default, str):
-        value = yaml.safe_load(value)
+        try:
+            value = yaml.safe_load(value)
+        except RecursionError:
+            raise ConfigError(f"{name}: the value is nested too deeply") from None
     if isinstance(value, (list, tuple)) and isinstance(default, str):  # report_to: [tensorboard, wandb]
         value = ",".join(str(v) for v in value)
     if isinstance(default, bool):
@@ -232,6 +235,9 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str,
         mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or "syntax error"
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix the file there") from exc
+    except RecursionError:  # PyYAML composes nested nodes recursively: a 5000-level file overflows it
+        raise ConfigError(f"{path} is nested too deeply to be a config (a few levels are all a config has); "
+                          "fix the file") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     per_mode = raw.pop("modes", None) or {}

@@ -7,7 +7,6 @@ every rank.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from prp.core.jsonl import JsonError, read_json_file
 from prp.train.config import ConfigError, TrainConfig
 
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ds_zero3.json"
@@ -92,7 +92,12 @@ def ds_config_for(cfg: TrainConfig, world: int) -> dict:
     if not path.is_file():
         raise ConfigError(f"deepspeed_config {path} does not exist; pass --deepspeed-config FILE "
                                 f"(default {DEFAULT_DS_CONFIG})")
-    ds = json.loads(path.read_text())
+    try:
+        ds = read_json_file(path)
+    except JsonError as exc:  # not JSON, not UTF-8, too deep, an overlong number: one line (prp.core.jsonl)
+        raise ConfigError(f"deepspeed_config {path}: {exc}; fix the file (see {DEFAULT_DS_CONFIG})") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"deepspeed_config {path}: expected a JSON object (see {DEFAULT_DS_CONFIG})")
     ds["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
     ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
     ds["train_batch_size"] = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prp.core.jsonl import JsonError, loads, open_regular
 from prp.train.config import ConfigError
 
 log = logging.getLogger("prp.train")
@@ -22,19 +23,31 @@ REPORTERS = ("tensorboard", "wandb")
 
 
 def trim_jsonl(path: Path, keep_upto: int) -> int:
-    """Keep the lines whose "step" <= keep_upto (and drop torn / step-less lines); returns how many were dropped."""
+    """Keep the lines whose integer "step" <= keep_upto and drop every other line (torn, step-less,
+    or unreadable: not UTF-8, too deep, an overlong number; prp.core.jsonl), logging how many;
+    the kept lines are rewritten byte for byte, atomically.  Returns how many were dropped."""
     if not path.exists():
         return 0
     keep, dropped = [], 0
-    for line in path.read_text().splitlines():
+    with open_regular(path) as f:  # a FIFO here would block the resume: refused
+        lines = f.read().split(b"\n")
+    for line in lines:
+        if not line.strip():
+            continue
         try:
-            if json.loads(line)["step"] <= keep_upto:
-                keep.append(line)
-                continue
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-        dropped += 1
-    path.write_text("".join(x + "\n" for x in keep))
+            step = loads(line).get("step")
+        except (JsonError, AttributeError):  # AttributeError: a line that is not an object
+            step = None
+        if isinstance(step, int) and not isinstance(step, bool) and step <= keep_upto:
+            keep.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        log.warning("%s: dropped %d lines past step %d or unreadable (the resumed run writes them again)",
+                    path, dropped, keep_upto)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"".join(x + b"\n" for x in keep))
+    os.replace(tmp, path)
     return dropped
 
 

@@ -175,7 +175,13 @@ class Trainer:
                     epoch = (step + 1) * cfg.gradient_accumulation_steps / self.sampler.micro_per_epoch
                     row = step_row(step + 1, metrics, epoch=epoch, lr=lr, dt=dt, grad_norm=grad_norm,
                                    skipped=self.skipped)
-                    runlog.write(row, samples)
+                    try:
+                        runlog.write(row, samples)
+                    except OSError as exc:
+                        if ckpt_io.is_disk_full(exc, self.out):
+                            raise ckpt_io.disk_full_error(exc, self.out, f"logging step {step + 1}",
+                                                          ckpt_io.latest_checkpoint(self.out)) from exc
+                        raise
                     bar.update(1)
                     bar.set_postfix(progress_postfix(row, policy_gradient=self.mode.step == StepKind.RL))
                 if (step + 1) % cfg.save_every == 0 or step + 1 == self.total_steps:
@@ -206,6 +212,13 @@ class Trainer:
                             keep_last=cfg.keep_last, settings=self.model_settings())
         except NonFiniteError as exc:
             raise NonFiniteError(self._diverged(str(exc))) from None
+        except (OSError, RuntimeError) as exc:  # torch's writer reports ENOSPC as a RuntimeError
+            if not ckpt_io.is_disk_full(exc, self.out):
+                raise
+            if self.d.main:
+                ckpt_io.remove_stale_tmp(self.out)  # the partial ckpt-N.tmp: give its space back
+            raise ckpt_io.disk_full_error(exc, self.out, f"saving ckpt-{step}",
+                                          ckpt_io.latest_checkpoint(self.out)) from exc
 
     def model_settings(self) -> dict:
         """The checkpoint's prp.json (prp.core.recipe): how to route it and what a run from it starts with.

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from prp.core.answers import extract_answer
-from prp.core.data import Record, jsonl_lines
+from prp.core.data import Record
+from prp.core.jsonl import JsonError, jsonl_lines, loads
 from prp.core.judge import accuracy_reward
 from prp.core.modeling import set_pixel_bounds
 from prp.core.prompts import P_TARGET, build_messages
@@ -77,11 +78,10 @@ def read_cache(path: str | Path) -> dict[str, float]:
     if not path.exists():
         return cache
     for _, line in jsonl_lines(path):
-        text = line.decode("utf-8")  # not UTF-8: raises, as a cache file is only ever written here
         try:
-            row = json.loads(text)
+            row = loads(line)
             cache[str(row["id"])] = float(row["acc"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (JsonError, KeyError, TypeError, ValueError):
             continue
     return cache
 

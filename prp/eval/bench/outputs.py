@@ -9,11 +9,11 @@ traceback.  A pid that occurs more than once is warned about; the last record co
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import Counter
 from typing import Any
+
+from prp.core.jsonl import JsonError, NotARegularFile, loads, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class ScoreFileError(ValueError):
     """A file given to a scorer is missing or malformed; the message names the file."""
 
 
-def _load_json(path: str, text: str) -> tuple[Any, Counter]:
+def _load_json(path: str, data: bytes) -> tuple[Any, Counter]:
     """The parsed JSON and how often each key of the *top-level* object occurs."""
     top_keys: list[Counter] = []
 
@@ -34,46 +34,50 @@ def _load_json(path: str, text: str) -> tuple[Any, Counter]:
         return dict(pairs)
 
     try:
-        data = json.loads(text, object_pairs_hook=pairs_hook)
-    except json.JSONDecodeError as err:
-        raise ScoreFileError(f"{path}: not JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
-    return data, (top_keys[-1] if isinstance(data, dict) and top_keys else Counter())
+        parsed = loads(data, object_pairs_hook=pairs_hook)
+    except JsonError as err:  # not JSON, not UTF-8, too deep, an overlong number, a lone surrogate
+        raise ScoreFileError(f"{path}: {_what(err)}") from None
+    return parsed, (top_keys[-1] if isinstance(parsed, dict) and top_keys else Counter())
 
 
-def _read_text(path: str) -> str:
-    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block the read forever
-        raise ScoreFileError(f"{path}: not a regular file (a directory, FIFO or device)")
+def _what(err: JsonError) -> str:
+    """'not JSON (why)' for a syntax error, 'unreadable (reason: why)' for a parser limit."""
+    return f"not JSON ({str(err).split(': ', 1)[-1]})" if err.reason == "bad_json" else f"unreadable ({err})"
+
+
+def _read_bytes(path: str) -> bytes:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path) as f:  # a FIFO would block the read forever: refused before opening
             return f.read()
-    except UnicodeDecodeError:
-        raise ScoreFileError(f"{path}: not UTF-8 text") from None
+    except NotARegularFile:
+        raise ScoreFileError(f"{path}: not a regular file (a directory, FIFO or device)") from None
     except OSError as err:
         raise ScoreFileError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
-def _records_of(path: str, text: str) -> tuple[list[tuple[str, Any, str]], Counter]:
+def _records_of(path: str, data: bytes) -> tuple[list[tuple[str, Any, str]], Counter]:
     """(pid, record, where) triples and the pid counts, before the records are checked."""
     if path.endswith(".jsonl"):
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        # split on \n only (prp.core.jsonl): a string may hold U+2028 or U+0085, which splitlines() splits at
+        for n, line in enumerate(data.split(b"\n"), 1):
             if line.strip():
                 try:
-                    rows.append((json.loads(line), f"line {n}"))
-                except json.JSONDecodeError as err:
-                    raise ScoreFileError(f"{path}: line {n} is not JSON ({err.msg})") from None
-        data, counts = [r for r, _ in rows], Counter()
+                    rows.append((loads(line), f"line {n}"))
+                except JsonError as err:
+                    raise ScoreFileError(f"{path}: line {n} is {_what(err)}") from None
+        parsed, counts = [r for r, _ in rows], Counter()
         where = [w for _, w in rows]
     else:
-        data, counts = _load_json(path, text)
-        where = [f"item {i}" for i in range(len(data))] if isinstance(data, list) else []
-    if isinstance(data, dict):
-        return [(str(k), v, f"pid {k!r}") for k, v in data.items()], counts
-    if not isinstance(data, list):
+        parsed, counts = _load_json(path, data)
+        where = [f"item {i}" for i in range(len(parsed))] if isinstance(parsed, list) else []
+    if isinstance(parsed, dict):
+        return [(str(k), v, f"pid {k!r}") for k, v in parsed.items()], counts
+    if not isinstance(parsed, list):
         raise ScoreFileError(
-            f"{path}: expected an object of pid -> record or a list of records, got {type(data).__name__}")
+            f"{path}: expected an object of pid -> record or a list of records, got {type(parsed).__name__}")
     triples = []
-    for record, at in zip(data, where, strict=True):
+    for record, at in zip(parsed, where, strict=True):
         if not isinstance(record, dict) or record.get("pid") is None:
             raise ScoreFileError(f"{path}: {at} is not a record with a pid")
         triples.append((str(record["pid"]), record, f"{at} (pid {record['pid']!r})"))
@@ -82,7 +86,7 @@ def _records_of(path: str, text: str) -> tuple[list[tuple[str, Any, str]], Count
 
 def read_output_file(path: str) -> dict[str, dict]:
     """pid -> record of an output file; raises :class:`ScoreFileError` on any malformed part."""
-    triples, counts = _records_of(path, _read_text(path))
+    triples, counts = _records_of(path, _read_bytes(path))
     if not triples:
         raise ScoreFileError(f"{path}: no records")
     outputs = {}

@@ -6,14 +6,14 @@ Loaders never crash on one bad record: they skip it, count the reason in
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from prp.core.data import LoadResult, jsonl_lines, read_parquet
+from prp.core.data import LoadResult, read_parquet
+from prp.core.jsonl import JsonError, jsonl_lines, loads, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +80,13 @@ def read_rows(path: str) -> list[dict]:
     if path.endswith(".jsonl"):
         rows = []
         for n, line in jsonl_lines(path):
-            text = line.decode("utf-8")  # not UTF-8: the whole file is unreadable (raises)
             try:
-                rows.append(json.loads(text))
-            except json.JSONDecodeError as err:
-                log.warning("%s:%d: not JSON (%s)", path, n, err)
+                rows.append(loads(line))
+            except JsonError as err:  # not UTF-8 / JSON, too deep, an overlong number: that row only
+                log.warning("%s:%d: %s", path, n, err)
                 rows.append(None)  # still a row, so the loader counts it as malformed
         return rows
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = read_json_file(path)  # a one-line JsonError for bad content
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         return data["data"]
     if isinstance(data, dict):
