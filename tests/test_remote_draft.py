@@ -204,16 +204,20 @@ def test_unreachable_draft_gives_error_rows_within_the_deadline(kind):
     finally:
         if silent:
             silent.close()
-    # 4 queries in flight at once: 2 tries x 1 s + one backoff, not 4 x that
-    assert took < 2 * 1.0 + 0.5 + 1.5
+    # 4 queries in flight at once: about 2 tries x 1 s + one backoff; one after another would be 4 x that
+    # (a loose bound: the machine may be loaded; what it rules out is a hang or a serial wait)
+    assert took < 4 * (2 * 1.0 + 0.01) - 1.0
     for row in rows:
         assert row.route is None and row.error.startswith("draft_failed: draft: ")
         assert "127.0.0.1" not in row.error  # never the URL
     assert all(q.draft_error for q in queries)
-    again = time.monotonic()
+    def asked_again(*_, **__):
+        raise AssertionError("a query the draft already failed on was sent to the server again")
+
+    draft.client.post = asked_again
     with pytest.raises(Exception) as err:  # the served router's entry: a 503, at once for a failed query
         router.route_batch(queries[:1], FixedThreshold(0.5, "draft_first"))
-    assert getattr(err.value, "status", None) == 503 and time.monotonic() - again < 0.5
+    assert getattr(err.value, "status", None) == 503
 
 
 def test_batch_file_with_unreachable_draft_writes_error_rows(tmp_path, jrl_draft):
