@@ -58,7 +58,8 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
     sc.add_argument("--mode", choices=("drl", "jrl"), default="jrl",
                     help="prompt and prefix grammar: jrl (P_joint, d and t) or drl (P_draft, d only)")
     sc.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first")
-    sc.add_argument("--tau", type=positive_float, default=2.0, help="JRL scale (ignored in DRL)")
+    sc.add_argument("--tau", type=positive_float, default=2.0,
+                    help="JRL scale (ignored in DRL); the default 2 is chosen, the paper gives none")
     sc.add_argument("--ipr", choices=("add", "band", "off"), default="add")
     sc.add_argument("--ipr-backend", default="auto", choices=("auto", "torch", "triton"))
     sc.add_argument("--rating", choices=("free", "forced"), default=None,
