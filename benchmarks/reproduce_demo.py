@@ -6,6 +6,14 @@ Reads the shipped checkpoints (demo/models/{draft,target,drl,jrl}), the P2 basel
 ablation runs trained by scripts/build_demo.py (<work>/sft-cn, <work>/drl-alpha<a>, optional) and
 the training logs (DSS ablation).
 Writes <out>/results.json, <out>/instances_<mode>.jsonl and a prp.eval.report report per rating draft.
+Without the training work folder (only demo/ at hand), `--carry-unmeasured OLD_results.json` takes the
+parts that need it (P2, the DSS and alpha ablations, the build's time and determinism) from an earlier run,
+and every row reading one says "not re-measured"; demo/work-results-2026-11-30.json holds those parts of
+the 2026-11-30 run, transcribed from its tables.
+
+Verdicts: "reproduced" only when the numbers in the row's own cell carry the whole claim; "partial" says
+which part held (e.g. item 4's AUC gain "by accuracy, not by ordering"); a speedup or build time whose
+basis is estimated or unrecorded is "not verified"; `--from-results` marks every verdict "not re-measured".
 
 What is measured (every model greedy, one torch thread unless --threads):
 - accuracy per level k of every model (target prompt for plain models; the rating drafts answer
@@ -320,6 +328,30 @@ REPRODUCED, PARTIAL, NOT_REPRODUCED = "reproduced", "partial", "not reproduced"
 RANGE_SHARE_MARGIN = 0.05
 
 
+# results.json parts measured from the training work folder (--work), not from the shipped demo/ models:
+# --carry-unmeasured takes them from an earlier results.json when this machine has no such folder
+WORK_PARTS = ("p2", "dss_ablation", "alpha_ablation", "build_minutes", "build_basis", "determinism")
+P2_LEVELS = "sft-cn (P2 model)"  # its accuracy_by_level row, carried with "p2"
+
+
+def carry_unmeasured(res: dict, prior: dict, source: str) -> list[str]:
+    """Copy into `res` each WORK_PARTS entry this run did not measure (absent, empty, or a "missing ..."
+    string) from `prior`; record which in res["carried"] so that every row reading one says so."""
+    def measured(value) -> bool:  # dss_ablation without its runs is {"dss-on": None, "dss-off": None}
+        if isinstance(value, dict):
+            return any(v is not None for v in value.values())
+        return value is not None and not (isinstance(value, str) and value.startswith("missing"))
+
+    parts = [k for k in WORK_PARTS if not measured(res.get(k)) and measured(prior.get(k))]
+    for key in parts:
+        res[key] = prior[key]
+    if "p2" in parts and P2_LEVELS in prior.get("accuracy_by_level", {}):
+        res["accuracy_by_level"][P2_LEVELS] = prior["accuracy_by_level"][P2_LEVELS]
+    if parts:
+        res["carried"] = {"from": source, "parts": parts, "note": prior.get("source", "")}
+    return parts
+
+
 def _signal(block, name: str, key: str) -> float:
     """block[name][key], NaN when the block or the signal was not measured."""
     if not isinstance(block, dict) or not isinstance(block.get(name), dict):
@@ -334,10 +366,11 @@ def claims(res: dict) -> list[dict]:
     acc = res["accuracy_by_level"]
     out = []
 
-    def claim(item, text, measured, ok, *, status=None, verdict=None):
+    def claim(item, text, measured, ok, *, status=None, verdict=None, uses=()):
+        """`uses`: the results.json parts (WORK_PARTS) the row reads, to label carried ones."""
         status = status or (REPRODUCED if ok else NOT_REPRODUCED)
         out.append({"item": item, "claim": text, "measured": measured, "status": status,
-                    "verdict": verdict or status, "reproduced": status == REPRODUCED})
+                    "verdict": verdict or status, "reproduced": status == REPRODUCED, "uses": list(uses)})
 
     t_acc, d_acc = acc["target"]["mean"], acc.get("draft (plain)", {}).get("mean", math.nan)
     band = "inside" if 0.4 <= d_acc <= 0.6 else "outside"
@@ -415,7 +448,9 @@ def claims(res: dict) -> list[dict]:
         claim(7, "python scripts/build_demo.py --out demo in <= 150 min on the 2-core CPU",
               f"{res['build_minutes']:.1f} min ({basis or 'build_time.json records no basis'})",
               res["build_minutes"] <= 150 and timed,
-              verdict=None if timed or res["build_minutes"] > 150 else "not verified: not timed")
+              verdict=None if timed or res["build_minutes"] > 150 else
+              "not verified: " + ("no recorded basis" if basis is None else "not timed end to end"),
+              uses=("build_minutes",))
     same = res.get("determinism")
     claim(7, "the build is deterministic from its seed: a second build from scratch (whole or stopped early) "
              "agrees bit for bit on everything both have (scripts/compare_builds.py)",
@@ -424,7 +459,13 @@ def claims(res: dict) -> list[dict]:
           f"(vs {same['second_build']}: {same['what']})" + (f"; differ: {', '.join(same['differ'][:3])}"
                                                              f"{' ...' if len(same['differ']) > 3 else ''}"
                                                              if same["differ"] else ""),
-          same is not None and same["compared"] > 0 and not same["differ"])
+          same is not None and same["compared"] > 0 and not same["differ"], uses=("determinism",))
+    carried = res.get("carried") or {}
+    for c in out:  # a row that reads a part this run did not measure says so
+        parts = [p for p in c["uses"] if p in carried.get("parts", ())]
+        if parts:
+            c["verdict"] += f" (not re-measured: {', '.join(parts)} from {carried['from']})"
+            c["remeasured"] = False
     if res.get("from_results"):  # nothing was measured by this call: say so in every verdict
         for c in out:
             c["verdict"] += f" (not re-measured: recomputed from {res['from_results']})"
@@ -457,7 +498,7 @@ def _tab1_spearman(claim, drl: dict, jrl: dict, p1_grpo, p2) -> None:
           f"(d alone: DRL {drl['d']['spearman_rank_acc']:+.3f}, JRL {jrl['d']['spearman_rank_acc']:+.3f})"
           if isinstance(drl.get("d"), dict) and isinstance(jrl.get("d"), dict) else
           f"DRL {rho['DRL']:+.3f}, JRL {rho['JRL']:+.3f} vs P1 {base['P1']:+.3f}, P2 {base['P2']:+.3f}",
-          status == REPRODUCED, status=status, verdict=verdict)
+          status == REPRODUCED, status=status, verdict=verdict, uses=("p2",))
 
 
 def _dss_rows(claim, dss: dict) -> None:
@@ -477,13 +518,13 @@ def _dss_rows(claim, dss: dict) -> None:
           off_collapsed and on_restored,
           status=PARTIAL if off_collapsed and not on_restored and rose else None,
           verdict=f"partial: DSS raises the std but it stays below sigma = {sigma:g}"
-          if off_collapsed and not on_restored and rose else None)
+          if off_collapsed and not on_restored and rose else None, uses=("dss_ablation",))
     # what the restored spread is for: the rating error falls with DSS (by >= 0.1 in the run), not without
     claim(6, "... and the rating error falls with DSS (by >= 0.1 over the run), not without",
           f"{first['dss-on']['rating_d_mae']:.3f} -> {on['rating_d_mae']:.3f} with DSS, "
           f"{first['dss-off']['rating_d_mae']:.3f} -> {off['rating_d_mae']:.3f} without",
           on["rating_d_mae"] <= first["dss-on"]["rating_d_mae"] - 0.1
-          and off["rating_d_mae"] > first["dss-off"]["rating_d_mae"] - 0.1)
+          and off["rating_d_mae"] > first["dss-off"]["rating_d_mae"] - 0.1, uses=("dss_ablation",))
 
 
 def determinism(work: Path, second: Path, ignore_columns: tuple[str, ...] = ()) -> dict:
@@ -524,6 +565,10 @@ def main(argv=None):
                     "(whole or stopped early): item 7's determinism check compares it with --work")
     ap.add_argument("--second-build-ignore-columns", nargs="+", default=[], metavar="PREFIX",
                     help="metrics.jsonl columns the two builds log differently (compare_builds.py --ignore-columns)")
+    ap.add_argument("--carry-unmeasured", metavar="JSON",
+                    help="an earlier results.json: the parts this run cannot measure without --work's training "
+                         f"folder ({', '.join(WORK_PARTS)}) are taken from it, and every row reading one says "
+                         "'not re-measured'")
     ap.add_argument("--from-results", metavar="JSON", help="measure nothing: the tables of this results.json "
                     "(every verdict then says it was not re-measured)")
     args = ap.parse_args(argv)
@@ -537,6 +582,8 @@ def main(argv=None):
     if args.from_results:  # rewrite the README blocks from an earlier run's results.json, measuring nothing
         res = json.loads(Path(args.from_results).read_text())
         res["from_results"] = args.from_results  # every verdict says it was not re-measured
+        if args.carry_unmeasured:
+            carry_unmeasured(res, json.loads(Path(args.carry_unmeasured).read_text()), args.carry_unmeasured)
         res["claims"] = claims(res)
         return write_readmes(res, args)
     records = load_jsonl(demo / "data" / f"{args.split}.jsonl", check_images=False).records
@@ -598,6 +645,8 @@ def main(argv=None):
         res["build_basis"] = timing.get("basis")
     if args.second_build:
         res["determinism"] = determinism(work, Path(args.second_build), tuple(args.second_build_ignore_columns))
+    if args.carry_unmeasured:
+        carry_unmeasured(res, json.loads(Path(args.carry_unmeasured).read_text()), args.carry_unmeasured)
     res["claims"] = claims(res)
     res["wall_s"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float))
@@ -647,6 +696,10 @@ def claims_table(res: dict) -> str:
 def markdown(res: dict) -> str:
     """The README tables, from results.json."""
     lines = [claims_table(res).rstrip("\n")]
+    carried = res.get("carried")
+    if carried:
+        lines += ["", f"Not re-measured in this run (no training work folder): {', '.join(carried['parts'])}, taken "
+                      f"from {carried['from']}" + (f" ({carried['note']})" if carried.get("note") else "") + "."]
     lines += ["", f"Test split, {res['n']} items, greedy, exact accuracy per level (%):", "", "| model | " + " | ".join(
         next(iter(res["accuracy_by_level"].values())).keys()) + " |"]
     lines.append("|---" * (1 + len(next(iter(res["accuracy_by_level"].values())))) + "|")

@@ -120,7 +120,8 @@ def test_item_5_needs_a_measured_speedup():
 def _dss(on_std: float, off_std: float = 0.0, sigma: float = 0.05) -> dict:
     def run(stds, maes):
         pairs = enumerate(zip(stds, maes, strict=True))
-        windows = {f"w{i}": {"rating_d_std": s, "rating_d_mae": m} for i, (s, m) in pairs}
+        windows = {f"w{i}": {"rating_d_std": s, "rating_d_mae": m, "dss_d_rate": 0.1, "accuracy": 0.4}
+                   for i, (s, m) in pairs}
         return {"steps": 150, "windows": windows, "sigma": sigma}
     return {"dss_ablation": {"dss-on": run([0.0, on_std], [0.442, 0.160]),
                              "dss-off": run([0.0, off_std], [0.456, 0.436])}}
@@ -148,9 +149,9 @@ def test_item_7_counts_only_a_build_timed_end_to_end():
     def row(basis):
         return next(c for c in _rows({"build_minutes": 66.9, "build_basis": basis}, 7) if "150 min" in c["claim"])
     assert row("timed end to end")["status"] == "reproduced"
-    assert row(None)["status"] == "not reproduced" and row(None)["verdict"] == "not verified: not timed"
+    assert row(None)["status"] == "not reproduced" and row(None)["verdict"] == "not verified: no recorded basis"
     assert "build_time.json records no basis" in row(None)["measured"]
-    assert row(build_demo.build_basis(["drl"]))["status"] == "not reproduced"
+    assert row(build_demo.build_basis(["drl"]))["verdict"] == "not verified: not timed end to end"
     assert build_demo.build_basis([]) == "timed end to end"
     assert build_demo.build_basis(["drl", "jrl"]) == ("timed, not end to end: 2 stages reused from an earlier run "
                                                       "(drl, jrl)")
@@ -169,3 +170,25 @@ def test_from_results_labels_every_verdict_not_remeasured(tmp_path):
     assert all(f"(not re-measured: recomputed from {results})" in line for line in rows)
     # a measured run's verdicts carry no such label
     assert all("not re-measured" not in c["verdict"] for c in R.claims({**BASE, **_routed("measured")}))
+
+
+def test_carried_parts_are_labelled_not_remeasured():
+    """Without the training work folder, --carry-unmeasured takes P2, the DSS ablation and the build rows from an
+    earlier results.json; exactly the rows that read them say so, and the measured ones do not."""
+    res = {**BASE, **_demo_blocks(rho_p2=None), **_routed("measured"), "p2": "missing (no runs/x/sft-cn checkpoint)",
+           "dss_ablation": {"dss-on": None, "dss-off": None}, "alpha_ablation": {}}
+    prior = {"p2": _demo_blocks()["p2"], **_dss(0.0402), "build_minutes": 66.9, "build_basis": None,
+             "accuracy_by_level": {R.P2_LEVELS: {"mean": 0.49}}, "source": "transcribed"}
+    assert R.carry_unmeasured(res, prior, "old.json") == ["p2", "dss_ablation", "build_minutes"]
+    assert res["accuracy_by_level"][R.P2_LEVELS] == {"mean": 0.49} and res["carried"]["note"] == "transcribed"
+    rows = {(c["item"], c["claim"][:12]): c for c in R.claims(res)}
+    tab1 = rows[("Tab. 1", "Spearman of ")]
+    assert tab1["verdict"] == "partial: DRL only (not re-measured: p2 from old.json)"
+    assert all(c["verdict"].endswith("(not re-measured: dss_ablation from old.json)")
+               for (item, _), c in rows.items() if item == 6)
+    assert rows[(7, "python scrip")]["verdict"] == "not verified: no recorded basis (not re-measured: " \
+                                                   "build_minutes from old.json)"
+    assert all("not re-measured" not in c["verdict"] for (item, _), c in rows.items() if item in (4, 5, "Fig. 8ab"))
+    assert "determinism" not in res  # not in the earlier results: not carried, and its row says not checked
+    assert "Not re-measured in this run (no training work folder): p2, dss_ablation, build_minutes, taken from " \
+           "old.json (transcribed)." in R.markdown({**res, "claims": R.claims(res)})
