@@ -466,9 +466,10 @@ def claims(res: dict) -> list[dict]:
         if parts:
             c["verdict"] += f" (not re-measured: {', '.join(parts)} from {carried['from']})"
             c["remeasured"] = False
-    if res.get("from_results"):  # nothing was measured by this call: say so in every verdict
+    if res.get("from_results"):  # nothing was measured by this call: every verdict says so (the table names the file)
         for c in out:
-            c["verdict"] += f" (not re-measured: recomputed from {res['from_results']})"
+            if c.get("remeasured", True):
+                c["verdict"] += " (not re-measured)"
             c["remeasured"] = False
     return out
 
@@ -589,7 +590,8 @@ def main(argv=None):
     records = load_jsonl(demo / "data" / f"{args.split}.jsonl", check_images=False).records
     records = records[: args.limit] if args.limit else records
     kw = {"batch_size": args.batch_size, "max_new": args.max_new_tokens}
-    res: dict = {"n": len(records), "split": args.split, "accuracy_by_level": {}}
+    res: dict = {"n": len(records), "split": args.split, "accuracy_by_level": {},
+                 "measured_on": time.strftime("%Y-%m-%d")}
     t0 = time.time()
     target_rows = run_plain(demo / "models" / "target", records, **kw)
     res["accuracy_by_level"]["target"] = by_level(target_rows, "correct")
@@ -685,7 +687,11 @@ def _f(x, fmt: str = "+.3f") -> str:
 
 def claims_table(res: dict) -> str:
     """Each claim (issue items 1-7) with its measured values and "reproduced" / "not reproduced"."""
-    lines = ["| item | claim | measured | |", "|---|---|---|---|"]
+    lines = []
+    if res.get("from_results"):
+        lines += [f"Verdicts recomputed by this code from {res['from_results']}, measured "
+                  f"{res.get('measured_on', 'earlier')}; nothing was re-measured for this table.", ""]
+    lines += ["| item | claim | measured | |", "|---|---|---|---|"]
     for c in res.get("claims", []):
         verdict = c.get("verdict", REPRODUCED if c["reproduced"] else NOT_REPRODUCED)
         lines.append(f"| {c['item']} | {c['claim']} | {c['measured']} | "
