@@ -365,6 +365,8 @@ def _presample(jrl_data: Path, target: Path, cache: Path, work: Path, overrides:
            "--target-model", str(target), "--acc-tgt-cache", str(cache), "--output-dir", str(work / "presample"),
            *stage_sets("presample", overrides)]
     log("presample: " + " ".join(cmd[1:]))
+    if cache.exists() and cache.stat().st_size:  # train.py --mode presample resumes from the cached records
+        REUSED.append("presample")
     (work / "logs").mkdir(parents=True, exist_ok=True)
     with (work / "logs" / "presample.log").open("a") as f:
         rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
