@@ -6,6 +6,14 @@ Reads the shipped checkpoints (demo/models/{draft,target,drl,jrl}), the P2 basel
 ablation runs trained by scripts/build_demo.py (<work>/sft-cn, <work>/drl-alpha<a>, optional) and
 the training logs (DSS ablation).
 Writes <out>/results.json, <out>/instances_<mode>.jsonl and a prp.eval.report report per rating draft.
+Without the training work folder (only demo/ at hand), `--carry-unmeasured OLD_results.json` takes the
+parts that need it (P2, the DSS and alpha ablations, the build's time and determinism) from an earlier run,
+and every row reading one says "not re-measured"; demo/work-results-2026-11-30.json holds those parts of
+the 2026-11-30 run, transcribed from its tables.
+
+Verdicts: "reproduced" only when the numbers in the row's own cell carry the whole claim; "partial" says
+which part held (e.g. item 4's AUC gain "by accuracy, not by ordering"); a speedup or build time whose
+basis is estimated or unrecorded is "not verified"; `--from-results` marks every verdict "not re-measured".
 
 What is measured (every model greedy, one torch thread unless --threads):
 - accuracy per level k of every model (target prompt for plain models; the rating drafts answer
@@ -272,8 +280,20 @@ def dss_ablation(work: Path) -> dict:
             windows[f"steps {sub[0]['step']}-{sub[-1]['step']}"] = {
                 "rating_d_std": mean("rating_d_std", sub), "dss_d_rate": mean("dss_d_rate", sub),
                 "rating_d_mae": mean("rating_d_mae", sub), "accuracy": mean("reward/accuracy", sub)}
-        out[name] = {"steps": n, "windows": windows}
+        out[name] = {"steps": n, "windows": windows, "sigma": _run_sigma(work / name)}
     return out
+
+
+def _run_sigma(run: Path) -> float:
+    """The vanishing threshold sigma (Eq. 5) the run trained with: its config.json, else the default."""
+    from prp.train.config import TrainConfig
+
+    path = run / "config.json"
+    if path.exists():
+        sigma = json.loads(path.read_text()).get("sigma")
+        if isinstance(sigma, (int, float)):
+            return float(sigma)
+    return TrainConfig().sigma
 
 
 def routed_demo(out: Path) -> dict:
@@ -300,14 +320,57 @@ def _range_share(block, signal: str) -> float:
     return (block[signal]["auc"] - rnd) / (orc - rnd) if orc > rnd else math.nan
 
 
+# Verdicts (issue 28): "reproduced" only when the row's own cell carries the whole claim; "partial" says
+# which part held; a row whose basis is estimated or unrecorded is "not verified", not reproduced.
+REPRODUCED, PARTIAL, NOT_REPRODUCED = "reproduced", "partial", "not reproduced"
+# item 4's ordering row: DRL's share of its random-to-oracle AUC range must beat P1's by this much
+# (the demo's range is ~18 AUC points, so 0.05 is about 1 point, the margin the AUC rows ask)
+RANGE_SHARE_MARGIN = 0.05
+
+
+# results.json parts measured from the training work folder (--work), not from the shipped demo/ models:
+# --carry-unmeasured takes them from an earlier results.json when this machine has no such folder
+WORK_PARTS = ("p2", "dss_ablation", "alpha_ablation", "build_minutes", "build_basis", "determinism")
+P2_LEVELS = "sft-cn (P2 model)"  # its accuracy_by_level row, carried with "p2"
+
+
+def carry_unmeasured(res: dict, prior: dict, source: str) -> list[str]:
+    """Copy into `res` each WORK_PARTS entry this run did not measure (absent, empty, or a "missing ..."
+    string) from `prior`; record which in res["carried"] so that every row reading one says so."""
+    def measured(value) -> bool:  # dss_ablation without its runs is {"dss-on": None, "dss-off": None}
+        if isinstance(value, dict):
+            return any(v is not None for v in value.values())
+        return value is not None and not (isinstance(value, str) and value.startswith("missing"))
+
+    parts = [k for k in WORK_PARTS if not measured(res.get(k)) and measured(prior.get(k))]
+    for key in parts:
+        res[key] = prior[key]
+    if "p2" in parts and P2_LEVELS in prior.get("accuracy_by_level", {}):
+        res["accuracy_by_level"][P2_LEVELS] = prior["accuracy_by_level"][P2_LEVELS]
+    if parts:
+        res["carried"] = {"from": source, "parts": parts, "note": prior.get("source", "")}
+    return parts
+
+
+def _signal(block, name: str, key: str) -> float:
+    """block[name][key], NaN when the block or the signal was not measured."""
+    if not isinstance(block, dict) or not isinstance(block.get(name), dict):
+        return math.nan
+    return block[name].get(key, math.nan)
+
+
 def claims(res: dict) -> list[dict]:
-    """Issue items 1-7 and Fig. 8(a)(b)'s IPR ablation as measured checks: each with its measured values and
-    whether it held."""
+    """Issue items 1-7, Tab. 1's Spearman ordering and Fig. 8(a)(b)'s IPR ablation as measured checks: each
+    with its measured values, a status (reproduced / partial / not reproduced) and a verdict that says what
+    the numbers in its own cell carry."""
     acc = res["accuracy_by_level"]
     out = []
 
-    def claim(item, text, measured, ok):
-        out.append({"item": item, "claim": text, "measured": measured, "reproduced": bool(ok)})
+    def claim(item, text, measured, ok, *, status=None, verdict=None, uses=()):
+        """`uses`: the results.json parts (WORK_PARTS) the row reads, to label carried ones."""
+        status = status or (REPRODUCED if ok else NOT_REPRODUCED)
+        out.append({"item": item, "claim": text, "measured": measured, "status": status,
+                    "verdict": verdict or status, "reproduced": status == REPRODUCED, "uses": list(uses)})
 
     t_acc, d_acc = acc["target"]["mean"], acc.get("draft (plain)", {}).get("mean", math.nan)
     band = "inside" if 0.4 <= d_acc <= 0.6 else "outside"
@@ -338,17 +401,26 @@ def claims(res: dict) -> list[dict]:
     if isinstance(jrl, dict):
         rho = jrl["t"]["spearman_rank_target_acc"]
         claim(3, "JRL t tracks the target's correctness: Spearman (paper's sign) <= -0.3", f"{rho:+.3f}", rho <= -0.3)
-    p1_grpo = res.get("p1_grpo")
+    p1_grpo, p2 = res.get("p1_grpo"), res.get("p2")
     if isinstance(jrl, dict) and isinstance(drl, dict):
+        _tab1_spearman(claim, drl, jrl, p1_grpo, p2)
         a_j, a_d = jrl[ROUTER_SIGNAL]["auc"], drl[ROUTER_SIGNAL]["auc"]
-        a_r, a_p1 = drl["random"]["auc"], p1_grpo["p1"]["auc"] if isinstance(p1_grpo, dict) else math.nan
+        a_r, a_p1 = drl["random"]["auc"], _signal(p1_grpo, "p1", "auc")
+        share_d, share_p1 = _range_share(drl, ROUTER_SIGNAL), _range_share(p1_grpo, "p1")
+        by_auc = a_j >= a_d + 1 and a_d >= a_r + 2 and a_d >= a_p1 + 1
+        by_order = share_d >= share_p1 + RANGE_SHARE_MARGIN  # False for a NaN share
         claim(4, "routing AUC: JRL >= DRL + 1, DRL >= random + 2, DRL >= P1 + 1 (P1 as in Sec. 5: the "
                  "GRPO-trained draft's own answers)",
               f"JRL {a_j:.1f}, DRL {a_d:.1f}, random {a_r:.1f}, P1 {a_p1:.1f} (the models answer differently: "
               f"draft accuracy {100 * drl['draft_acc']:.1f}% vs {100 * _get(p1_grpo, 'draft_acc'):.1f}%; "
-              f"share of the random-to-oracle range each ranking gains: DRL {_range_share(drl, ROUTER_SIGNAL):.3f}, "
-              f"P1 {_range_share(p1_grpo, 'p1'):.3f})",
-              a_j >= a_d + 1 and a_d >= a_r + 2 and a_d >= a_p1 + 1)
+              f"share of the random-to-oracle range each ranking gains: DRL {share_d:.3f}, P1 {share_p1:.3f})",
+              by_auc and by_order, status=None if not by_auc or by_order else PARTIAL,
+              verdict=None if not by_auc or by_order else "reproduced by accuracy, not by ordering")
+        claim(4, f"... by ordering: DRL's share of its random-to-oracle AUC range >= P1's (GRPO draft) + "
+                 f"{RANGE_SHARE_MARGIN}",
+              f"DRL {share_d:.3f} (AUC {a_d:.1f} in {a_r:.1f}-{drl['oracle']['auc']:.1f}) vs P1 {share_p1:.3f} "
+              f"(AUC {a_p1:.1f} in {_signal(p1_grpo, 'random', 'auc'):.1f}-{_signal(p1_grpo, 'oracle', 'auc'):.1f})",
+              by_order)
         # stricter than the paper: P1 on the DRL draft's own answers (equal answers, only the signal differs)
         a_p1_same, a_d_raw = drl["p1"]["auc"], drl["prp (no IPR)"]["auc"]
         claim(4, "... stricter: DRL >= P1 + 1 with P1 on the DRL draft's own answers",
@@ -361,28 +433,24 @@ def claims(res: dict) -> list[dict]:
     demo = res.get("make_demo", {}).get("summary") or {}
     if "speedup_vs_target_only" in demo and "target_only_accuracy" in demo:
         sp, a, ta = demo["speedup_vs_target_only"], demo["accuracy"], demo["target_only_accuracy"]
+        basis = demo.get("speedup_basis")
+        holds = sp >= 1.5 and a >= ta - 0.005
         claim(5, "make demo: calibrated on validation, measured speedup >= 1.5x at accuracy >= target-only - 0.5",
-              f"{sp:.2f}x ({demo['speedup_basis']}), accuracy {100 * a:.1f}% vs target-only {100 * ta:.1f}%, "
-              f"{100 * demo['share_routed']:.1f}% routed", sp >= 1.5 and a >= ta - 0.005)
+              f"{sp:.2f}x ({basis or 'basis not recorded'}), accuracy {100 * a:.1f}% vs target-only {100 * ta:.1f}%, "
+              f"{100 * demo['share_routed']:.1f}% routed", holds and basis == "measured",
+              verdict=None if not holds or basis == "measured" else "not verified: the speedup was not measured")
     dss = res.get("dss_ablation") or {}
     if dss.get("dss-on") and dss.get("dss-off"):
-        last = {k: list(v["windows"].values())[-1] for k, v in dss.items()}
-        on, off = last["dss-on"], last["dss-off"]
-        first = {k: next(iter(v["windows"].values())) for k, v in dss.items()}
-        # Sec. 3.2: collapsed = within-group std < 0.01 in the last window; not collapsed = at least 10x that
-        claim(6, "from a collapsed warm start the rating std collapses without DSS, not with it",
-              f"last window: std {on['rating_d_std']:.4f} with DSS vs {off['rating_d_std']:.4f} without",
-              off["rating_d_std"] < 0.01 and on["rating_d_std"] >= 10 * max(off["rating_d_std"], 1e-4))
-        # what the restored spread is for: the rating error falls with DSS (by >= 0.1 in the run), not without
-        claim(6, "... and the rating error falls with DSS (by >= 0.1 over the run), not without",
-              f"{first['dss-on']['rating_d_mae']:.3f} -> {on['rating_d_mae']:.3f} with DSS, "
-              f"{first['dss-off']['rating_d_mae']:.3f} -> {off['rating_d_mae']:.3f} without",
-              on["rating_d_mae"] <= first["dss-on"]["rating_d_mae"] - 0.1
-              and off["rating_d_mae"] > first["dss-off"]["rating_d_mae"] - 0.1)
+        _dss_rows(claim, dss)
     if "build_minutes" in res:
+        basis = res.get("build_basis")
+        timed = basis == "timed end to end"  # build_demo.py's basis when no stage was reused
         claim(7, "python scripts/build_demo.py --out demo in <= 150 min on the 2-core CPU",
-              f"{res['build_minutes']:.1f} min ({res.get('build_basis', 'timed end to end')})",
-              res["build_minutes"] <= 150 and res.get("build_basis", "timed").startswith("timed"))
+              f"{res['build_minutes']:.1f} min ({basis or 'build_time.json records no basis'})",
+              res["build_minutes"] <= 150 and timed,
+              verdict=None if timed or res["build_minutes"] > 150 else
+              "not verified: " + ("no recorded basis" if basis is None else "not timed end to end"),
+              uses=("build_minutes",))
     same = res.get("determinism")
     claim(7, "the build is deterministic from its seed: a second build from scratch (whole or stopped early) "
              "agrees bit for bit on everything both have (scripts/compare_builds.py)",
@@ -391,8 +459,73 @@ def claims(res: dict) -> list[dict]:
           f"(vs {same['second_build']}: {same['what']})" + (f"; differ: {', '.join(same['differ'][:3])}"
                                                              f"{' ...' if len(same['differ']) > 3 else ''}"
                                                              if same["differ"] else ""),
-          same is not None and same["compared"] > 0 and not same["differ"])
+          same is not None and same["compared"] > 0 and not same["differ"], uses=("determinism",))
+    carried = res.get("carried") or {}
+    for c in out:  # a row that reads a part this run did not measure says so
+        parts = [p for p in c["uses"] if p in carried.get("parts", ())]
+        if parts:
+            c["verdict"] += f" (not re-measured: {', '.join(parts)} from {carried['from']})"
+            c["remeasured"] = False
+    if res.get("from_results"):  # nothing was measured by this call: every verdict says so (the table names the file)
+        for c in out:
+            if c.get("remeasured", True):
+                c["verdict"] += " (not re-measured)"
+            c["remeasured"] = False
     return out
+
+
+def _tab1_spearman(claim, drl: dict, jrl: dict, p1_grpo, p2) -> None:
+    """Tab. 1: the rank-accuracy Spearman of PRP's routing score (DRL and JRL) is stronger (more negative)
+    than P1's (the GRPO draft, as in Sec. 5) and P2's.  A baseline that was not measured cannot be beaten:
+    the row is then partial at best."""
+    rho = {"DRL": drl[ROUTER_SIGNAL]["spearman_rank_acc"], "JRL": jrl[ROUTER_SIGNAL]["spearman_rank_acc"]}
+    base = {"P1": _signal(p1_grpo, "p1", "spearman_rank_acc"), "P2": _signal(p2, "p2", "spearman_rank_acc")}
+    measured = {k: v for k, v in base.items() if not math.isnan(v)}
+    wins = {m: bool(measured) and all(r < b for b in measured.values()) for m, r in rho.items()}
+    complete = len(measured) == len(base)
+    missing = [k for k in base if k not in measured]
+    if all(wins.values()) and complete:
+        status, verdict = REPRODUCED, None
+    elif any(wins.values()):
+        held = " and ".join(m for m, w in wins.items() if w)
+        status = PARTIAL
+        verdict = f"partial: {held} only" if not all(wins.values()) else "partial"
+        verdict += f" ({', '.join(missing)} not measured)" if missing else ""
+    else:
+        status, verdict = NOT_REPRODUCED, None
+    claim("Tab. 1", "Spearman of rank & correctness: PRP's routing score (DRL and JRL, s with IPR) more negative "
+                    "than P1's (GRPO draft) and P2's",
+          f"DRL {rho['DRL']:+.3f}, JRL {rho['JRL']:+.3f} vs P1 {base['P1']:+.3f}, P2 {base['P2']:+.3f} "
+          f"(d alone: DRL {drl['d']['spearman_rank_acc']:+.3f}, JRL {jrl['d']['spearman_rank_acc']:+.3f})"
+          if isinstance(drl.get("d"), dict) and isinstance(jrl.get("d"), dict) else
+          f"DRL {rho['DRL']:+.3f}, JRL {rho['JRL']:+.3f} vs P1 {base['P1']:+.3f}, P2 {base['P2']:+.3f}",
+          status == REPRODUCED, status=status, verdict=verdict, uses=("p2",))
+
+
+def _dss_rows(claim, dss: dict) -> None:
+    """Item 6 (Sec. 3.2, Fig. 5), judged against the vanishing threshold sigma that defines collapse (Eq. 5:
+    a group whose rating std is below sigma has vanished): without DSS the last window's std stays below
+    sigma, with DSS it reaches sigma.  A DSS run that raised the std without reaching sigma is partial."""
+    last = {k: list(v["windows"].values())[-1] for k, v in dss.items()}
+    on, off = last["dss-on"], last["dss-off"]
+    first = {k: next(iter(v["windows"].values())) for k, v in dss.items()}
+    sigma = dss["dss-on"].get("sigma", 0.05)
+    off_collapsed = off["rating_d_std"] < sigma
+    on_restored = on["rating_d_std"] >= sigma
+    rose = on["rating_d_std"] >= 10 * max(off["rating_d_std"], 1e-4)  # a clear rise, though below sigma
+    claim(6, f"from a collapsed warm start the rating std stays below sigma = {sigma:g} (collapsed, Eq. 5) "
+             "without DSS and reaches sigma with it",
+          f"last window: std {on['rating_d_std']:.4f} with DSS vs {off['rating_d_std']:.4f} without",
+          off_collapsed and on_restored,
+          status=PARTIAL if off_collapsed and not on_restored and rose else None,
+          verdict=f"partial: DSS raises the std but it stays below sigma = {sigma:g}"
+          if off_collapsed and not on_restored and rose else None, uses=("dss_ablation",))
+    # what the restored spread is for: the rating error falls with DSS (by >= 0.1 in the run), not without
+    claim(6, "... and the rating error falls with DSS (by >= 0.1 over the run), not without",
+          f"{first['dss-on']['rating_d_mae']:.3f} -> {on['rating_d_mae']:.3f} with DSS, "
+          f"{first['dss-off']['rating_d_mae']:.3f} -> {off['rating_d_mae']:.3f} without",
+          on["rating_d_mae"] <= first["dss-on"]["rating_d_mae"] - 0.1
+          and off["rating_d_mae"] > first["dss-off"]["rating_d_mae"] - 0.1, uses=("dss_ablation",))
 
 
 def determinism(work: Path, second: Path, ignore_columns: tuple[str, ...] = ()) -> dict:
@@ -433,7 +566,12 @@ def main(argv=None):
                     "(whole or stopped early): item 7's determinism check compares it with --work")
     ap.add_argument("--second-build-ignore-columns", nargs="+", default=[], metavar="PREFIX",
                     help="metrics.jsonl columns the two builds log differently (compare_builds.py --ignore-columns)")
-    ap.add_argument("--from-results", metavar="JSON", help="measure nothing: the tables of this results.json")
+    ap.add_argument("--carry-unmeasured", metavar="JSON",
+                    help="an earlier results.json: the parts this run cannot measure without --work's training "
+                         f"folder ({', '.join(WORK_PARTS)}) are taken from it, and every row reading one says "
+                         "'not re-measured'")
+    ap.add_argument("--from-results", metavar="JSON", help="measure nothing: the tables of this results.json "
+                    "(every verdict then says it was not re-measured)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from prp.core.data import load_jsonl
@@ -444,12 +582,16 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     if args.from_results:  # rewrite the README blocks from an earlier run's results.json, measuring nothing
         res = json.loads(Path(args.from_results).read_text())
+        res["from_results"] = args.from_results  # every verdict says it was not re-measured
+        if args.carry_unmeasured:
+            carry_unmeasured(res, json.loads(Path(args.carry_unmeasured).read_text()), args.carry_unmeasured)
         res["claims"] = claims(res)
         return write_readmes(res, args)
     records = load_jsonl(demo / "data" / f"{args.split}.jsonl", check_images=False).records
     records = records[: args.limit] if args.limit else records
     kw = {"batch_size": args.batch_size, "max_new": args.max_new_tokens}
-    res: dict = {"n": len(records), "split": args.split, "accuracy_by_level": {}}
+    res: dict = {"n": len(records), "split": args.split, "accuracy_by_level": {},
+                 "measured_on": time.strftime("%Y-%m-%d")}
     t0 = time.time()
     target_rows = run_plain(demo / "models" / "target", records, **kw)
     res["accuracy_by_level"]["target"] = by_level(target_rows, "correct")
@@ -501,10 +643,12 @@ def main(argv=None):
     if build_time.exists():
         timing = json.loads(build_time.read_text())
         res["build_minutes"] = timing["minutes"]
-        if "basis" in timing:  # e.g. an estimate written by hand for a stage rerun after the timed build
-            res["build_basis"] = timing["basis"]
+        # build_demo.py writes "timed end to end"; a file without a basis is not counted as timed
+        res["build_basis"] = timing.get("basis")
     if args.second_build:
         res["determinism"] = determinism(work, Path(args.second_build), tuple(args.second_build_ignore_columns))
+    if args.carry_unmeasured:
+        carry_unmeasured(res, json.loads(Path(args.carry_unmeasured).read_text()), args.carry_unmeasured)
     res["claims"] = claims(res)
     res["wall_s"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float))
@@ -543,16 +687,25 @@ def _f(x, fmt: str = "+.3f") -> str:
 
 def claims_table(res: dict) -> str:
     """Each claim (issue items 1-7) with its measured values and "reproduced" / "not reproduced"."""
-    lines = ["| item | claim | measured | |", "|---|---|---|---|"]
+    lines = []
+    if res.get("from_results"):
+        lines += [f"Verdicts recomputed by this code from {res['from_results']}, measured "
+                  f"{res.get('measured_on', 'earlier')}; nothing was re-measured for this table.", ""]
+    lines += ["| item | claim | measured | |", "|---|---|---|---|"]
     for c in res.get("claims", []):
+        verdict = c.get("verdict", REPRODUCED if c["reproduced"] else NOT_REPRODUCED)
         lines.append(f"| {c['item']} | {c['claim']} | {c['measured']} | "
-                     f"{'reproduced' if c['reproduced'] else '**not reproduced**'} |")
+                     f"{verdict if c['reproduced'] else f'**{verdict}**'} |")
     return "\n".join(lines) + "\n"
 
 
 def markdown(res: dict) -> str:
     """The README tables, from results.json."""
     lines = [claims_table(res).rstrip("\n")]
+    carried = res.get("carried")
+    if carried:
+        lines += ["", f"Not re-measured in this run (no training work folder): {', '.join(carried['parts'])}, taken "
+                      f"from {carried['from']}" + (f" ({carried['note']})" if carried.get("note") else "") + "."]
     lines += ["", f"Test split, {res['n']} items, greedy, exact accuracy per level (%):", "", "| model | " + " | ".join(
         next(iter(res["accuracy_by_level"].values())).keys()) + " |"]
     lines.append("|---" * (1 + len(next(iter(res["accuracy_by_level"].values())))) + "|")

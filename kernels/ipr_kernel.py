@@ -3,7 +3,10 @@
 Eq. 9 needs, for each row of [B, V] logits, the ten digit probabilities under the FULL
 vocabulary softmax, p_i = exp(z_{d_i} - logsumexp(z)), then
 
-    IPR = sign * p_max * (1/10) * sum_i (p_i - mean p)^2,   sign = +1 if tenths digit > 5 else -1.
+    IPR = sign * p_max * (1/10) * sum_i (p_i - mean p)^2,   sign = +1 if tenths > 5 else -1,
+
+where `tenths` is the sign input: the rating in whole tenths, floor(10 * d), i.e. its tenths digit
+(0.59 -> 5 low, 0.60 -> 6 high) and 10 for 1.00 (high); `prp.route.ipr.sign_digit` computes it.
 
 The only O(V) work is logsumexp, so the kernel streams each row ONCE with an online
 max / sum-exp (Milakov & Gimelshein): per block, one exp per element plus one scalar

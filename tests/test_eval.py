@@ -75,6 +75,10 @@ def test_eval_runs_models_writes_report_and_resumes(tmp_path, capsys, pair):
     assert report["n"] == 6
     assert report["signals"]["p1"]["answers"] == Path(pair["target"]).name
     assert "routes after the full answer" in report["signals"]["p1"]["label"]
+    # the report names the model P1 ran on next to the paper's choice for the benchmark (Sec. 5)
+    note = (f"P1 (mean token probability) on the answers of {Path(pair['target']).name}; "
+            "the paper's P1 model on mathvista: the GRPO-trained model.")
+    assert report["notes"][0] == note and f"- Note: {note}" in Path(paths["markdown"]).read_text()
     for plot in paths["plots"].values():
         assert Path(plot).stat().st_size > 1000
     # resume: a second run evaluates nothing new and keeps one line per id
@@ -222,3 +226,20 @@ def test_eval_resume_needs_the_same_models_and_settings(tmp_path, pair):
     eval_cli.main([*argv, "--tau", "3", "--no-resume"])  # afresh, with its own settings recorded
     assert json.loads(settings_path(table).read_text())["tau"] == 3.0
     assert len(table.read_text().splitlines()) == len(before.splitlines()) == 3
+
+
+def test_paper_p1_model_per_benchmark():
+    """Sec. 5: P1 is Qwen2.5-VL-3B on ChartQA, the GRPO-trained model on MathVerse and MathVista."""
+    from types import SimpleNamespace
+
+    from prp.commands.eval import p1_note
+    from prp.eval.bench.registry import paper_p1_note
+
+    assert paper_p1_note("chartqa", "m").endswith("on chartqa: Qwen2.5-VL-3B (the base model; not GRPO-trained).")
+    for bench in ("mathverse", "mathvista"):
+        assert paper_p1_note(bench, "m").endswith(f"on {bench}: the GRPO-trained model.")
+    assert "not given (the paper's Tab. 1 covers ChartQA, MathVerse and MathVista)" in paper_p1_note("m3cot", "m")
+    args = SimpleNamespace(bench="chartqa", table=None, p1_model=None)
+    assert p1_note(args).startswith("P1 (mean token probability) on the answers of the routing draft (no --p1-model)")
+    args.p1_model = "/models/qwen3b"
+    assert p1_note(args).startswith("P1 (mean token probability) on the answers of qwen3b;")

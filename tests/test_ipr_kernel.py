@@ -99,11 +99,13 @@ def run_extras():
     x = torch.randn(6, 500, generator=torch.Generator().manual_seed(0)).to(dev)
     ids = list(range(100, 110))
     out = {}
-    for d in (0.3, 0.49, 0.5, 0.9, 1.0):  # sign: high from a rating of 0.5 up (1.00 included)
+    # Eq. 9's sign band, by hand: tenths digit > 5 is high (0.60-0.99), 1.00 is high, 0.00-0.59 low
+    for d, high in ((0.3, False), (0.49, False), (0.5, False), (0.59, False), (0.6, True), (0.9, True),
+                    (1.0, True)):
         got = digit_stats_from_logits(x, ids, d, backend="triton").ipr
         ref = digit_stats_reference(x.double(), torch.tensor(ids), d).ipr
         out[f"dispatcher_rating_{d}"] = _rel_err(got, ref)
-        out[f"sign_rating_{d}"] = float((got > 0).all().item()) if d >= 0.5 else float((got < 0).all().item())
+        out[f"sign_rating_{d}"] = float((got > 0).all().item()) if high else float((got < 0).all().item())
     try:
         digit_stats_triton(x, list(range(495, 505)), 1)
         out["rejects_out_of_range_ids"] = 0.0

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from prp.route.ipr import digit_stats_from_logits, ipr_from_digit_probs, ipr_from_logits
+from prp.route.ipr import digit_stats_from_logits, ipr_from_digit_probs, ipr_from_logits, sign_digit
 from prp.route.scoring import apply_ipr, route_score
 from prp.train.loss import Segment, prp_loss, token_advantage_map
 
@@ -121,12 +121,22 @@ def test_ipr_from_digit_probs_by_hand():
     assert ipr_from_digit_probs(partial, 0.8).tolist() == pytest.approx([0.3 * 0.0084])
 
 
-def test_ipr_sign_is_high_from_a_rating_of_one_half():
-    """Eq. 9's two cases by the rating's value: 1.00 (tenths digit 0) is a high rating."""
-    first = torch.tensor([[1.0] + [0.0] * 9])  # all mass on digit 0: the "0" of "1.00" or "0.0x"
-    ratings = torch.tensor([1.00, 0.50, 0.55, 0.49, 0.05, 0.0])
-    got = ipr_from_digit_probs(first.expand(6, 10), ratings)
-    assert got.tolist() == pytest.approx([0.09, 0.09, 0.09, -0.09, -0.09, -0.09])
+def test_ipr_sign_band_reads_the_tenths_digit_literally():
+    """Eq. 9's "d > 5" on the tenths digit (the paper's "9" of "0.98"): 0.60-0.99 high, 0.00-0.59 low
+    (0.50-0.59 included), and 1.00 high although its tenths digit is 0."""
+    first = torch.tensor([[1.0] + [0.0] * 9])  # all mass on one digit: |p| = 1 * 0.09 (see above)
+    ratings = torch.tensor([0.49, 0.50, 0.59, 0.60, 1.00])
+    got = ipr_from_digit_probs(first.expand(5, 10), ratings)
+    assert got.tolist() == pytest.approx([-0.09, -0.09, -0.09, 0.09, 0.09])
+    # the same five as python floats and as float64, one at a time
+    for rating, want in ((0.49, -0.09), (0.5, -0.09), (0.59, -0.09), (0.6, 0.09), (1.0, 0.09)):
+        assert ipr_from_digit_probs(first, rating).item() == pytest.approx(want)
+        assert ipr_from_digit_probs(first.double(), torch.tensor([rating], dtype=torch.float64)).item() \
+            == pytest.approx(want)
+    # the whole band, by hand: floor(10 d) is the tenths digit below 1 and 10 for 1.00
+    assert sign_digit(torch.tensor([0.0, 0.05, 0.49, 0.5, 0.55, 0.59, 0.6, 0.61, 0.7, 0.99, 1.0]), first).tolist() \
+        == [0, 0, 4, 5, 5, 5, 6, 6, 7, 9, 10]
+    assert sign_digit(torch.tensor([float("nan")]), first).tolist() == [0]  # unparsable: the low sign
     with pytest.raises(TypeError, match="rating value"):  # a bare tenths digit cannot tell 1.00 from 0.0x
         ipr_from_digit_probs(first, 0)
     with pytest.raises(TypeError, match="rating value"):

@@ -89,3 +89,52 @@ def test_local_sampler_draws_m_samples_through_the_decode_engine(pair, monkeypat
     assert [len(x) for x in first] == [3, 3] and all(isinstance(s, str) for x in first for s in x)
     assert first == again
     assert len(calls) == 2 and calls[0]["temperature"] == 1.0 and calls[0]["max_new_tokens"] == 4
+
+
+# ---- Paradigm 2's pre-sampling stage (Sec. 2.1, Sec. 5): [CN]/[UN] labels by evaluation's rule
+
+def test_presample_cn_labels_hand_judged_answers(tmp_path):
+    """N answers per question, each labelled by evaluation's extraction + judge: TWELVE's hand verdicts
+    for gold "12", and for gold "B" a choice letter; an unjudgeable gold gets no line."""
+    from prp.train.presample import cn_examples, presample_cn, read_cn_set
+
+    answers = {"twelve": [t for t, _ in TWELVE], "letter": ["<answer>B</answer>", "The answer is C."],
+               "nogold": ["\\boxed{1}"]}
+    recs = [_rec("twelve", "12"), _rec("letter", "B"), _rec("nogold", "")]
+    path = tmp_path / "cn.jsonl"
+    counts = presample_cn(recs, lambda chunk: [answers[r.id] for r in chunk], path, batch_size=2)
+    assert counts["done"] == 2 and counts["no_gold"] == 1
+    got = read_cn_set(path)
+    assert [s["label"] for s in got["twelve"]] == ["[CN]", "[CN]", "[CN]", "[UN]"]  # tag, box, stated; 13
+    assert [s["label"] for s in got["letter"]] == ["[CN]", "[UN]"] and "nogold" not in got
+    assert got["twelve"][1]["text"] == "4 * 3 = \\boxed{12}"  # the answer is stored as sampled
+    examples = cn_examples(recs, got)  # one training example per labelled answer
+    assert [e.id for e in examples] == ["twelve#0", "twelve#1", "twelve#2", "twelve#3", "letter#0", "letter#1"]
+    assert examples[3].meta["cn_label"] == "[UN]" and examples[3].meta["cn_text"] == "<answer>13</answer>"
+    assert examples[3].answer == "12" and examples[3].question == "q"
+
+
+def test_presample_cn_resumes_and_repairs_a_torn_line(tmp_path):
+    from prp.train.presample import presample_cn, read_cn_set
+
+    path = tmp_path / "cn.jsonl"
+    presample_cn([_rec("a", "12")], lambda chunk: [["<answer>12</answer>"]], path)
+    with path.open("a") as f:
+        f.write('{"id": "b", "samples": [{"text": "1')  # killed mid-append
+    assert set(read_cn_set(path)) == {"a"}
+
+    def sampler(chunk):
+        assert [r.id for r in chunk] == ["b"]  # "a" is labelled already: never sampled again
+        return [["<answer>7</answer>"]]
+
+    counts = presample_cn([_rec("a", "12"), _rec("b", "8")], sampler, path)
+    assert counts["cached"] == 1 and counts["done"] == 1
+    assert {k: [s["label"] for s in v] for k, v in read_cn_set(path).items()} == {"a": ["[CN]"], "b": ["[UN]"]}
+    assert all(json.loads(line) for line in path.read_text().splitlines())  # no torn line left
+
+
+def test_cn_sequence_trains_a_correct_answer_and_only_the_un_token_of_a_wrong_one():
+    from prp.train.step import cn_sequence
+
+    assert cn_sequence([5, 6, 7], True, 1, 2, 0) == ([5, 6, 7, 1, 0], [1.0] * 5)
+    assert cn_sequence([5, 6, 7], False, 1, 2, 0) == ([5, 6, 7, 2, 0], [0.0, 0.0, 0.0, 1.0, 0.0])

@@ -416,3 +416,20 @@ def test_calibration_refuses_to_run_on_a_failing_draft(tmp_path):
                     RouterConfig(mode="jrl", rating="forced"))
     with pytest.raises(UserError, match="the draft failed on 2 of 2 validation queries"):
         calibrate_on(router, val, p_t=0.5, target_acc=None, judge=routing_judge("demo"))
+
+
+@pytest.mark.parametrize("rating", [0.49, 0.50, 0.59, 0.60, 1.00])
+def test_top_k_ipr_takes_eq9_sign_band_as_the_local_ipr(rating):
+    """The served IPR's sign is the local one's (issue 28: high iff the tenths digit > 5, or 1.00)."""
+    import math
+
+    import torch
+
+    from prp.route.ipr import ipr_from_digit_probs, ipr_from_top_logprobs
+    p = torch.tensor([0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.1, 0.5], dtype=torch.float64)
+    top = [(str(d), math.log(float(p[d]))) for d in range(10)]
+    served = ipr_from_top_logprobs(top, rating)
+    local = float(ipr_from_digit_probs(p[None], torch.tensor([rating], dtype=torch.float64))[0])
+    expected = 0.5 * float(((p - p.mean()) ** 2).mean())  # p_max * variance, by hand: 0.5 * 0.0180
+    assert abs(abs(local) - expected) < 1e-12 and abs(served.ipr - local) < 1e-12
+    assert (served.ipr > 0) == (rating >= 0.6)

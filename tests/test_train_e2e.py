@@ -481,3 +481,52 @@ def test_full_disk_stops_with_one_line_naming_the_last_good_checkpoint(tmp_path,
     assert len(err) == 1 and err[0].startswith("train.py: error: the disk is full"), err
     assert f"the last good checkpoint is {out / 'ckpt-1'}" in err[0] and "--resume" in err[0]
     assert (out / "ckpt-1").is_dir() and not (out / "ckpt-2").exists() and not (out / "ckpt-2.tmp").exists()
+
+
+def test_sft_cn_trains_on_a_presampled_labelled_set(tmp_path, monkeypatch):
+    """Paradigm 2 as the paper builds it (Sec. 2.1, Sec. 5): N answers per question sampled once from the
+    starting model into cn_presample.jsonl, labelled by evaluation's rule; training reads that fixed set
+    (one example per answer) and a second run samples nothing."""
+    from prp.core.prompts import CN_TOKEN, UN_TOKEN
+    from prp.train import presample as ps
+    from prp.train import rollout as ro
+    from prp.train.config import load_config
+    from prp.train.loop import Trainer
+    from prp.train.step import cn_sequence
+
+    cfg = materialise_specs(load_config(TINY, mode="sft-cn", overrides={"output_dir": str(tmp_path), "max_steps": 1}))
+    assert cfg.sft_cn_sampling == "presampled"  # the paper's version is the default
+    monkeypatch.setattr(ro, "generate_rollout", lambda *a, **kw: pytest.fail("presampled sft-cn must not sample"))
+    t = Trainer(cfg)
+    labelled = ps.read_cn_set(tmp_path / "cn_presample.jsonl")
+    assert len(labelled) == 16 and all(len(v) == cfg.num_generations for v in labelled.values())
+    by_id = {r.id.split("#")[0]: r for r in t.records}
+    for rid, samples in labelled.items():  # every label is evaluation's verdict on the stored answer
+        for s in samples:
+            assert s["label"] == (CN_TOKEN if ps.judge_completion(s["text"], by_id[rid]) else UN_TOKEN)
+    assert len(t.records) == 16 * cfg.num_generations and len(t.sampler.records_for(0)) == cfg.per_device_batch_size
+    out = t.micro_step(0)  # one example = one prompt + its stored answer + [CN]/[UN] + EOS
+    tok = t.ctx.policy.tok
+    cn, un = tok.convert_tokens_to_ids(CN_TOKEN), tok.convert_tokens_to_ids(UN_TOKEN)
+    for i, r in enumerate(t.sampler.records_for(0)):
+        body = tok.encode(r.meta["cn_text"], add_special_tokens=False)[: cfg.max_completion_length - 2]
+        seq, w = cn_sequence(body, r.meta["cn_label"] == CN_TOKEN, cn, un, t.ctx.policy.eos_id)
+        got = out.batch.input_ids[i, out.batch.prompt_len:][out.batch.completion_mask[i].bool()].tolist()
+        assert got == seq and out.weights[i, : len(w)].tolist() == w
+    assert t.run() == tmp_path / "ckpt-1"
+    monkeypatch.setattr(ps, "local_sampler", lambda *a, **kw: pytest.fail("the labelled set is complete"))
+    assert len(Trainer(cfg, resume=True).records) == 16 * cfg.num_generations
+
+
+def test_sft_cn_online_is_a_named_option(tmp_path):
+    """sft_cn_sampling=online keeps re-sampling from the current policy each step (no labelled file)."""
+    from prp.train.config import ConfigError, load_config
+    from prp.train.loop import Trainer
+
+    cfg = materialise_specs(load_config(TINY, mode="sft-cn", overrides={
+        "output_dir": str(tmp_path), "max_steps": 1, "sft_cn_sampling": "online"}))
+    t = Trainer(cfg)
+    assert len(t.records) == 16 and not (tmp_path / "cn_presample.jsonl").exists()
+    assert t.micro_step(0).batch.input_ids.shape[0] == cfg.per_device_batch_size  # 1 prompt x N samples
+    with pytest.raises(ConfigError, match="sft_cn_sampling"):
+        load_config(TINY, mode="sft-cn", overrides={"sft_cn_sampling": "offline"})

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--table", help="skip the models: build the report from this per-instance JSONL")
     ap.add_argument("--sft-cn", help="Paradigm-2 baseline model (train.py --mode sft-cn): s_2 on its own answers")
     ap.add_argument("--p1-model", metavar="DIR",
-                    help="Paradigm-1 baseline model (the paper: the GRPO-trained model): s_1 on its own answers, "
+                    help="Paradigm-1 baseline model (the paper: the GRPO-trained model on MathVista and MathVerse, "
+                         "Qwen2.5-VL-3B on ChartQA; the report names it): s_1 on its own answers, "
                          "judged and timed as that model's; default: s_1 on the routing draft's answers (the embedded "
                          "demo: its GRPO draft, demo/models/draft)")
     ap.add_argument("--batch-size", type=positive_int, default=8, help="1 gives per-query latencies (Tab. 2)")
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     skipped = len(all_rows) - len(rows)
     if not rows:
         raise SystemExit(f"no evaluated instances in {table}")
-    paths = build_report(rows, p_t_list=args.p_t, out_dir=out_dir, title=f"PRP on {args.bench}")
+    paths = build_report(rows, p_t_list=args.p_t, out_dir=out_dir, title=f"PRP on {args.bench}",
+                         notes=[p1_note(args)])
     from prp.eval.html import bench_records, write_eval_html  # the per-query browser (docs/report.md)
 
     records = getattr(args, "records", None)
@@ -113,6 +115,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     for name, path in paths["plots"].items():
         print(f"plot {name}: {path}")
     return paths
+
+
+def p1_note(args) -> str:
+    """The report's line on P1: the model this run computed it on, next to the paper's choice (Sec. 5)."""
+    from prp.eval.bench.registry import paper_p1_note
+
+    if args.table:
+        used = "the model the instance table was built with (--table)"
+    elif args.p1_model:
+        used = getattr(args, "p1_label", None) or Path(args.p1_model).name
+    else:
+        used = "the routing draft (no --p1-model)"
+    return paper_p1_note(args.bench, used)
 
 
 def cache_settings(args) -> dict:

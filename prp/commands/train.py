@@ -12,7 +12,7 @@ Modes:
   jrl       Joint Rating Learning: <target>t</target><confidence>d</confidence> (Alg. 2, Eq. 8); needs
             Acc_tgt: from --acc-tgt-cache, else presampled with target_model first
   sft       supervised warm start on reference traces <think>reasoning</think><answer>answer</answer>
-  sft-cn    Paradigm-2 baseline: sample N, append [CN]/[UN], fine-tune (Sec. 2.1)
+  sft-cn    Paradigm-2 baseline: pre-sample N answers per question, label [CN]/[UN], fine-tune (Sec. 2.1)
   presample sample the target M times per record -> Acc_tgt cache (Alg. 2 l.1-7), resumable
 
 Without --config and --model, `--mode M` trains on the embedded default: the shipped demo draft

@@ -53,8 +53,11 @@ def build_report(
     bins: int = 10,
     min_rating: float = 0.9,
     rating: str = "d",
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Compute every metric and write report.json, report.md and the PNG plots to ``out_dir``.
+
+    ``notes`` are the caller's lines (e.g. which model P1 was computed on), shown before the computed ones.
 
     ``signals`` defaults to every key found in the instances' ``scores``.  A signal that no
     instance carries is listed as missing and skipped; NaN values count as the lowest score.
@@ -83,6 +86,7 @@ def build_report(
         rating=rating,
         title=title,
     )
+    data["notes"] = [*notes, *data["notes"]]
     plots = write_plots(data, out_dir=out, p_t_grid=grid)
     data["plots"] = {k: str(v) for k, v in plots.items()}
     json_path = out / "report.json"

@@ -6,10 +6,13 @@ their concentration into a small within-band priority:
 
     p = sign * p_max * (1/|D|) * sum_i (p_i - mean_j p_j)^2          (Eq. 9)
 
-with sign = +1 for a high rating (d >= 0.5) and -1 for a low one.  The paper's "if d > 5" is
-read on the rating's value, not on its tenths digit alone: "1.00" has tenths digit 0 but is
-the highest rating there is, so it gets the high sign; 0.50-0.59 count as high (the band
-starts at the scale's midpoint).
+with sign = +1 when "d > 5" and -1 otherwise.  The paper reads the tenths digit ("considering a
+score such as '0.98', we examine the token position corresponding to '9'"), so "d > 5" is read
+literally on that digit: a tenths digit above 5 (ratings 0.60-0.99) takes the high sign, 0.00-0.59
+the low one (0.50-0.59 included).  The one exception is "1.00": its tenths digit is 0, but it is
+the top rating, so it takes the high sign.  Both cases are one comparison on the rating in whole
+tenths, floor(10 * d) (the tenths digit below 1, 10 for 1.00): high iff it is > 5
+(docs/decisions.md).
 
 Two entry points, both taking the rating value(s) d (or t) whose tenths digit was read:
 - `ipr_from_digit_probs(p, rating)`: Eq. 9 on already-computed digit probabilities.
@@ -28,10 +31,11 @@ from dataclasses import dataclass
 import torch
 
 NUM_DIGITS = 10
-# Eq. 9's high sign: ratings at or above this value.
-HIGH_RATING = 0.5
-# The Triton kernel takes its sign as a digit: > this digit is the high sign.
+# Eq. 9's "d > 5": a rating whose whole tenths (sign_digit) exceed this digit takes the high sign.
+# The Triton kernel compares its sign input with the same constant.
 SIGN_THRESHOLD_DIGIT = 5
+# floor(10 * d) of a float32 rating such as 0.6 (stored as 0.6000000238) must give 6, never 5.
+_TENTHS_EPS = 1e-6
 
 
 @dataclass
@@ -44,15 +48,23 @@ class DigitStats:
     ipr: torch.Tensor  # [B] signed Eq. 9 value
 
 
-def _is_high(rating: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """[B] bool: rating >= HIGH_RATING.  An integer input is refused: it is most likely a tenths
-    digit (the old argument), which cannot tell 1.00 from 0.0x."""
+def sign_digit(rating: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """[B] int64: the rating in whole tenths, floor(10 * d): its tenths digit for d < 1 (0.59 -> 5,
+    0.60 -> 6), 10 for 1.00.  This is the Triton kernel's sign input.  A NaN rating (unparsable) gives
+    0, the low sign.  An integer input is refused: it is most likely a bare tenths digit (an older
+    argument), which cannot tell 1.00 from 0.0x."""
     value = torch.as_tensor(rating, device=like.device)
     if not value.is_floating_point():
         raise TypeError(f"IPR's sign needs the rating value (e.g. 0.87 or 1.0), got {rating!r}; "
                         "a tenths digit alone cannot tell 1.00 from 0.00")
     value = value.expand(like.shape[0]) if value.dim() == 0 else value
-    return value >= HIGH_RATING
+    tenths = torch.floor(value.double() * 10 + _TENTHS_EPS)  # float64: see _TENTHS_EPS
+    return torch.nan_to_num(tenths, nan=0.0).clamp(0, 10).long()
+
+
+def _is_high(rating: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """[B] bool: Eq. 9's "d > 5" on the rating's tenths digit, with 1.00 high (see the module doc)."""
+    return sign_digit(rating, like) > SIGN_THRESHOLD_DIGIT
 
 
 def _sign(rating: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -67,6 +79,8 @@ def ipr_from_digit_probs(p: torch.Tensor, rating: torch.Tensor | float) -> torch
     tensor([0.0900])
     >>> ipr_from_digit_probs(torch.tensor([[1.0] + [0.0] * 9]), 1.0)   # "1.00": tenths digit 0, high
     tensor([0.0900])
+    >>> ipr_from_digit_probs(torch.tensor([[0.0] * 5 + [1.0] + [0.0] * 4]), 0.55)   # tenths digit 5: low
+    tensor([-0.0900])
     """
     if p.dim() != 2 or p.shape[-1] != NUM_DIGITS:
         raise ValueError(f"expected digit probabilities of shape [B, 10], got {tuple(p.shape)}")
@@ -99,7 +113,7 @@ def digit_stats_from_logits(
     """Digit probabilities, p_max, variance and IPR for each row of [B, V] logits.
 
     `rating` [B] (or a scalar for all rows): the value of the rating whose tenths-digit
-    logits these are; it only chooses Eq. 9's sign.
+    logits these are; it only chooses Eq. 9's sign (high iff its tenths digit > 5, or it is 1.00).
     """
     if logits.dim() != 2:
         raise ValueError(f"expected logits of shape [B, V], got {tuple(logits.shape)}")
@@ -112,10 +126,8 @@ def digit_stats_from_logits(
     if backend == "triton":
         from prp_kernels.ipr_kernel import digit_stats_triton
 
-        # the kernel's sign input is a digit compared with SIGN_THRESHOLD_DIGIT
-        high = _is_high(rating, logits)
-        sign_digit = torch.where(high, SIGN_THRESHOLD_DIGIT + 1, SIGN_THRESHOLD_DIGIT)
-        return digit_stats_triton(logits, digit_token_ids, sign_digit)
+        # the kernel's sign input: the rating in whole tenths, compared with SIGN_THRESHOLD_DIGIT
+        return digit_stats_triton(logits, digit_token_ids, sign_digit(rating, logits))
     raise ValueError(f"unknown IPR backend {backend!r}; use 'auto', 'torch' or 'triton'")
 
 
@@ -173,8 +185,8 @@ def ipr_from_top_logprobs(top: Sequence[tuple[str, float]], rating: float) -> To
     error any rule can promise from this evidence.  (Sharing R among the missing digits can land
     anywhere in the interval, and its error can reach the full width.)
 
-    >>> r = ipr_from_top_logprobs([(str(d), math.log(0.1)) for d in range(10)], 0.5)
-    >>> r.ipr, r.bound, r.seen
+    >>> r = ipr_from_top_logprobs([(str(d), math.log(0.1)) for d in range(10)], 0.87)
+    >>> round(r.ipr, 12), r.bound, r.seen  # uniform digits: no variance
     (0.0, 0.0, 10)
     """
     probs = [math.exp(lp) for _, lp in top]
@@ -183,7 +195,8 @@ def ipr_from_top_logprobs(top: Sequence[tuple[str, float]], rating: float) -> To
         if len(token) == 1 and token.isdigit() and token.isascii():
             digits.setdefault(int(token), p)  # a byte-level vocabulary spells each digit once
     seen = len(digits)
-    sign = 1.0 if (rating is not None and not math.isnan(rating) and rating >= HIGH_RATING) else -1.0
+    # Eq. 9's sign band, the same comparison as the local IPR and the kernel (a missing rating: low)
+    sign = 1.0 if rating is not None and bool(_is_high(float(rating), torch.empty(1))[0]) else -1.0
     known = list(digits.values())
     missing = NUM_DIGITS - seen
     if missing == 0:

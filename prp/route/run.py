@@ -64,7 +64,8 @@ def add_router_arguments(ap, *, title: str = "models") -> None:
     sc.add_argument("--rule", choices=("draft_first", "target_first"), default="draft_first",
                     help="JRL score: draft_first s = d + (d - t)/tau, high s stays on the draft; target_first "
                          "s = t + (t - d)/tau, high s goes to the target (DRL: s = d)")
-    sc.add_argument("--tau", type=positive_float, default=2.0, help="JRL scale (ignored in DRL)")
+    sc.add_argument("--tau", type=positive_float, default=2.0,
+                    help="JRL scale (ignored in DRL); the default 2 is chosen, the paper gives none")
     sc.add_argument("--ipr", choices=("add", "band", "off"), default="add",
                     help="IPR refinement of the ratings (Eq. 9): add d' = d + p (as printed), band: p kept inside "
                          "the rating's 0.01 band, off: raw ratings")

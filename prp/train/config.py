@@ -54,6 +54,11 @@ class TrainConfig:
     image_root: str = ""  # image folder (default: next to the data file; ChartQA: <dir>/png)
     max_records: int = 0  # 0 = all
     acc_tgt_cache: str = ""  # JRL labels (JSONL id -> acc); empty: presample into output_dir
+    # Paradigm 2 (sft-cn): "presampled" (the paper, Sec. 2.1 / 5): N answers per question sampled once from
+    # the starting model, labelled [CN]/[UN] into cn_cache, then SFT on that fixed set for num_epochs;
+    # "online": re-sample from the current policy at every step (no separate stage; on-policy labels)
+    sft_cn_sampling: str = "presampled"
+    cn_cache: str = ""  # sft-cn's labelled set (JSONL, prp.train.presample.presample_cn); empty: output_dir
     trust_remote_code: bool = False
 
     # ---- rollout (Alg. 1 l.3)
@@ -137,6 +142,8 @@ class TrainConfig:
             raise ConfigError("lr_scheduler must be constant, linear or cosine")
         if self.rollout_engine not in ("hf", "engine"):
             raise ConfigError("rollout_engine must be hf or engine")
+        if self.sft_cn_sampling not in ("presampled", "online"):
+            raise ConfigError("sft_cn_sampling must be presampled (the paper's fixed labelled set) or online")
         if not self.model and self.mode != "presample":
             raise ConfigError("config needs `model`: pass --model DIR (a local Hugging Face model folder)")
         if not self.train_data:

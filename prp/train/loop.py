@@ -75,12 +75,17 @@ class Trainer:
             kept = [r for r in self.records if r.id in self.acc_tgt]
             self.skipped["no_acc_tgt"] += len(self.records) - len(kept)
             self.records = kept
+        # Paradigm 2's pre-sampling stage (Sec. 2.1): train on a fixed [CN]/[UN]-labelled set
+        self.presampled_cn = self.mode.step is StepKind.SFT_CN and cfg.sft_cn_sampling == "presampled"
+        if self.presampled_cn:
+            self.records = self.ensure_cn_set()
         self.ctx: StepContext | None = None
         self.resume_from: Path | None = None
         self.start_step = 0
         if not self.mode.trains:
             return
-        prompts_per_rank = cfg.per_device_batch_size // (cfg.num_generations if self.mode.sampled else 1)
+        sampled = self.mode.sampled and not self.presampled_cn  # a presampled example is one completion
+        prompts_per_rank = cfg.per_device_batch_size // (cfg.num_generations if sampled else 1)
         self.sampler = Sampler(self.records, prompts_per_rank=prompts_per_rank, d=self.d, seed=cfg.seed)
         per_epoch = self.sampler.micro_per_epoch
         self.total_steps = cfg.max_steps or max(1, int(cfg.num_epochs * per_epoch) // cfg.gradient_accumulation_steps)
@@ -124,6 +129,28 @@ class Trainer:
             log.info("presample %s: %s", cache, dict(counts))
         self.d.barrier()
         return read_cache(cache)
+
+    def ensure_cn_set(self) -> list:
+        """Paradigm 2's pre-sampling stage (Sec. 2.1, Sec. 5): N answers per question from the model sft-cn
+        starts from (`model`: the GRPO-trained one), judged with evaluation's rule and labelled [CN]/[UN] into
+        `cn_cache` (default output_dir/cn_presample.jsonl; resumable: only unlabelled questions are sampled);
+        returns the training examples, one per labelled answer."""
+        from prp.train.presample import cn_examples, local_sampler, presample_cn, read_cn_set
+
+        cfg = self.cfg
+        path = Path(cfg.cn_cache or self.out / "cn_presample.jsonl")
+        missing = [r for r in self.records if r.id not in read_cn_set(path)]
+        if self.d.main and missing:
+            device = "cuda" if torch.cuda.is_available() else None
+            sampler = local_sampler(resolve_model(cfg.model), m=cfg.num_generations,
+                                    max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
+                                    top_p=cfg.top_p, seed=cfg.seed, device=device, max_pixels=cfg.max_pixels)
+            counts = presample_cn(missing, sampler, path, batch_size=cfg.presample_batch_size, progress=True)
+            log.info("presample [CN]/[UN] %s: %s", path, dict(counts))
+        self.d.barrier()
+        labelled = read_cn_set(path)
+        self.skipped["no_cn_label"] += sum(1 for r in self.records if r.id not in labelled)
+        return cn_examples(self.records, labelled)
 
     # ------------------------------------------------------------------ the loop
     def micro_step(self, micro: int) -> MicroStepResult:

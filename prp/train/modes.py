@@ -13,7 +13,7 @@ from enum import Enum
 class StepKind(str, Enum):
     RL = "rl"  # sample N, reward, group advantages (+ DSS), policy gradient (Alg. 1 / Alg. 2)
     SFT = "sft"  # supervised warm start on reference traces
-    SFT_CN = "sft-cn"  # Paradigm-2 baseline: sample N, append [CN]/[UN], cross-entropy
+    SFT_CN = "sft-cn"  # Paradigm-2 baseline: N labelled answers per question ([CN]/[UN]), cross-entropy
     PRESAMPLE = "presample"  # no training: the target's Acc_tgt cache (Alg. 2 l.1-7)
 
 

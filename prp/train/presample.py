@@ -1,4 +1,5 @@
-"""Pre-sample the target's accuracy Acc_tgt on the training set (Alg. 2 l.1-7): JRL's labels.
+"""Pre-sampling stages: the target's accuracy Acc_tgt (Alg. 2 l.1-7, JRL's labels) and Paradigm 2's
+[CN]/[UN]-labelled set (Sec. 2.1 / Sec. 5, `presample_cn`, sft-cn's training data).
 
 For each record, M completions from the target under its plain prompt P; Acc_tgt = mean correct.
 A completion is judged the way evaluation judges the target: one answer extraction
@@ -19,6 +20,7 @@ The target is a local HF dir ("tiny:<size>" builds a tiny one) or an OpenAI-comp
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -36,7 +38,7 @@ from prp.core.data import Record
 from prp.core.jsonl import JsonError, jsonl_lines, loads
 from prp.core.judge import accuracy_reward
 from prp.core.modeling import set_pixel_bounds
-from prp.core.prompts import P_TARGET, build_messages
+from prp.core.prompts import CN_TOKEN, P_TARGET, UN_TOKEN, build_messages
 from prp.route.remote import chat_messages, completions_url
 from prp.train.rewards import group_accuracy
 
@@ -114,34 +116,104 @@ def presample(
 
     `judge`: default `default_judge` with `extract_answer` (see the module docstring).
     """
-    path = Path(cache_path)
+    def row(record: Record, texts: list[str]) -> dict | None:
+        correct = [judge_completion(t, record, judge) for t in texts]  # Alg. 2 l.4-5
+        if not texts or any(c is None for c in correct):
+            return None  # unparsable gold: no label, JRL will skip the record
+        return {"id": record.id, "acc": group_accuracy(correct), "n": len(texts)}  # Alg. 2 l.5-6
+
+    return _fill(records, sampler, Path(cache_path), set(read_cache(cache_path)), row, batch_size=batch_size,
+                 desc="presample" if progress else None)
+
+
+def _fill(records: Iterable[Record], sampler: Sampler, path: Path, done: set[str],
+          row_of: Callable[[Record, list[str]], dict | None], *, batch_size: int, desc: str | None) -> Counter:
+    """Sample every record whose id is not in `done` and append row_of(record, texts), one fsynced line per
+    record (None: counted as no_gold, nothing written); returns counts (cached, done, no_gold)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _repair_tail(path)
-    done = read_cache(path)
     todo = [r for r in records if r.id not in done]
     counts: Counter = Counter(cached=len(done))
     bar = None
-    if progress:
+    if desc:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="presample", dynamic_ncols=True)
+        bar = tqdm(total=len(todo), desc=desc, dynamic_ncols=True)
     with path.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            outputs = sampler(chunk)
-            for record, texts in zip(chunk, outputs, strict=True):
-                correct = [judge_completion(t, record, judge) for t in texts]  # Alg. 2 l.4-5
-                if not texts or any(c is None for c in correct):
-                    counts["no_gold"] += 1  # unparsable gold: no label, JRL will skip the record
+            for record, texts in zip(chunk, sampler(chunk), strict=True):
+                row = row_of(record, texts)
+                if row is None:
+                    counts["no_gold"] += 1
                     continue
-                acc = group_accuracy(correct)  # Alg. 2 l.5
-                _append(f, {"id": record.id, "acc": acc, "n": len(texts)})  # Alg. 2 l.6
+                _append(f, row)
                 counts["done"] += 1
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
     return counts
+
+
+# ----------------------------------------------------------------------------- Paradigm 2's labelled set
+
+def presample_cn(
+    records: Iterable[Record], sampler: Sampler, path: str | Path, *, batch_size: int = 1, progress: bool = False,
+    judge: Judge | None = None,
+) -> Counter:
+    """Paradigm 2's pre-sampling stage (Sec. 2.1: P2 "starts with a pre-sampling stage before training";
+    Sec. 5: "we sample N times per question and append [CN] for correct and [UN] for incorrect"): the
+    sampler's answers (N per record, from the model sft-cn starts from: the GRPO-trained one) judged with
+    evaluation's rule (`judge_completion`) and labelled.  One JSONL line per record,
+
+        {"id": "train-00012", "samples": [{"text": "<think>...</think><answer>17</answer>", "label": "[CN]"}, ...]}
+
+    resumable and crash-safe like `presample`; a record whose gold cannot be judged gets no line (no_gold).
+    """
+    def row(record: Record, texts: list[str]) -> dict | None:
+        correct = [judge_completion(t, record, judge) for t in texts]
+        if not texts or any(c is None for c in correct):
+            return None
+        return {"id": record.id, "samples": [{"text": t, "label": CN_TOKEN if c else UN_TOKEN}
+                                             for t, c in zip(texts, correct, strict=True)]}
+
+    return _fill(records, sampler, Path(path), set(read_cn_set(path)), row, batch_size=batch_size,
+                 desc="presample [CN]/[UN]" if progress else None)
+
+
+def read_cn_set(path: str | Path) -> dict[str, list[dict]]:
+    """id -> [{"text", "label"}, ...] of a `presample_cn` file; a torn or malformed line is ignored."""
+    out: dict[str, list[dict]] = {}
+    path = Path(path)
+    if not path.exists():
+        return out
+    for _, line in jsonl_lines(path):
+        try:
+            row = json.loads(line.decode("utf-8"))
+            samples = [{"text": str(x["text"]), "label": x["label"]} for x in row["samples"]]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if samples and all(x["label"] in (CN_TOKEN, UN_TOKEN) for x in samples):
+            out[str(row["id"])] = samples
+    return out
+
+
+def cn_examples(records: Iterable[Record], cn_set: dict[str, list[dict]]) -> list[Record]:
+    """sft-cn's training examples: one per labelled sample, the record with the answer text and label in
+    `meta` ("cn_text", "cn_label") and id "<record id>#<k>"; records without labels are left out.
+
+    >>> r = Record(id="q", question="?", answer="1", image=None)
+    >>> [(e.id, e.meta["cn_label"]) for e in cn_examples([r], {"q": [{"text": "1", "label": "[CN]"},
+    ...                                                              {"text": "2", "label": "[UN]"}]})]
+    [('q#0', '[CN]'), ('q#1', '[UN]')]
+    """
+    out = []
+    for r in records:
+        for k, sample in enumerate(cn_set.get(r.id, ())):
+            out.append(dataclasses.replace(r, id=f"{r.id}#{k}",
+                                           meta={**r.meta, "cn_text": sample["text"], "cn_label": sample["label"]}))
+    return out
 
 
 # ----------------------------------------------------------------------------- local target

@@ -237,40 +237,80 @@ def sft_micro(ctx: StepContext, micro: int, records: list[Record]) -> MicroStepR
     return MicroStepResult(batch, weights, Objective.CE, 1.0, metrics, [])
 
 
+def cn_sequence(body: list[int], correct: bool, cn: int, un: int, eos: int) -> tuple[list[int], list[float]]:
+    """Paradigm 2's training sequence for one answer and its per-token weights: `body + [CN] + EOS`, all
+    trained, if correct; `body + [UN] + EOS` with only the [UN] token trained if not (an incorrect
+    answer is not taught, only that it is incorrect).
+
+    >>> cn_sequence([5, 6], True, 1, 2, 0), cn_sequence([5, 6], False, 1, 2, 0)
+    (([5, 6, 1, 0], [1.0, 1.0, 1.0, 1.0]), ([5, 6, 2, 0], [0.0, 0.0, 1.0, 0.0]))
+    """
+    seq = [*body, cn if correct else un, eos]
+    return seq, [1.0] * len(seq) if correct else [0.0] * len(body) + [1.0, 0.0]
+
+
+def _cn_batch(ctx: StepContext, prompts: PromptBatch, seqs: list[tuple[list[int], list[float]]],
+              valid: torch.Tensor, per_prompt: int) -> tuple[TrainBatch, torch.Tensor]:
+    """The batch and [B, L] weights of `cn_sequence` rows; rows of an untrainable prompt weigh 0."""
+    batch = build_batch(prompts, [seq for seq, _ in seqs], pad_id=ctx.policy.tok.pad_token_id)
+    weights = torch.zeros(batch.completion_mask.shape)  # [B, L]
+    for i, (_, w) in enumerate(seqs):
+        if bool(valid[i // per_prompt]):
+            weights[i, : len(w)] = torch.tensor(w)
+    return batch, weights.to(ctx.policy.device)
+
+
 def sft_cn_micro(ctx: StepContext, micro: int, records: list[Record]) -> MicroStepResult:
-    """Paradigm 2 baseline (Sec. 2.1): N samples, + [CN] if correct / [UN] if not; train the whole
-    correct sequence, and only the [UN] token of an incorrect one.  Sampling is online (the current
-    policy each step) rather than one offline pass: same data shape, no second stage."""
+    """Paradigm 2 baseline (Sec. 2.1, Sec. 5), `cfg.sft_cn_sampling` picks the variant:
+    - "presampled" (the paper): `records` are examples of the labelled set built once before training
+      (prp.train.presample.presample_cn: N answers per question from the starting model, judged with
+      evaluation's rule); each is trained as `cn_sequence` of its stored answer and label;
+    - "online": N answers per question sampled from the current policy at this step, judged, then trained
+      the same way (no separate stage, labels follow the policy as it learns)."""
+    if ctx.cfg.sft_cn_sampling == "online":
+        return _sft_cn_online(ctx, micro, records)
+    cfg, tok, eos = ctx.cfg, ctx.policy.tok, ctx.policy.eos_id
+    prompts, valid = prompts_for(ctx, records, [ctx.mode.prompt] * len(records), 1)
+    cn, un = tok.convert_tokens_to_ids(CN_TOKEN), tok.convert_tokens_to_ids(UN_TOKEN)
+    seqs, correct = [], []
+    for r in records:
+        ok = r.meta["cn_label"] == CN_TOKEN
+        body = tok.encode(r.meta["cn_text"], add_special_tokens=False)[: cfg.max_completion_length - 2]
+        seqs.append(cn_sequence(body, ok, cn, un, eos))
+        correct.append(float(ok))
+    batch, weights = _cn_batch(ctx, prompts, seqs, valid, 1)
+    lengths = torch.tensor([len(seq) for seq, _ in seqs], dtype=torch.float32)
+    glob_acc, glob_len = ctx.d.gather(torch.tensor(correct)), ctx.d.gather(lengths)
+    metrics = {"reward/accuracy": [glob_acc.mean().item()], "completion_len_mean": [glob_len.mean().item()],
+               "completion_len_max": [glob_len.max().item()], "tokens": [glob_len.sum().item()]}
+    return MicroStepResult(batch, weights, Objective.CE, 1.0, metrics, [])
+
+
+def _sft_cn_online(ctx: StepContext, micro: int, records: list[Record]) -> MicroStepResult:
+    """sft_cn_sampling=online: N samples from the current policy per record, judged, `cn_sequence`."""
     cfg, tok, n, eos = ctx.cfg, ctx.policy.tok, ctx.cfg.num_generations, ctx.policy.eos_id
     prompts, valid = prompts_for(ctx, records, [ctx.mode.prompt] * len(records), n)
     cn, un = tok.convert_tokens_to_ids(CN_TOKEN), tok.convert_tokens_to_ids(UN_TOKEN)
     # The body is the policy's own answer; only the trainer appends [CN] / [UN], so they are never
     # sampled (a sampled [UN] would end the answer early, and the scorer reads P[CN] after it).
     ro = rollout(ctx, prompts, micro, suppress=(cn, un))
-    completions, rows_w, correct = [], [], []
+    seqs, correct = [], []
     for i, ids in enumerate(ro.completions):
         text = tok.decode(ids, skip_special_tokens=True)
         ok = accuracy_reward(parse_completion(text, "grpo").answer, records[i // n].answer or "") == 1.0
         body = ids[:-1] if ids and ids[-1] == eos else ids
-        seq = [*body, cn if ok else un, eos]
-        w = [1.0] * len(seq) if ok else [0.0] * len(body) + [1.0, 0.0]
-        if not bool(valid[i // n]):
-            w = [0.0] * len(seq)
-        completions.append(seq)
-        rows_w.append(w)
+        seqs.append(cn_sequence(body, ok, cn, un, eos))
         correct.append(float(ok))
-    batch = build_batch(prompts, completions, pad_id=tok.pad_token_id)
-    weights = torch.zeros(batch.completion_mask.shape)  # [B*N, L]
-    for i, w in enumerate(rows_w):
-        weights[i, : len(w)] = torch.tensor(w)
+    batch, weights = _cn_batch(ctx, prompts, seqs, valid, n)
     lengths = torch.tensor([len(c) for c in ro.completions], dtype=torch.float32)
     glob_acc, glob_len = ctx.d.gather(torch.tensor(correct)), ctx.d.gather(lengths)
     metrics = {"reward/accuracy": [glob_acc.mean().item()], "completion_len_mean": [glob_len.mean().item()],
                "completion_len_max": [glob_len.max().item()], "tokens": [glob_len.sum().item()],
                "truncated_frac": [sum(ro.truncated) / len(ro.truncated)]}
-    return MicroStepResult(batch, weights.to(ctx.policy.device), Objective.CE, cfg.temperature, metrics, [])
+    return MicroStepResult(batch, weights, Objective.CE, cfg.temperature, metrics, [])
 
 
 MICRO_STEPS = {StepKind.RL: rl_micro, StepKind.SFT: sft_micro, StepKind.SFT_CN: sft_cn_micro}
 
-__all__ = ["MICRO_STEPS", "SFT_FORMATS", "MicroStepResult", "StepContext", "rl_micro", "sft_cn_micro", "sft_micro"]
+__all__ = ["MICRO_STEPS", "SFT_FORMATS", "MicroStepResult", "StepContext", "cn_sequence", "rl_micro", "sft_cn_micro",
+           "sft_micro"]

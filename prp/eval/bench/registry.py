@@ -104,6 +104,29 @@ def get_benchmark(name: str) -> Benchmark:
         raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}") from None
 
 
+# ------------------------------------------------------------------ the paper's P1 model per benchmark
+
+# Sec. 5, Baselines: "Token-probability-based (Paradigm 1). On ChartQA, we adopt Qwen2.5-VL-3B as the
+# baseline; on MathVerse and MathVista, we use the GRPO-trained model as the baseline."  The user still
+# passes the model (eval.py --p1-model); the report names the paper's choice next to the one used.
+PAPER_P1_MODEL = {
+    "chartqa": "Qwen2.5-VL-3B (the base model; not GRPO-trained)",
+    "mathverse": "the GRPO-trained model",
+    "mathvista": "the GRPO-trained model",
+    "demo": "none (not a paper benchmark); the demo follows the math benchmarks: its GRPO-trained draft",
+}
+
+
+def paper_p1_note(bench: str, used: str) -> str:
+    """One report line: which model P1 (Sec. 5) was computed on, and which one the paper uses on `bench`.
+
+    >>> paper_p1_note("mathvista", "grpo")
+    "P1 (mean token probability) on the answers of grpo; the paper's P1 model on mathvista: the GRPO-trained model."
+    """
+    paper = PAPER_P1_MODEL.get(bench, "not given (the paper's Tab. 1 covers ChartQA, MathVerse and MathVista)")
+    return f"P1 (mean token probability) on the answers of {used}; the paper's P1 model on {bench}: {paper}."
+
+
 # ------------------------------------------------------------------ where each benchmark's files come from
 
 
