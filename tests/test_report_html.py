@@ -463,6 +463,7 @@ def test_eval_and_route_scripts_write_a_browsable_report(browser, tmp_path, monk
             str(tmp_path / "routes.jsonl"),
             "--threads",
             "1",
+            "--allow-outside-image-paths",  # the slice names the demo's images by absolute path
         ]
     )
     for page, table in ((tmp_path / "eval" / "report.html", "table1"), (tmp_path / "routes.html", "summary")):

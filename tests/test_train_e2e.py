@@ -376,8 +376,12 @@ def test_every_mode_runs(mode, tmp_path):
 
 @pytest.mark.slow
 def test_deepspeed_zero3_two_processes(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = ["deepspeed", "--num_gpus", "2", "train.py", "--mode", "jrl", "--config", TINY, "--max-steps", "2",
+    # the launcher installed beside this interpreter (CI runs the venv's python without activating it), and
+    # its python first on PATH for the ranks it starts
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
+    cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2", "train.py", "--mode", "jrl",
+           "--config", TINY, "--max-steps", "2",
            "--output-dir", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
