@@ -358,3 +358,18 @@ def test_9_small_ones(scripts, tmp_path):
     assert out == "runs/bench/bench_ipr.json", proc.stdout
     ignored = subprocess.run(["git", "check-ignore", "-q", out], cwd=REPO, check=False)
     assert ignored.returncode == 0
+
+
+# ---- item 6 (the conflicting-flags part) -----------------------------------------------------------
+@pytest.mark.parametrize("flags, needle", [
+    (["--threshold", "0.6", "--pt", "0.3"], "--pt routes a share of each batch, --threshold fixes the threshold"),
+    (["--threshold", "0.6", "--calibrate"], "--threshold and --calibrate each choose the threshold"),
+    (["--threshold-file", "t.json", "--pt", "0.3"], "--threshold-file fixes the threshold"),
+    (["--target-acc", "0.8"], "--target-acc is a calibration goal"),
+    (["--calibrate", "--pt", "0.3", "--target-acc", "0.8"], "two calibration goals"),
+])
+def test_6_conflicting_decision_flags_are_a_usage_error(scripts, capsys, flags, needle):
+    """`--threshold 0.6 --pt 0.3` was accepted and --pt silently ignored: one line, exit 2, no model loaded."""
+    assert run_main(scripts["route.py"].main, ["--tau", "2", *flags], prog="route.py") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("route.py: error:") and needle in err[0], err

@@ -91,6 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_decision_flags(args) -> None:
+    """One decision source: a saved calibration, a fixed T, a calibration, or a share per batch. Two of
+    them given together would leave one silently ignored (`--threshold 0.6 --pt 0.3`): a usage error."""
+    sources = (("--threshold-file", args.threshold_file), ("--threshold", args.threshold is not None),
+               ("--calibrate", args.calibrate))
+    given = [flag for flag, on in sources if on]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} each choose the threshold: give one of them")
+    if args.pt is not None and given and given[0] != "--calibrate":
+        raise UserError(f"--pt routes a share of each batch, {given[0]} fixes the threshold: give one of them")
+    if args.target_acc is not None and not args.calibrate:
+        raise UserError("--target-acc is a calibration goal: give it with --calibrate")
+    if args.calibrate and args.pt is not None and args.target_acc is not None:
+        raise UserError("--pt and --target-acc are two calibration goals: give one of them")
+
+
 def fresh_run_out(root: Path = Path("runs/route")) -> str:
     """The default output: routes.jsonl in a new folder named by the start time (a suffix when two runs
     start in the same second), so a run without --out never replaces another's results (make demo's
@@ -133,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             args.max_new_tokens = args.max_new_tokens or spec.max_new_tokens
     if not args.draft or not args.target or not (args.data or args.serve):
         raise SystemExit("give --draft, --target and --data (or none of them for the embedded default)")
+    check_decision_flags(args)
     if args.confidence is not None and not (args.calibrate and args.target_acc is not None):
         raise UserError("--confidence qualifies a calibration goal: give it with --calibrate and --target-acc")
     if args.image_root and not Path(args.image_root).is_dir():
