@@ -43,7 +43,10 @@ ENGINE_KINDS = ("eager", "compiled", "static")
 def add_router_arguments(ap, *, title: str = "models") -> None:
     """The flags route.py and eval.py share: models, the evaluation stage (Sec. 4.2-4.3), a remote target."""
     io = ap.add_argument_group(title)
-    io.add_argument("--draft", help="draft (router) model dir, trained with DRL or JRL")
+    io.add_argument("--draft", help="draft (router) model dir, trained with DRL or JRL, or a LoRA adapter folder")
+    io.add_argument("--base-model", default=None,
+                    help="base model of a --draft that is a LoRA adapter folder (default: the one its "
+                         "adapter_config.json names); the adapter runs unmerged")
     io.add_argument("--target", help="target: a local HF model dir, or an http(s) base URL (OpenAI-compatible)")
     io.add_argument("--target-model", default=None, help="model name sent to a remote target")
     io.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env var holding the API key")
@@ -87,7 +90,7 @@ def build_router(args) -> Router:
 
     max_new = args.max_new_tokens or 1024
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
+    draft, processor = load_model(args.draft, device=device, dtype=args.dtype, base_model=args.base_model)
     retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
     target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
                          remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)
