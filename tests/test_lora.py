@@ -49,6 +49,27 @@ def test_lora_block_in_yaml_and_flags(tmp_path):
             load_config(tmp_path / "c.yaml")
 
 
+def test_lora_and_swift_jrl_recipes():
+    """configs/lora.yaml: the paper's recipe with the lora block for every mode; configs/jrl-swift.yaml: JRL from
+    runs/drl for half of JRL's epochs; the demo recipes of benchmarks/bench_lora.py."""
+    for mode in ("grpo", "drl", "jrl", "sft", "sft-cn"):
+        cfg, paper = load_config("configs/lora.yaml", mode=mode), load_config("configs/paper.yaml", mode=mode)
+        assert (cfg.lora_rank, cfg.lora_alpha, cfg.lora_vision) == (16, 32.0, False)
+        assert cfg.model == paper.model and cfg.output_dir == f"{paper.output_dir}-lora"
+        assert cfg.lora_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    swift, jrl = load_config("configs/jrl-swift.yaml"), load_config("configs/jrl.yaml")
+    assert (swift.mode, swift.model, swift.output_dir, swift.lora_rank) == ("jrl", "runs/drl", "runs/jrl-swift", 0)
+    assert swift.num_epochs == jrl.num_epochs / 2 and swift.acc_tgt_cache == jrl.acc_tgt_cache
+    ok = {"model": "m", "train_data": "d"}
+    demo_drl = load_config("configs/demo/drl.yaml", overrides=ok)
+    demo_jrl = load_config("configs/demo/jrl.yaml", overrides=ok)
+    lora_drl = load_config("configs/app-d/demo-lora-drl.yaml", overrides=ok)
+    lora_jrl = load_config("configs/app-d/demo-lora-jrl.yaml", overrides=ok)
+    assert (lora_drl.mode, lora_drl.lora_rank, lora_drl.learning_rate) == ("drl", 8, 10 * demo_drl.learning_rate)
+    assert (lora_jrl.mode, lora_jrl.lora_rank, lora_jrl.learning_rate) == ("jrl", 8, 10 * demo_jrl.learning_rate)
+    assert load_config("configs/app-d/demo-jrl-swift.yaml", overrides=ok) == demo_jrl
+
+
 # ---------------------------------------------------------------- a LoRA step by hand
 
 
@@ -355,3 +376,30 @@ def test_deepspeed_zero3_lora_two_steps(tmp_path):
                           check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [r["step"] for r in _metrics(tmp_path)] == [1, 2, 3] and is_adapter_dir(tmp_path / "ckpt-3")
+
+
+def test_memory_arithmetic_of_bench_lora_by_hand():
+    """benchmarks/bench_lora.py's LoRA counts, by hand: r x (in + out) per adapted projection and layer.
+    7B (configs/lora.yaml, r 16): hidden 3584, kv 4 x 128 = 512, MLP 18944, 28 layers; the demo draft
+    (configs/app-d/demo-lora-drl.yaml, r 8): hidden 96, kv 2 x 24 = 48, MLP 256, 4 layers."""
+    sys_path = str(ROOT / "benchmarks")
+    import sys
+
+    sys.path.insert(0, sys_path)
+    try:
+        import bench_lora
+    finally:
+        sys.path.remove(sys_path)
+    rows = {r["shape"]: r for r in bench_lora.memory_rows()}
+
+    def per_layer(h, kv, ffn):  # q, k, v, o, gate, up, down
+        return (h + h) + (h + kv) + (h + kv) + (h + h) + 2 * (h + ffn) + (ffn + h)
+
+    assert rows["Qwen2.5-VL-7B"]["lora_params"] == 16 * 28 * per_layer(3584, 512, 18944) == 40_370_176
+    assert rows["Qwen2.5-VL-3B"]["lora_params"] == 16 * 36 * per_layer(2048, 256, 11008)
+    assert rows["demo draft"]["lora_params"] == 8 * 4 * per_layer(96, 48, 256) == 55_296
+    seven = rows["Qwen2.5-VL-7B"]
+    assert seven["params"] == 8_292_166_656  # Qwen2.5-VL-7B-Instruct's published size (8.29 B)
+    assert seven["full"]["sum"] == 16 * seven["params"]  # fp32 weights + grads + AdamW m, v
+    assert seven["lora"]["sum"] == 4 * seven["params"] + 12 * seven["lora_params"]  # grads + m, v of the adapter only
+    assert seven["grads_optimizer_share"] == seven["lora_params"] / seven["params"] < 0.10  # the issue's goal

@@ -113,6 +113,9 @@ def build_policy(cfg: TrainConfig, path: str, *, d: Dist, device: torch.device, 
     if get_mode(cfg.mode).step is StepKind.SFT_CN:
         tok.add_tokens([CN_TOKEN, UN_TOKEN], special_tokens=True)
         if len(tok) > model.get_input_embeddings().num_embeddings:
+            if cfg.lora_rank:  # an adapter cannot carry new embedding rows: it would no longer fit its base
+                raise ConfigError(f"sft-cn adds [CN]/[UN] beyond the embedding table of {base} "
+                                  f"({model.get_input_embeddings().num_embeddings} rows): train it without LoRA")
             model.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
     if cfg.freeze_vision_biases:
         freeze_vision_biases(model)  # requires_grad is not saved: re-applied on every load
