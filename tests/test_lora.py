@@ -332,6 +332,16 @@ def test_entry_points_load_an_adapter_folder(pair, trained_adapter, tmp_path, ca
     assert any(".lora_A." in n for n, _ in router.model.named_parameters())
 
 
+def test_eval_cache_identity_of_an_adapter_names_its_base(pair, trained_adapter):
+    """eval.py resumes an instance cache only for the same models: an adapter's identity carries its own files
+    and the base model's, so a retrained base under the same adapter folder is not mistaken for it."""
+    from prp.eval.settings import model_identity
+
+    ident = model_identity(str(trained_adapter))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(ident["files"])
+    assert ident["base"] == model_identity(str(pair["draft"]))
+
+
 def test_export_command_refuses_what_is_not_an_adapter(pair, trained_adapter, tmp_path):
     from prp.commands.export import main as export_main
 
