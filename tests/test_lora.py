@@ -309,8 +309,11 @@ def test_entry_points_load_an_adapter_folder(pair, trained_adapter, tmp_path, ca
     (moved / ADAPTER_CONFIG).write_text(json.dumps({**cfg, "base_model_name_or_path": str(tmp_path / "gone")}))
     with pytest.raises(UserError, match="does not exist"):
         load_model(moved)
-    model, _ = load_model(moved, base_model=str(pair["draft"]))
+    model, proc = load_model(moved, base_model=str(pair["draft"]))
     assert any(".lora_A." in n for n, _ in model.named_parameters())  # unmerged
+    proc.tokenizer.add_tokens(["[CN]", "[UN]"], special_tokens=True)  # what sft-cn's checkpoints carry
+    proc.save_pretrained(moved)
+    assert "[CN]" in load_model(moved, base_model=str(pair["draft"]))[1].tokenizer.get_vocab()  # the adapter's
     with pytest.raises(UserError, match="drop --base-model"):
         load_model(pair["draft"], base_model=str(pair["draft"]))
     (moved / ADAPTER_WEIGHTS).unlink()

@@ -53,6 +53,14 @@ def adapter_base(path: str | Path, override: str | None = None) -> str:
     return str(base)
 
 
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def has_processor(path: str | Path) -> bool:
+    """True when an adapter folder carries its own processor / tokenizer (train.py's checkpoints do)."""
+    return any((Path(path) / name).is_file() for name in PROCESSOR_FILES)
+
+
 def check_adapter_dir(path: str | Path) -> None:
     p = Path(path)
     if not (p / ADAPTER_WEIGHTS).is_file():
@@ -88,5 +96,5 @@ def merge_adapter(model, path: str | Path):
     return merged
 
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "adapter_base", "attach_adapter", "check_adapter_dir",
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "adapter_base", "attach_adapter", "check_adapter_dir", "has_processor",
            "is_adapter_dir", "merge_adapter", "read_adapter_config"]

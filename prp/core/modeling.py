@@ -18,7 +18,14 @@ from transformers import (
     Qwen2_5_VLProcessor,
 )
 
-from prp.core.adapters import adapter_base, attach_adapter, check_adapter_dir, is_adapter_dir, merge_adapter
+from prp.core.adapters import (
+    adapter_base,
+    attach_adapter,
+    check_adapter_dir,
+    has_processor,
+    is_adapter_dir,
+    merge_adapter,
+)
 from prp.core.cli import UserError
 
 
@@ -161,7 +168,7 @@ def load_model(
         model, processor = load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                                       attn_implementation=attn_implementation)
         model = merge_adapter(model, path) if merge else attach_adapter(model, path).base_model.model
-        if (Path(path) / "preprocessor_config.json").is_file():
+        if has_processor(path):
             processor = load_processor(path, trust_remote_code=trust_remote_code)
         return model.eval(), processor
     attn = attn_implementation or pick_attn_implementation(device)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from prp.core.adapters import adapter_base, is_adapter_dir
+from prp.core.adapters import adapter_base, has_processor, is_adapter_dir
 from prp.core.batches import TrainBatch, completion_logprobs
 from prp.core.modeling import freeze_vision_biases
 from prp.core.prompts import CN_TOKEN, UN_TOKEN
@@ -106,7 +106,7 @@ def build_policy(cfg: TrainConfig, path: str, *, d: Dist, device: torch.device, 
     base = adapter_base(adapter) if adapter is not None and cfg.lora_rank else path
     model, processor = load_model(base, device=None if d.deepspeed else device, dtype=torch.float32,
                                   trust_remote_code=cfg.trust_remote_code, merge=True)
-    if adapter is not None and (Path(adapter) / "preprocessor_config.json").is_file():
+    if adapter is not None and has_processor(adapter):
         processor = load_processor(adapter, trust_remote_code=cfg.trust_remote_code)
     set_pixel_bounds(processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     tok = processor.tokenizer
