@@ -247,16 +247,18 @@ def demo_rows(args) -> dict:
 
 
 def demo_table(res: dict) -> str:
-    lines = ["| model | routing AUC | Spearman rank(d) vs correct | d std | abs(mean d - acc) | draft acc | "
-             "trainable params | weights + grads + AdamW | train wall / CPU | max RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | routing AUC | Spearman rank(d) vs correct (negative = good) | d std | abs(mean d - acc) | "
+             "draft acc | JRL t: Spearman vs target correct (negative = good) | trainable params | "
+             "weights + grads + AdamW | train wall / CPU | max RSS |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in res["models"].items():
         timing = (f"{r['wall_s'] / 60:.1f} / {r['cpu_s'] / 60:.1f} min" if "wall_s" in r else "(the demo build)")
         state = f"{r['state_mib']:.1f} MiB" if "state_mib" in r else \
             f"{state_bytes(r['total'], r['trainable'])['sum'] / 2**20:.1f} MiB"
         rss = f"{r['max_rss_mib']:.0f} MiB" if "max_rss_mib" in r else ""
-        lines.append(f"| {label} | {100 * r['auc']:.1f} | {r['spearman_d']:+.3f} | {r['d_std']:.3f} | "
-                     f"{r['calibration']:.3f} | {100 * r['draft_acc']:.1f}% | {r['trainable']:,} of {r['total']:,} | "
+        lines.append(f"| {label} | {r['auc']:.1f} | {r['spearman_d']:+.3f} | {r['d_std']:.3f} | "
+                     f"{r['calibration']:.3f} | {100 * r['draft_acc']:.1f}% | "
+                     f"{'' if r.get('t_spearman_target') is None else format(r['t_spearman_target'], '+.3f')} | "
+                     f"{r['trainable']:,} of {r['total']:,} | "
                      f"{state} | {timing} | {rss} |")
     return "\n".join(lines)
 
@@ -277,7 +279,16 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="results JSON (default <work>/results.json)")
+    ap.add_argument("--from-results", nargs="+", metavar="JSON", help="measure nothing: the tables of these "
+                    "results files (their demo rows merged, e.g. two invocations with different --runs)")
     args = ap.parse_args(argv)
+    if args.from_results:
+        loaded = [json.loads(Path(f).read_text()) for f in args.from_results]
+        print(memory_table(loaded[0]["memory"]))
+        demos = [x["demo"] for x in loaded if "demo" in x]
+        if demos:
+            print(demo_table({**demos[0], "models": {k: v for d in demos for k, v in d["models"].items()}}))
+        return
     rows = memory_rows()
     print(memory_table(rows))
     res = {"memory": rows}
