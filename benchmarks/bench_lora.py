@@ -132,7 +132,7 @@ def run(cmd: list[str], log: Path) -> dict:
 def train_run(name: str, config: str, model: str, data: Path, work: Path, steps: int, extra=()) -> dict:
     from prp.train.checkpoint import latest_checkpoint
 
-    out = work / name
+    out = work / f"{name}-{steps}"  # one folder per run and step budget
     final = out / f"ckpt-{steps}"
     timing_file = out / "bench_timing.json"
     if final.exists() and timing_file.exists():  # rerun of the script: keep the measured run

@@ -231,13 +231,23 @@ def test_lora_drl_run_writes_adapter_checkpoints_and_resumes_bit_exact(tmp_path,
         main([*wo[:-6], "--max-steps", "4", "--output-dir", str(out), *LORA, "--resume"])
 
 
-def test_full_run_from_an_adapter_merges_it(tmp_path):
-    """Without a lora: block, a run started from an adapter (e.g. swift JRL from a LoRA-DRL run, full
-    fine-tuning) trains the merged model and writes full checkpoints."""
+def test_runs_started_from_an_adapter(tmp_path):
+    """Swift JRL from a LoRA-DRL run: with the lora flags the run continues that adapter (at a learning rate
+    of 1e-30 its first checkpoint holds exactly the starting adapter; a fresh one would have B = 0); without
+    them the adapter is merged and every weight trains (full checkpoints)."""
     from train import main
 
     lora_run = tmp_path / "lora"
-    main(["--mode", "drl", "--config", TINY, "--max-steps", "1", "--output-dir", str(lora_run), *LORA])
+    main(["--mode", "drl", "--config", TINY, "--max-steps", "2", "--output-dir", str(lora_run), *LORA])
+    start = _adapter(lora_run / "ckpt-2")
+    assert any(v.abs().sum() > 0 for k, v in start.items() if ".lora_B." in k)
+    swift = main(["--mode", "jrl", "--config", TINY, "--max-steps", "1", "--output-dir", str(tmp_path / "swift"),
+                  "--model", str(lora_run), *LORA, "--set", "learning_rate=1e-30"])
+    got = _adapter(swift)
+    assert got.keys() == start.keys() and all(torch.equal(got[k], start[k]) for k in got)
+    with pytest.raises(ConfigError, match="other LoRA settings"):
+        main(["--mode", "jrl", "--config", TINY, "--max-steps", "1", "--output-dir", str(tmp_path / "bad"),
+              "--model", str(lora_run), "--lora-rank", "4", "--lora-alpha", "4"])
     final = main(["--mode", "drl", "--config", TINY, "--max-steps", "1", "--output-dir", str(tmp_path / "full"),
                   "--model", str(lora_run)])
     assert (final / "model.safetensors").is_file() and not is_adapter_dir(final)
