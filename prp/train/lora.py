@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from prp.core.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INSTALL_HINT, read_adapter_config
+from prp.core.adapters import ADAPTER_WEIGHTS, INSTALL_HINT, read_adapter_config
 from prp.train.config import ConfigError, TrainConfig
 
 VISION_SCOPE = ".visual."  # Qwen2.5-VL: model.visual.* is the vision tower (blocks and merger)
@@ -100,8 +100,7 @@ def save(wrapped, folder: Path, full_state_dict: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     save_file(adapter_state_dict(wrapped, full_state_dict), str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    wrapped.peft_config["default"].save_pretrained(str(folder))
-    assert (folder / ADAPTER_CONFIG).is_file()
+    wrapped.peft_config["default"].save_pretrained(str(folder))  # adapter_config.json
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
