@@ -306,6 +306,8 @@ def test_model_path_may_be_a_run_folder(tmp_path):
         (tmp_path / "grpo" / f"ckpt-{step}").mkdir(parents=True)
     (tmp_path / "grpo" / "ckpt-12.tmp").mkdir()  # a killed save: never picked
     assert resolve_model(str(tmp_path / "grpo")) == str(tmp_path / "grpo" / "ckpt-10")
+    (tmp_path / "grpo" / "config.json").write_text("{}")  # every run writes its resolved training config there
+    assert resolve_model(str(tmp_path / "grpo")) == str(tmp_path / "grpo" / "ckpt-10")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path / "hf")) == str(tmp_path / "hf")

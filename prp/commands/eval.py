@@ -135,6 +135,8 @@ def cache_settings(args) -> dict:
     from prp.eval.settings import model_identity
 
     models = {k: model_identity(getattr(args, k)) for k in ("draft", "target", "p1_model", "sft_cn")}
+    if getattr(args, "base_model", None):  # the base under a LoRA adapter --draft
+        models["base_model"] = model_identity(args.base_model)
     flags = {k: getattr(args, k) for k in ("bench", "target_model", "dtype", "mode", "rule", "tau", "ipr", "rating",
                                            "max_prefix_tokens", "max_new_tokens")}
     if "://" in str(args.draft):  # a served draft: its name too (recorded only then: older caches still resume)

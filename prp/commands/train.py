@@ -5,6 +5,7 @@
     deepspeed --num_gpus 7 train.py --config configs/drl.yaml        # the paper's run (ZeRO-3)
     python train.py --mode drl --config configs/tiny.yaml --max-steps 2 --output-dir runs/tiny-drl
     python train.py --config configs/drl.yaml --resume               # continue from the latest complete checkpoint
+    python train.py --config configs/drl.yaml --lora-rank 16         # train a LoRA adapter only (App. D)
 
 Modes:
   grpo      format + accuracy rewards only (Eq. 1-2), plain target-style prompt
@@ -138,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume-weights-only", action="store_true",
                     help="--resume from a checkpoint without its training state: weights, step and schedule, "
                          "fresh optimizer")
+    lo = ap.add_argument_group("LoRA (App. D: train an adapter, not every weight; config: a lora: block)")
+    lo.add_argument("--lora-rank", type=int, help="adapter rank r (0: full fine-tuning; default 0, or the config's)")
+    lo.add_argument("--lora-alpha", type=float, help="scale alpha: the update is (alpha / r) B A (default 32)")
+    lo.add_argument("--lora-dropout", type=float, help="dropout on the adapter's input (default 0)")
+    lo.add_argument("--lora-target-modules", help="comma-separated module names in the language model "
+                    "(default q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)")
+    lo.add_argument("--lora-vision", action="store_true", help="also adapt the vision tower (frozen by default)")
     ap.add_argument("--deepspeed", action="store_true", help="use DeepSpeed (implied under the deepspeed launcher)")
     ap.add_argument("--deepspeed-config", help="DeepSpeed JSON (default configs/ds_zero3.json)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
@@ -167,8 +175,10 @@ def main(argv: list[str] | None = None):
     overrides.update(parse_set(args.set))
     if args.resume_weights_only:
         overrides["resume_weights_only"] = True
+    if args.lora_vision:
+        overrides["lora_vision"] = True
     for key in ("output_dir", "max_steps", "model", "train_data", "acc_tgt_cache", "target_model",
-                "deepspeed_config", "report_to"):
+                "deepspeed_config", "report_to", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value

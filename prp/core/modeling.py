@@ -18,6 +18,14 @@ from transformers import (
     Qwen2_5_VLProcessor,
 )
 
+from prp.core.adapters import (
+    adapter_base,
+    attach_adapter,
+    check_adapter_dir,
+    has_processor,
+    is_adapter_dir,
+    merge_adapter,
+)
 from prp.core.cli import UserError
 
 
@@ -105,7 +113,8 @@ def model_positions(model) -> int | None:
 
 
 def check_model_dir(path: str | Path) -> None:
-    """A UserError naming the fix unless `path` is a model folder (config.json + *.safetensors).
+    """A UserError naming the fix unless `path` is a model folder (config.json + *.safetensors) or a LoRA
+    adapter folder (adapter_config.json + adapter_model.safetensors, prp.core.adapters).
 
     A path that does not exist and reads as a hub id ("Qwen/Qwen2.5-VL-7B-Instruct", its first part
     not a local folder) is left to from_pretrained.  A training output folder gets its latest
@@ -113,6 +122,9 @@ def check_model_dir(path: str | Path) -> None:
     """
     p = Path(path)
     fix = "give a folder saved by save_pretrained (config.json + *.safetensors), e.g. a train.py checkpoint"
+    if is_adapter_dir(p):  # a LoRA adapter: its base is checked when it is loaded
+        check_adapter_dir(p)
+        return
     if not p.exists():
         if _HUB_ID.match(str(path)) and not Path(p.parts[0]).is_dir():
             return
@@ -135,9 +147,30 @@ def load_model(
     device: torch.device | str | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    base_model: str | Path | None = None,
+    merge: bool = False,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """(model in eval mode, processor) from an HF dir.  safetensors only: no pickle loading."""
+    """(model in eval mode, processor) from an HF dir.  safetensors only: no pickle loading.
+
+    A LoRA adapter folder loads its base model (`base_model`, else the one its adapter_config.json names)
+    with the adapter around its layers, not merged unless `merge` (prp.core.adapters); the processor is the
+    adapter folder's when it has one (train.py saves it: sft-cn's added tokens), else the base's.
+    """
     check_model_dir(path)
+    if base_model and not is_adapter_dir(path):
+        raise UserError(f"a base model ({base_model}) was given for {path}, which is a model folder, not a LoRA "
+                        "adapter (adapter_config.json); drop --base-model")
+    if is_adapter_dir(path):
+        base = adapter_base(path, base_model)
+        if is_adapter_dir(base):
+            raise UserError(f"the base model of {path} is itself an adapter ({base}); export it first "
+                            "(python -m prp.commands.export) and pass --base-model DIR")
+        model, processor = load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                      attn_implementation=attn_implementation)
+        model = merge_adapter(model, path) if merge else attach_adapter(model, path).base_model.model
+        if has_processor(path):
+            processor = load_processor(path, trust_remote_code=trust_remote_code)
+        return model.eval(), processor
     attn = attn_implementation or pick_attn_implementation(device)
     kwargs: dict = {"use_safetensors": True, "trust_remote_code": trust_remote_code, "attn_implementation": attn}
     if dtype is not None:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json")
+from prp.core.adapters import adapter_base, is_adapter_dir
+from prp.core.cli import UserError
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "config.json", "adapter_config.json")
 
 
 def model_identity(spec: str | None) -> dict | str | None:
@@ -27,7 +30,13 @@ def model_identity(spec: str | None) -> dict | str | None:
     root = Path(spec).resolve()
     files = sorted({p for pattern in WEIGHT_PATTERNS for p in root.glob(pattern) if p.is_file()})
     stats = {p.name: p.stat() for p in files}  # one stat per file
-    return {"path": str(root), "files": {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}}
+    identity = {"path": str(root), "files": {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}}
+    if is_adapter_dir(root):  # a LoRA adapter: the base it names is part of what wrote the rows
+        try:
+            identity["base"] = model_identity(adapter_base(root))
+        except UserError:  # no base named: --base-model must be given, and is recorded beside
+            identity["base"] = None
+    return identity
 
 
 def settings_path(cache: str | Path) -> Path:

@@ -45,8 +45,12 @@ ENGINE_KINDS = ("eager", "compiled", "static")
 def add_router_arguments(ap, *, title: str = "models") -> None:
     """The flags route.py and eval.py share: models, the evaluation stage (Sec. 4.2-4.3), a remote target."""
     io = ap.add_argument_group(title)
-    io.add_argument("--draft", help="draft (router): a local model dir trained with DRL or JRL, or an http(s) base URL "
-                                    "of an OpenAI-compatible server with logprobs and continuation (docs/deploy.md)")
+    io.add_argument("--draft", help="draft (router): a local model dir trained with DRL or JRL, a LoRA adapter folder, "
+                                    "or an http(s) base URL of an OpenAI-compatible server with logprobs and "
+                                    "continuation (docs/deploy.md)")
+    io.add_argument("--base-model", default=None,
+                    help="base model of a --draft that is a LoRA adapter folder (default: the one its "
+                         "adapter_config.json names); the adapter runs unmerged")
     io.add_argument("--target", help="target: a local HF model dir, or an http(s) base URL (OpenAI-compatible)")
     io.add_argument("--target-model", default=None, help="model name sent to a remote target")
     io.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env var holding the API key")
@@ -144,7 +148,7 @@ def build_router(args) -> Router:
 
         draft, processor = load_remote_draft(args, cfg)
     else:
-        draft, processor = load_model(args.draft, device=device, dtype=args.dtype)
+        draft, processor = load_model(args.draft, device=device, dtype=args.dtype, base_model=args.base_model)
     retry = RetryPolicy(tries=args.tries, timeout_s=args.timeout, backoff_s=args.backoff)
     target = load_target(args.target, device=device, dtype=args.dtype, max_new_tokens=max_new, retry=retry,
                          remote_model=args.target_model, api_key_env=args.api_key_env, concurrency=args.concurrency)

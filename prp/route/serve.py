@@ -69,7 +69,9 @@ def serve_router(router, policy, args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="OpenAI-compatible chat completions for a local HF model.")
-    ap.add_argument("--model", help="HF model dir (required unless --canned)")
+    ap.add_argument("--model", help="HF model dir or LoRA adapter folder (required unless --canned)")
+    ap.add_argument("--base-model", help="base model of a --model that is a LoRA adapter folder (default: the one "
+                    "its adapter_config.json names); the adapter runs unmerged")
     ap.add_argument("--name", help="model name reported in responses (default: the dir name)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=port_number, default=8001, help="0 = any free port (printed)")
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("TEST-ONLY fault injection on: %s", faults)
     limits = limits_from_args(args, max_tokens=args.max_new_tokens)
     backend = ModelBackend(args.model, limits, name=args.name, canned=args.canned, faults=faults,
-                           engine=args.engine)
+                           engine=args.engine, base_model=args.base_model)
     _run(backend, limits, host=args.host, port=args.port, api_key=_api_key(args.api_key_env))
 
 

@@ -2,6 +2,7 @@
 
     <output_dir>/ckpt-<step>/
         config.json, model.safetensors, generation_config.json   (save_pretrained: loads with from_pretrained)
+          or, training a LoRA adapter: adapter_config.json, adapter_model.safetensors (prp.train.lora)
         tokenizer + processor files
         training_state.pt    optimizer, scheduler (plain torch runs)
         ds/                  DeepSpeed engine checkpoint (ZeRO-3 runs: partitioned optimizer state)
@@ -47,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prp.core.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from prp.core.jsonl import read_json_file
 from prp.train.integrity import (  # re-exported: the trainer and the tests import them from here
     CKPT_RE,
@@ -281,6 +283,14 @@ class ResumePoint:
 def _check_weights(ckpt: Path) -> None:
     from safetensors import SafetensorError, safe_open
 
+    if (ckpt / ADAPTER_CONFIG).is_file():  # a LoRA run's checkpoint: the adapter only
+        try:
+            json.loads((ckpt / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+            with safe_open(str(ckpt / ADAPTER_WEIGHTS), framework="pt"):
+                pass
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise DamagedCheckpoint(f"{ckpt}: unreadable adapter ({exc})") from exc
+        return
     if not (ckpt / "config.json").is_file():
         raise DamagedCheckpoint(f"{ckpt}: no config.json")
     shards = sorted(ckpt.glob("*.safetensors"))

@@ -98,6 +98,15 @@ class TrainConfig:
     sigma: float = 0.05  # ... and std(d) < sigma
     overlong_cache_length: int = 0  # DAPO soft over-length buffer; 0 = off
 
+    # ---- LoRA (App. D: "train a lightweight LoRA on the draft model"); YAML: a `lora:` block, e.g.
+    # `lora: {rank: 16, alpha: 32}` (its keys are these fields without `lora_`); lora_rank 0 = every weight trains
+    lora_rank: int = 0
+    lora_alpha: float = 32.0  # the update is (alpha / rank) * B A
+    lora_dropout: float = 0.0
+    # module names adapted in the language model (Qwen2.5-VL's attention and MLP projections)
+    lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    lora_vision: bool = False  # also adapt the vision tower's modules of those names (frozen by default)
+
     # ---- SFT warm start
     sft_rating: str = "none"  # none | drl | jrl: prefix the trace with a rating (and use that prompt); mixed: all three
     sft_rating_value: float = 0.5  # the rating written when the record carries none; < 0: uniform random
@@ -118,6 +127,10 @@ class TrainConfig:
     @property
     def reporters(self) -> list[str]:
         return [x.strip() for x in self.report_to.split(",") if x.strip() and x.strip() != "none"]
+
+    @property
+    def lora_modules(self) -> list[str]:
+        return [x.strip() for x in self.lora_target_modules.split(",") if x.strip()]
 
     def validate(self) -> TrainConfig:
         if self.mode not in MODES:
@@ -144,6 +157,8 @@ class TrainConfig:
             raise ConfigError("rollout_engine must be hf or engine")
         if self.sft_cn_sampling not in ("presampled", "online"):
             raise ConfigError("sft_cn_sampling must be presampled (the paper's fixed labelled set) or online")
+        if self.lora_rank and not self.lora_modules:
+            raise ConfigError("lora_target_modules is empty; name the modules to adapt, e.g. q_proj,v_proj")
         if not self.model and self.mode != "presample":
             raise ConfigError("config needs `model`: pass --model DIR (a local Hugging Face model folder)")
         if not self.train_data:
@@ -167,7 +182,7 @@ _LOWER_BOUNDS = (
     ("presample_batch_size", 1, True), ("max_records", 0, True), ("num_threads", 0, True),
     ("overlong_cache_length", 0, True), ("alpha", 0.0, True), ("beta", 0.0, True), ("mu", 0.0, True),
     ("sigma", 0.0, True), ("target_timeout_s", 0.0, False), ("target_retries", 0, True), ("step_delay_s", 0.0, True),
-    ("max_pixels", 1, True), ("min_pixels", 1, True),
+    ("max_pixels", 1, True), ("min_pixels", 1, True), ("lora_rank", 0, True), ("lora_alpha", 0.0, False),
 )
 
 
@@ -183,7 +198,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if not math.isfinite(value) or value < low or (value == low and not inclusive):
             raise ConfigError(f"{name} must be a finite number {'>=' if inclusive else '>'} {low:g}, got {value}")
-    for name, high in (("top_p", 1.0), ("warmup_ratio", 1.0), ("adam_beta1", 1.0), ("adam_beta2", 1.0)):
+    for name, high in (("top_p", 1.0), ("warmup_ratio", 1.0), ("adam_beta1", 1.0), ("adam_beta2", 1.0),
+                       ("lora_dropout", 1.0)):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and 0.0 <= value and (value <= high if name == "top_p" else value < high)):
             raise ConfigError(f"{name} must be in [0, {high}{']' if name == 'top_p' else ')'}, got {value}")
@@ -201,7 +217,7 @@ def _coerce(name: str, value: Any) -> Any:
             value = yaml.safe_load(value)
         except RecursionError:
             raise ConfigError(f"{name}: the value is nested too deeply") from None
-    if isinstance(value, (list, tuple)) and isinstance(default, str):  # report_to: [tensorboard, wandb]
+    if isinstance(value, (list, tuple)) and isinstance(default, str):  # report_to / lora_target_modules: a list
         value = ",".join(str(v) for v in value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -221,6 +237,36 @@ def _coerce(name: str, value: Any) -> Any:
             raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
     return "" if value is None else str(value)
+
+
+BLOCKS = ("lora",)  # YAML tables whose keys are fields with this prefix: `lora: {rank: 8}` -> lora_rank: 8
+DEFAULT_LORA_RANK = 16  # `lora: true`, or a `lora:` table without `rank`
+
+
+def flatten_blocks(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`lora: {rank: 8, alpha: 16}` -> `lora_rank: 8, lora_alpha: 16` (other keys as they are); `lora: false`
+    or `lora: null` -> `lora_rank: 0` (full fine-tuning, e.g. one mode of a file whose others use LoRA);
+    `lora: true` or a table without `rank` -> rank DEFAULT_LORA_RANK.
+
+    >>> flatten_blocks({"lora": {"alpha": 8, "target_modules": ["q_proj", "v_proj"]}, "seed": 1}, "x.yaml")
+    {'seed': 1, 'lora_rank': 16, 'lora_alpha': 8, 'lora_target_modules': 'q_proj,v_proj'}
+    """
+    out = {}
+    for key, value in values.items():
+        if key not in BLOCKS:
+            out[key] = value
+        elif value is None or value is False:
+            out[f"{key}_rank"] = 0
+        elif value is True:
+            out[f"{key}_rank"] = DEFAULT_LORA_RANK
+        elif isinstance(value, dict):
+            out[f"{key}_rank"] = DEFAULT_LORA_RANK
+            for sub, v in value.items():
+                out[f"{key}_{sub}"] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+        else:
+            raise ConfigError(f"{where}: `{key}:` must be a table of values (e.g. {key}: {{rank: 16, alpha: 32}}) "
+                              "or false")
+    return out
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, dict]]:
@@ -259,9 +305,9 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str,
     base = raw.pop("extends", None)
     if base:
         values, modes = read_yaml(path.parent / base, (*_seen, path.resolve()))
-    values.update(raw)
+    values.update(flatten_blocks(raw, str(path)))
     for name, table in per_mode.items():
-        modes[name] = {**modes.get(name, {}), **(table or {})}
+        modes[name] = {**modes.get(name, {}), **flatten_blocks(table or {}, f"{path}: modes.{name}")}
     return values, modes
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prp.core.adapters import adapter_base, is_adapter_dir
 from prp.train import checkpoint as ckpt_io
+from prp.train import lora
 from prp.train.config import ConfigError, TrainConfig, dump_config
 from prp.train.dist import local_device, setup_dist
 from prp.train.logs import RunLog, progress_postfix, step_row, test_marker
@@ -100,6 +102,8 @@ class Trainer:
                               "--resume-weights-only")
         if self.d.main:
             ckpt_io.remove_stale_tmp(self.out)
+        if resume_point is not None:
+            check_resume_kind(cfg, resume_point)
         model_path = str(self.resume_from) if self.resume_from else resolve_model(cfg.model)
         policy = build_policy(cfg, model_path, d=self.d, device=local_device(), total_steps=self.total_steps)
         self.ctx = StepContext(cfg=cfg, mode=self.mode, d=self.d, policy=policy, acc_tgt=self.acc_tgt,
@@ -234,6 +238,8 @@ class Trainer:
             "seed": cfg.seed, "world": self.d.world,
             "sampler_order": epoch_order(len(self.records), seed=cfg.seed, epoch=epoch),
         }
+        if self.ctx.policy.peft is not None:  # the base under the adapter, checked on resume (check_resume_kind)
+            trainer_state["lora_base"] = lora.base_identity(self.ctx.policy.lora_base)
         try:
             save_checkpoint(self.ctx.policy, self.out, step, d=self.d, trainer_state=trainer_state,
                             keep_last=cfg.keep_last, settings=self.model_settings())
@@ -265,6 +271,26 @@ class Trainer:
         return (f"training diverged: {what} (learning_rate {self.cfg.learning_rate:g}); nothing was saved for "
                 f"this step, the last good checkpoint is {ckpt_io.latest_checkpoint(self.out) or 'none'}; "
                 "lower learning_rate (or max_grad_norm) and rerun")
+
+
+def check_resume_kind(cfg: TrainConfig, point: ckpt_io.ResumePoint) -> None:
+    """A LoRA run resumes from its adapter checkpoints over the same base model, a full run from full ones."""
+    adapter = is_adapter_dir(point.path)
+    if adapter and not cfg.lora_rank:
+        raise ConfigError(f"{point.path} is a LoRA adapter checkpoint: resume it with the lora: block it was trained "
+                          "with (its adapter_config.json), or start a full run from it with --model")
+    if not adapter and cfg.lora_rank:
+        raise ConfigError(f"{point.path} is a full-model checkpoint: resume it without the lora: block "
+                          f"(lora_rank {cfg.lora_rank}), or start a LoRA run from it with --model and a new "
+                          "--output-dir")
+    if adapter:
+        saved = point.trainer_state.get("lora_base")
+        now = lora.base_identity(adapter_base(point.path))
+        if saved is not None and saved != now:
+            raise ConfigError(
+                f"{point.path}: its base model changed since it was written ({saved['path']}, files "
+                f"{saved['files']}; now {now['path']}, {now['files']}): resuming would train another model; "
+                "restore that base model folder")
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, use_deepspeed: bool = False, recipe: str = "") -> Path | None:

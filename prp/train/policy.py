@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
+from prp.core.adapters import adapter_base, has_processor, is_adapter_dir
 from prp.core.batches import TrainBatch, completion_logprobs
 from prp.core.modeling import freeze_vision_biases
 from prp.core.prompts import CN_TOKEN, UN_TOKEN
 from prp.train import checkpoint as ckpt_io
+from prp.train import lora
 from prp.train.config import ConfigError, TrainConfig
 from prp.train.dist import Dist, ds_config_for
 from prp.train.loss import prp_loss
@@ -35,15 +37,16 @@ class NonFiniteError(ConfigError):
 def resolve_model(spec: str, *, what: str = "model") -> str:
     """A model folder from `spec`:
     - a training run's output dir (holds ckpt-N folders, e.g. `runs/grpo`) -> its latest checkpoint;
-    - a Hugging Face model folder -> itself.
+    - a Hugging Face model folder or a LoRA adapter folder (prp.core.adapters) -> itself.
     (`tiny:<size>` specs are built into folders by train.py before training starts.)
     """
     path = Path(spec)
-    if (path / "config.json").is_file():
-        return spec
+    # a run folder first: it holds a config.json too (the resolved training config, not a model's)
     latest = ckpt_io.latest_checkpoint(path)
     if latest is not None:
         return str(latest)
+    if (path / "config.json").is_file() or is_adapter_dir(path):
+        return spec
     raise ConfigError(f"{what} {spec}: not a model folder (no config.json) nor a run folder with ckpt-N "
                             f"checkpoints; pass --{what.replace('_', '-')} DIR (a local Hugging Face model folder, "
                             "or a finished run's output dir such as runs/grpo)")
@@ -75,6 +78,8 @@ class Policy:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     device: torch.device
     ds_hook: Any = None  # HfDeepSpeedConfig: must stay alive while ZeRO-3 builds / saves the model
+    peft: Any = None  # the PeftModel around `model` when LoRA trains (lora_rank > 0); checkpoints hold its adapter
+    lora_base: str | None = None  # the base model folder under the adapter
 
     @property
     def net(self) -> torch.nn.Module:
@@ -82,7 +87,10 @@ class Policy:
 
 
 def build_policy(cfg: TrainConfig, path: str, *, d: Dist, device: torch.device, total_steps: int) -> Policy:
-    from prp.core.modeling import load_model, set_pixel_bounds
+    """The policy from a model folder or a LoRA adapter folder (a LoRA run's checkpoint, or a run that starts
+    from one: e.g. the swift JRL recipe from a LoRA-DRL run).  With `lora_rank`, an adapter's weights are the
+    starting adapter; without, it is merged and every weight trains."""
+    from prp.core.modeling import load_model, load_processor, set_pixel_bounds
 
     ds_config = ds_config_for(cfg, d.world) if d.deepspeed else None
     ds_hook = None
@@ -90,16 +98,32 @@ def build_policy(cfg: TrainConfig, path: str, *, d: Dist, device: torch.device, 
         from transformers.integrations import HfDeepSpeedConfig
 
         ds_hook = HfDeepSpeedConfig(ds_config)  # alive while from_pretrained runs: builds the model partitioned
-    model, processor = load_model(path, device=None if d.deepspeed else device, dtype=torch.float32,
-                                  trust_remote_code=cfg.trust_remote_code)
+    adapter = path if is_adapter_dir(path) else None
+    if adapter is not None and not cfg.lora_rank and d.deepspeed:
+        raise ConfigError(f"{path} is a LoRA adapter: full training under DeepSpeed starts from a model folder; "
+                          f"export the merged model first (python -m prp.commands.export {path} --out DIR) and pass "
+                          "--model DIR, or train with the lora: block")
+    base = adapter_base(adapter) if adapter is not None and cfg.lora_rank else path
+    model, processor = load_model(base, device=None if d.deepspeed else device, dtype=torch.float32,
+                                  trust_remote_code=cfg.trust_remote_code, merge=True)
+    if adapter is not None and has_processor(adapter):
+        processor = load_processor(adapter, trust_remote_code=cfg.trust_remote_code)
     set_pixel_bounds(processor, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     tok = processor.tokenizer
     if get_mode(cfg.mode).step is StepKind.SFT_CN:
         tok.add_tokens([CN_TOKEN, UN_TOKEN], special_tokens=True)
         if len(tok) > model.get_input_embeddings().num_embeddings:
+            if cfg.lora_rank:  # an adapter cannot carry new embedding rows: it would no longer fit its base
+                raise ConfigError(f"sft-cn adds [CN]/[UN] beyond the embedding table of {base} "
+                                  f"({model.get_input_embeddings().num_embeddings} rows): train it without LoRA")
             model.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
     if cfg.freeze_vision_biases:
         freeze_vision_biases(model)  # requires_grad is not saved: re-applied on every load
+    wrapped = None
+    if cfg.lora_rank:  # App. D: only the adapter trains; everything below sees the same Hugging Face model
+        wrapped = lora.attach(model, cfg, base=base, adapter=adapter)
+        if d.main:
+            log.info("%s", lora.describe(model))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -118,7 +142,7 @@ def build_policy(cfg: TrainConfig, path: str, *, d: Dist, device: torch.device, 
         model = engine.module
     return Policy(model=model, engine=engine, processor=processor, tok=tok,
                   eos_id=tok.convert_tokens_to_ids(tok.eos_token), optimizer=optimizer, scheduler=scheduler,
-                  device=device, ds_hook=ds_hook)
+                  device=device, ds_hook=ds_hook, peft=wrapped, lora_base=base if wrapped is not None else None)
 
 
 def forward_backward(policy: Policy, batch: TrainBatch, weights: torch.Tensor, objective: Objective, *,
@@ -189,6 +213,7 @@ def load_training_state(policy: Policy, point: ckpt_io.ResumePoint) -> int:
 def save_checkpoint(policy: Policy, out: Path, step: int, *, d: Dist, trainer_state: dict, keep_last: int,
                     settings: dict | None = None) -> Path:
     """An atomic ckpt-<step> (prp.train.checkpoint); refuses to write weights with a NaN/inf in them.
+    A LoRA run's checkpoint holds its adapter instead of the model (prp.train.lora.save).
     `settings`: the model's prp.json (prp.core.recipe.write_settings' keywords), written beside config.json."""
     tmp = out / f"ckpt-{step}.tmp"
     if d.main:
@@ -197,7 +222,9 @@ def save_checkpoint(policy: Policy, out: Path, step: int, *, d: Dist, trainer_st
     state_dict = None
     if policy.engine is not None:
         policy.engine.save_checkpoint(str(tmp / "ds"), tag="ds")  # partitioned optimizer state, all ranks
-        state_dict = policy.engine._zero3_consolidated_16bit_state_dict()  # full weights on rank 0
+        # full weights on rank 0; a LoRA run gathers only its adapter (the frozen base never changes)
+        state_dict = policy.engine._zero3_consolidated_16bit_state_dict(
+            exclude_frozen_parameters=policy.peft is not None)
     bad = None
     if d.main:
         named = state_dict.items() if state_dict is not None else policy.model.named_parameters()
@@ -209,7 +236,10 @@ def save_checkpoint(policy: Policy, out: Path, step: int, *, d: Dist, trainer_st
             shutil.rmtree(tmp, ignore_errors=True)
         raise NonFiniteError(f"weight {bad or '(on rank 0)'} is not finite at step {step}")
     if d.main:
-        policy.model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        if policy.peft is not None:  # the adapter only (adapter_config.json + adapter_model.safetensors)
+            lora.save(policy.peft, tmp, state_dict)
+        else:
+            policy.model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         policy.processor.save_pretrained(tmp)
         if settings is not None:
             from prp.core.recipe import write_settings

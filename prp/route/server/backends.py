@@ -86,7 +86,8 @@ class ModelBackend:
     batch_size = 1
 
     def __init__(self, model_dir: str | None, limits: ServeLimits, *, name: str | None = None,
-                 canned: str | None = None, faults: dict | None = None, engine: str | None = None):
+                 canned: str | None = None, faults: dict | None = None, engine: str | None = None,
+                 base_model: str | None = None):
         self.name = name or (os.path.basename(str(model_dir).rstrip("/")) if model_dir else "canned")
         self.limits, self.canned = limits, canned
         self.faults = faults or parse_faults(None)
@@ -97,7 +98,7 @@ class ModelBackend:
             from prp.core.modeling import load_model
             from prp.route.run import apply_engine
 
-            self.model, self.processor = load_model(model_dir)
+            self.model, self.processor = load_model(model_dir, base_model=base_model)  # an adapter: unmerged
             apply_engine(engine, self.model)  # --engine; None keeps the default (compiled on CUDA, else eager)
             self.prompt_limit = limits.max_prompt_tokens or default_prompt_limit(self.model, limits.max_tokens)
 
