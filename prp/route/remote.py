@@ -24,6 +24,7 @@ import http.client
 import io
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -103,6 +104,59 @@ class _Fatal(Exception):
     """A failure that another attempt would repeat."""
 
 
+MAX_MODEL_NAME = 200  # characters of the target's `model` kept (it is shown to clients)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError("a number out of range")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
+
+
+def parse_answer(raw: bytes, default_model: str) -> tuple[str, str, int | None]:
+    """A target's response body -> (text, model, completion_tokens), every value type-checked.
+
+    The body is whatever the target sent: anything that is not strict JSON (NaN, Infinity, 1e999),
+    nests too deep for the parser (RecursionError), or holds a value of the wrong type raises
+    `_Fatal`, and the router lets the draft answer.  `model` falls back to `default_model` when it
+    is not a string; `completion_tokens` must be a non-negative integer or absent.
+
+    >>> parse_answer(b'{"choices": [{"message": {"content": "42"}}], "usage": {"completion_tokens": 1}}', "m")
+    ('42', 'm', 1)
+    >>> try:
+    ...     parse_answer(b'{"choices": [{"message": {"content": "4"}}], "usage": {"completion_tokens": NaN}}', "m")
+    ... except _Fatal as exc:
+    ...     print(exc)
+    malformed response: ValueError
+    """
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _Fatal(f"malformed response: {type(exc).__name__}") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    text = message.get("content") if isinstance(message, dict) else None
+    if text is None and isinstance(message, dict) and "content" in message:
+        text = ""  # a null content is an empty answer
+    if not isinstance(text, str):
+        raise _Fatal("malformed response: no choices[0].message.content string")
+    model = data.get("model")
+    model = model[:MAX_MODEL_NAME] if isinstance(model, str) and model else default_model
+    usage = data.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if usage is not None and not isinstance(usage, dict):
+        raise _Fatal("malformed response: usage is not an object")
+    if tokens is not None and (type(tokens) is not int or tokens < 0):
+        raise _Fatal("malformed response: usage.completion_tokens is not a non-negative integer")
+    return text, model, tokens
+
+
 class OpenAIClient:
     """POST /v1/chat/completions with retries.  Thread-safe (no shared mutable state)."""
 
@@ -137,8 +191,8 @@ class OpenAIClient:
                                                context=ssl.create_default_context())
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
-    def _post_once(self, body: bytes) -> dict:
-        """One attempt under one total deadline; raises _Retry / _Fatal."""
+    def _post_once(self, body: bytes) -> tuple[str, str, int | None]:
+        """One attempt under one total deadline: (text, model, completion tokens); raises _Retry / _Fatal."""
         deadline = time.monotonic() + self.retry.timeout_s
         conn = self._connection(self.retry.timeout_s)
         expired = threading.Event()
@@ -180,10 +234,7 @@ class OpenAIClient:
                 raise _Retry(f"TimeoutError: no complete answer within {self.retry.timeout_s:g}s")
             if resp.length:  # the connection closed before the promised Content-Length
                 raise _Retry("IncompleteRead: the connection closed mid-answer")
-            try:
-                return json.loads(b"".join(chunks).decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise _Fatal(f"malformed response: {type(exc).__name__}") from None
+            return parse_answer(b"".join(chunks), self.model)
         except (_Retry, _Fatal):
             raise
         except (http.client.HTTPException, OSError) as exc:  # refused, reset, dropped, timed out
@@ -203,23 +254,14 @@ class OpenAIClient:
         last = "no attempt made"
         for attempt in range(1, self.retry.tries + 1):
             try:
-                data = self._post_once(body)
-                text = data["choices"][0]["message"]["content"] or ""
-                if not isinstance(text, str):
-                    raise TypeError("content is not a string")
-                usage = data.get("usage") or {}
-                return RemoteAnswer(
-                    text=text, model=str(data.get("model", self.model)),
-                    completion_tokens=usage.get("completion_tokens"),
-                    latency_s=time.perf_counter() - start, attempts=attempt,
-                )
+                text, model, completion_tokens = self._post_once(body)
+                return RemoteAnswer(text=text, model=model, completion_tokens=completion_tokens,
+                                    latency_s=time.perf_counter() - start, attempts=attempt)
             except _Retry as exc:
                 last = str(exc)
             except _Fatal as exc:
                 log.warning("target %s: %s", self.url, exc)
                 raise RemoteError(f"target: {exc}") from None
-            except (KeyError, IndexError, TypeError, AttributeError) as exc:
-                raise RemoteError(f"target: malformed response ({type(exc).__name__})") from None
             if attempt < self.retry.tries:
                 wait = min(self.retry.max_backoff_s, self.retry.backoff_s * 2 ** (attempt - 1))
                 log.warning("target attempt %d/%d failed (%s); retrying in %.2fs",

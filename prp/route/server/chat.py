@@ -2,7 +2,8 @@
 
 Raises `RequestError(status, message, param)` for the one request that breaks a limit; the
 worker never sees it, so its batch neighbours are untouched.  Images are checked from their
-header (size, aspect ratio) before a pixel is decoded (prp.core.data.decode_image_bytes).
+header (size, aspect ratio) before a pixel is decoded (prp.core.data.decode_image_bytes), then
+shrunk to the processor's pixel budget (prp.route.server.images).
 """
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ from dataclasses import dataclass
 from PIL import Image
 
 from prp.core.data import ImageError, decode_image_bytes
+from prp.route.server.images import (
+    ALLOWED_IMAGE_TYPES,
+    DECODE_BYTES_PER_PIXEL,
+    KEPT_BYTES_PER_PIXEL,
+    ImageBudgetError,
+    ImageTicket,
+    declared_format,
+    shrink,
+)
 from prp.route.server.limits import ServeLimits
 from prp.route.server.schemas import ChatRequest
 
@@ -33,23 +43,49 @@ class ParsedChat:
     max_tokens: int  # 1 <= max_tokens <= limits.max_tokens (a larger request is lowered to the cap)
 
 
-def decode_data_url(url: str, limits: ServeLimits, param: str) -> Image.Image:
-    """A base64 data URL -> RGB image.  Remote URLs are refused: fetching them would let any
-    client make this server open connections anywhere (and these machines have no internet)."""
-    if not url.startswith("data:") or ";base64," not in url[:100]:
+def decode_data_url(url: str, limits: ServeLimits, param: str, *, ticket: ImageTicket | None = None,
+                    max_pixels: int | None = None) -> Image.Image:
+    """A base64 data URL -> RGB image of at most `max_pixels` (the processor's budget; aspect kept).
+
+    Remote URLs are refused: fetching them would let any client make this server open connections
+    anywhere (and these machines have no internet).  Only PNG, JPEG, WebP and GIF, decoded as the
+    format the URL declares; the decoded bytes are reserved from `ticket` before decoding
+    (prp.route.server.images)."""
+    head, sep, _ = url[:200].partition(",")
+    if not url.startswith("data:") or not sep or not head.lower().endswith(";base64"):
         raise RequestError(400, "only base64 data URLs are accepted for images", param)
+    media_type = head[len("data:"):].split(";", 1)[0]
+    fmt = declared_format(media_type)
+    if fmt is None:
+        allowed = ", ".join(sorted(ALLOWED_IMAGE_TYPES))
+        raise RequestError(400, f"unsupported image type {media_type[:40]!r} (allowed: {allowed})", param)
     try:
-        raw = base64.b64decode(url.split(";base64,", 1)[1], validate=True)
+        raw = base64.b64decode(url[len(head) + 1:], validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, "the image is not valid base64", param) from None
+
+    def reserve(image: Image.Image) -> None:  # header read and checked; no pixel decoded yet
+        if ticket is not None:
+            ticket.reserve(image.width * image.height * DECODE_BYTES_PER_PIXEL)
+
+    held_before = ticket.held if ticket is not None else 0
     try:
-        return decode_image_bytes(raw, limits=limits.image_limits())
+        image = decode_image_bytes(raw, limits=limits.image_limits(), formats=(fmt,), on_header=reserve)
     except ImageError as exc:
         # the message names the reason and the size, never a path (uploads have none)
         raise RequestError(400, f"unusable image: {exc}", param) from None
+    except ImageBudgetError as exc:
+        raise RequestError(exc.status, exc.message, param) from None
+    decoded = (ticket.held - held_before) if ticket is not None else 0
+    image = shrink(image, max_pixels)
+    if ticket is not None:  # what stays in flight is the shrunk image
+        ticket.lower(decoded, image.width * image.height * KEPT_BYTES_PER_PIXEL)
+    return image
 
 
-def parse_chat(req: ChatRequest, limits: ServeLimits) -> ParsedChat:
+def parse_chat(req: ChatRequest, limits: ServeLimits, *, ticket: ImageTicket | None = None,
+               max_pixels: int | None = None) -> ParsedChat:
+    """`req` -> processor messages and images (each shrunk to `max_pixels`, its bytes held by `ticket`)."""
     n_images = sum(1 for m in req.messages if isinstance(m.content, list)
                    for p in m.content if p.type == "image_url")
     if n_images > limits.max_images:
@@ -67,7 +103,8 @@ def parse_chat(req: ChatRequest, limits: ServeLimits) -> ParsedChat:
                 if part.type == "text":
                     parts.append({"type": "text", "text": part.text})
                 else:
-                    images.append(decode_data_url(part.image_url.url, limits, f"messages.{i}.content.{j}.image_url"))
+                    images.append(decode_data_url(part.image_url.url, limits, f"messages.{i}.content.{j}.image_url",
+                                                  ticket=ticket, max_pixels=max_pixels))
                     parts.append({"type": "image"})
         messages.append({"role": m.role, "content": parts})
         if m.role == "user":
