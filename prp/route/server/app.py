@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prp.route.server.chat import RequestError
 from prp.route.server.guards import CheckHost, CountRequests
-from prp.route.server.images import ImageBudget
+from prp.route.server.images import ImageBudget, reuse_pixel_blocks
 from prp.route.server.limits import ServeLimits, is_loopback
 from prp.route.server.schemas import ChatRequest, error_body, sse_events, strict_json, validation_message
 from prp.route.server.worker import QueueFull, Worker
@@ -148,7 +148,8 @@ def build_app(backend, worker: Worker, limits: ServeLimits, *, api_key: str | No
     if is_loopback(bind_host):
         app.add_middleware(CheckHost, extra_names=limits.allowed_hosts)
     key = api_key.encode() if api_key else None
-    images = ImageBudget(limits.max_image_bytes_in_flight)
+    images = ImageBudget(limits.image_bytes_budget())
+    reuse_pixel_blocks(images.max_bytes)
     app.state.image_budget = images
 
     def unauthorized(request: Request) -> JSONResponse | None:

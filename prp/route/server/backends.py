@@ -14,7 +14,13 @@ import threading
 import uuid
 from dataclasses import replace
 
-from prp.route.server.chat import ParsedChat, check_prompt_tokens, default_prompt_limit, parse_chat
+from prp.route.server.chat import (
+    ParsedChat,
+    check_prompt_tokens,
+    default_prompt_limit,
+    dropped_on_error,
+    parse_chat,
+)
 from prp.route.server.images import ImageTicket, processor_max_pixels
 from prp.route.server.limits import ServeLimits
 from prp.route.server.schemas import ChatRequest, completion_body
@@ -50,7 +56,8 @@ class RouterBackend:
         from prp.route.router import Query
 
         parsed: ParsedChat = parse_chat(req, self.limits, ticket=ticket, max_pixels=self.max_pixels)
-        check_prompt_tokens(parsed, self.router.processor, self.prompt_limit)
+        with dropped_on_error(parsed.images):
+            check_prompt_tokens(parsed, self.router.processor, self.prompt_limit)
         return Query(id=uuid.uuid4().hex, question=parsed.question, image=parsed.images[0] if parsed.images else None,
                      max_new_tokens=parsed.max_tokens)
 
@@ -118,7 +125,8 @@ class ModelBackend:
     def prepare(self, req: ChatRequest, ticket: ImageTicket | None = None) -> ParsedChat:
         parsed = parse_chat(req, self.limits, ticket=ticket, max_pixels=self.max_pixels)
         if self.processor is not None:
-            check_prompt_tokens(parsed, self.processor, self.prompt_limit)
+            with dropped_on_error(parsed.images):
+                check_prompt_tokens(parsed, self.processor, self.prompt_limit)
         return parsed
 
     def process(self, items: list[ParsedChat]) -> list[dict]:

@@ -33,10 +33,22 @@ class ServeLimits:
     keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
     limit_concurrency: int = 512  # requests being served (not sockets; /health exempt); 503 above
     backlog: int = 2048  # the listen queue (the stdlib server's 5 reset parallel clients)
-    # decoded images in flight (decoding, then the shrunk images until answered); 503 above.  The
-    # default takes two full-size (4096 x 4096) decodes at once, or ~60 of 1024 x 768
-    max_image_bytes_in_flight: int = 256 * 1024 * 1024
+    # decoded images in flight (decoding, then the shrunk images until answered); 503 above.
+    # None: image_bytes_budget()'s default
+    max_image_bytes_in_flight: int | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides localhost / 127.0.0.1 / [::1] (loopback binds)
+
+    def image_bytes_budget(self) -> int:
+        """`max_image_bytes_in_flight`, by default 256 MiB (two full-size 4096 x 4096 decodes at once,
+        or ~40 of 1024 x 768) or, if more, what one request of `max_images` full-size images needs
+        (each kept at 4 bytes a pixel, plus one decode's 8): a request must always fit when alone.
+
+        >>> ServeLimits().image_bytes_budget() // 2**20, ServeLimits(max_images=4).image_bytes_budget() // 2**20
+        (256, 320)
+        """
+        if self.max_image_bytes_in_flight is not None:
+            return self.max_image_bytes_in_flight
+        return max(256 * 1024 * 1024, self.max_image_pixels * (4 * self.max_images + 4))
 
     def image_limits(self) -> ImageLimits:
         # the encoded image can never be larger than the body that carried it (base64: 4/3)
@@ -70,8 +82,9 @@ def add_limit_arguments(ap: argparse.ArgumentParser, *, max_images: int = 1) -> 
     g.add_argument("--limit-concurrency", type=positive_int, default=d.limit_concurrency,
                    help="requests being served, not open sockets (503 above; /health is always answered)")
     g.add_argument("--backlog", type=positive_int, default=d.backlog, help="listen backlog")
-    g.add_argument("--max-image-bytes-in-flight", type=positive_int, default=d.max_image_bytes_in_flight,
-                   help="bytes of decoded images in flight, server-wide (503 above)")
+    g.add_argument("--max-image-bytes-in-flight", type=positive_int, default=None,
+                   help="bytes of decoded images in flight, server-wide (503 above; default 256 MiB, or what one "
+                        "request of --max-images full-size images needs if more)")
     g.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a Host name to accept besides localhost, 127.0.0.1 and [::1] when bound to loopback "
                         "(repeatable; the DNS-rebinding guard)")
