@@ -13,7 +13,6 @@ from PIL import Image
 from serve_fixtures import post, start, stop
 
 from prp.route.server.chat import RequestError, decode_data_url, parse_chat
-from prp.route.server.images import ImageBudget, processor_max_pixels
 from prp.route.server.limits import ServeLimits
 from prp.route.server.schemas import ChatRequest
 
@@ -79,6 +78,7 @@ def _request(*images: bytes) -> ChatRequest:
 
 def test_images_are_shrunk_to_the_processor_budget_right_after_decoding():
     from prp.core.modeling import load_processor
+    from prp.route.server.images import ImageBudget, processor_max_pixels
 
     max_pixels = processor_max_pixels(load_processor(ROOT_DEMO_DRAFT))
     assert max_pixels == 50176  # the demo processor's size.longest_edge (224 x 224)
@@ -96,6 +96,8 @@ def test_images_are_shrunk_to_the_processor_budget_right_after_decoding():
 
 
 def test_decoded_bytes_in_flight_are_capped():
+    from prp.route.server.images import ImageBudget
+
     full = 4096 * 4096 * 8  # decoding a 4096 x 4096 image: 4 bytes a pixel, and its RGB copy
     budget = ImageBudget(full + 1000)
     first = budget.ticket()
@@ -112,9 +114,10 @@ def test_decoded_bytes_in_flight_are_capped():
 
 
 def _peak_rss_bytes(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM")
 
 
@@ -132,7 +135,7 @@ def test_big_images_do_not_take_gigabytes():
 
         def one(_):
             for _ in range(40):  # a client that honours Retry-After, bounded
-                status, out, _ = post(server, raw, timeout=120)
+                status, _, _ = post(server, raw, timeout=120)
                 if status != 503:
                     return status
                 time.sleep(0.25)
