@@ -99,18 +99,39 @@ def test_decoded_bytes_in_flight_are_capped():
     from prp.route.server.images import ImageBudget
 
     full = 4096 * 4096 * 8  # decoding a 4096 x 4096 image: 4 bytes a pixel, and its RGB copy
-    budget = ImageBudget(full + 1000)
+    budget = ImageBudget(full * 4 // 3 + 1000)  # big images may fill 3/4 of it: one full decode
     first = budget.ticket()
     parse_chat(_request(solid_png()), ServeLimits(), ticket=first)  # no shrink: kept at 4 bytes a pixel
     assert budget.used == 4096 * 4096 * 4
     with pytest.raises(RequestError) as exc:  # does not fit now: 503 (the client may retry)
         parse_chat(_request(solid_png()), ServeLimits(), ticket=budget.ticket())
     assert exc.value.status == 503 and "in flight" in exc.value.message
+    small = budget.ticket()  # an ordinary image still fits: big ones may fill only 3/4 of the budget
+    assert parse_chat(_request(solid_png((640, 480))), ServeLimits(), ticket=small).images[0].size == (640, 480)
+    small.release()
     first.release()
     assert budget.used == 0
     with pytest.raises(RequestError) as exc:  # could never fit: 400 naming the flag
-        parse_chat(_request(solid_png()), ServeLimits(), ticket=ImageBudget(full - 1).ticket())
+        parse_chat(_request(solid_png()), ServeLimits(), ticket=ImageBudget(full).ticket())
     assert exc.value.status == 400 and "--max-image-bytes-in-flight" in exc.value.message
+
+
+def test_a_request_fits_alone_and_reserves_all_or_nothing():
+    """Image by image, 8 clients of 4 full-size images each held part of the budget and refused one
+    another on every retry; now a request reserves all its images at once or nothing."""
+    from prp.route.server.images import ImageBudget
+
+    limits = ServeLimits(max_images=4)
+    budget = ImageBudget(limits.image_bytes_budget())
+    first = budget.ticket()
+    parse_chat(_request(*[solid_png()] * 4), limits, ticket=first)  # alone, it fits (kept at full size)
+    assert budget.used == first.held == 4 * 4096 * 4096 * 4
+    second = budget.ticket()
+    with pytest.raises(RequestError) as exc:
+        parse_chat(_request(*[solid_png()] * 4), limits, ticket=second)
+    assert exc.value.status == 503 and second.held == 0 and budget.used == first.held
+    first.release()
+    assert budget.used == 0
 
 
 def _peak_rss_bytes(pid: int) -> int:
@@ -124,7 +145,7 @@ def _peak_rss_bytes(pid: int) -> int:
 @pytest.mark.slow
 def test_big_images_do_not_take_gigabytes():
     """8 clients x 4 solid 4096 x 4096 PNGs (78 KB each on the wire) took `prp.serve` from 0.4 to 3.4 GB;
-    now the decoded bytes in flight are capped (320 MiB by default with --max-images 4) and refused requests
+    now the decoded bytes in flight are capped (426 MiB by default with --max-images 4) and refused requests
     leave no decoded image behind (measured: ~600 MiB of growth, budget and heap overhead)."""
     proc, server = start(["-m", "prp.serve", "--canned", "ok", "--port", "0", "--max-images", "4"])
     try:
@@ -145,6 +166,6 @@ def test_big_images_do_not_take_gigabytes():
             statuses = list(pool.map(one, range(8)))
         grown = _peak_rss_bytes(proc.pid) - before
         assert statuses.count(200) >= 1 and set(statuses) <= {200, 503}, statuses
-        assert grown < 1024 * 2**20, f"peak RSS grew by {grown / 2**20:.0f} MiB"  # 320 MiB budget + heap overhead
+        assert grown < 1024 * 2**20, f"peak RSS grew by {grown / 2**20:.0f} MiB"  # the budget + heap overhead
     finally:
         stop(proc)

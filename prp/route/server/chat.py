@@ -44,14 +44,26 @@ class ParsedChat:
     max_tokens: int  # 1 <= max_tokens <= limits.max_tokens (a larger request is lowered to the cap)
 
 
-def decode_data_url(url: str, limits: ServeLimits, param: str, *, ticket: ImageTicket | None = None,
-                    max_pixels: int | None = None) -> Image.Image:
-    """A base64 data URL -> RGB image of at most `max_pixels` (the processor's budget; aspect kept).
+@dataclass
+class Upload:
+    """An uploaded image whose header has been read and checked; no pixel decoded yet."""
+
+    raw: bytes
+    fmt: str  # the Pillow format its data URL declares (and the only one it is decoded as)
+    size: tuple[int, int]
+    param: str  # where it is in the request (for error messages)
+
+
+class _HeaderRead(Exception):
+    pass
+
+
+def read_data_url(url: str, limits: ServeLimits, param: str) -> Upload:
+    """A base64 data URL -> its bytes and size, checked from the header (pixels, aspect ratio).
 
     Remote URLs are refused: fetching them would let any client make this server open connections
-    anywhere (and these machines have no internet).  Only PNG, JPEG, WebP and GIF, decoded as the
-    format the URL declares; the decoded bytes are reserved from `ticket` before decoding
-    (prp.route.server.images)."""
+    anywhere (and these machines have no internet).  Only PNG, JPEG, WebP and GIF, read as the
+    format the URL declares (prp.route.server.images)."""
     head, sep, _ = url[:200].partition(",")
     if not url.startswith("data:") or not sep or not head.lower().endswith(";base64"):
         raise RequestError(400, "only base64 data URLs are accepted for images", param)
@@ -64,24 +76,55 @@ def decode_data_url(url: str, limits: ServeLimits, param: str, *, ticket: ImageT
         raw = base64.b64decode(url[len(head) + 1:], validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, "the image is not valid base64", param) from None
+    size: list[tuple[int, int]] = []
 
-    def reserve(image: Image.Image) -> None:  # header read and checked; no pixel decoded yet
-        if ticket is not None:
-            ticket.reserve(image.width * image.height * DECODE_BYTES_PER_PIXEL)
+    def stop(image: Image.Image) -> None:  # the header passed the limits: stop before decoding
+        size.append(image.size)
+        raise _HeaderRead
 
-    held_before = ticket.held if ticket is not None else 0
     try:
-        image = decode_image_bytes(raw, limits=limits.image_limits(), formats=(fmt,), on_header=reserve)
+        decode_image_bytes(raw, limits=limits.image_limits(), formats=(fmt,), on_header=stop)
+    except _HeaderRead:
+        pass
     except ImageError as exc:
         # the message names the reason and the size, never a path (uploads have none)
         raise RequestError(400, f"unusable image: {exc}", param) from None
-    except ImageBudgetError as exc:
-        raise RequestError(exc.status, exc.message, param) from None
-    decoded = (ticket.held - held_before) if ticket is not None else 0
-    image = shrink(image, max_pixels)
-    if ticket is not None:  # what stays in flight is the shrunk image
-        ticket.lower(decoded, image.width * image.height * KEPT_BYTES_PER_PIXEL)
-    return image
+    return Upload(raw=raw, fmt=fmt, size=size[0], param=param)
+
+
+def decode_images(uploads: list[Upload], limits: ServeLimits, *, ticket: ImageTicket | None = None,
+                  max_pixels: int | None = None) -> list[Image.Image]:
+    """A request's images, decoded and each shrunk to `max_pixels` (the processor's budget; aspect kept).
+
+    The bytes they take are reserved from `ticket` at once, before any is decoded (every image kept,
+    plus the largest one's decoding): all or nothing.  Reserving image by image let 8 clients of 4
+    images each hold part of the budget and refuse one another on every retry."""
+    pixels = [w * h for w, h in (up.size for up in uploads)]
+    need = (sum(p * KEPT_BYTES_PER_PIXEL for p in pixels)
+            + max((p * (DECODE_BYTES_PER_PIXEL - KEPT_BYTES_PER_PIXEL) for p in pixels), default=0))
+    if ticket is not None and need:
+        try:
+            ticket.reserve(need)
+        except ImageBudgetError as exc:
+            raise RequestError(exc.status, exc.message, uploads[0].param) from None
+    images: list[Image.Image] = []
+    with dropped_on_error(images):
+        for up in uploads:
+            try:
+                image = decode_image_bytes(up.raw, limits=limits.image_limits(), formats=(up.fmt,))
+            except ImageError as exc:
+                raise RequestError(400, f"unusable image: {exc}", up.param) from None
+            images.append(shrink(image, max_pixels))
+            del image  # the full-size decode is freed before the next one starts
+    if ticket is not None and need:  # what stays in flight is the shrunk images
+        ticket.lower(need, sum(im.width * im.height * KEPT_BYTES_PER_PIXEL for im in images))
+    return images
+
+
+def decode_data_url(url: str, limits: ServeLimits, param: str, *, ticket: ImageTicket | None = None,
+                    max_pixels: int | None = None) -> Image.Image:
+    """One data URL -> RGB image (read_data_url, then decode_images)."""
+    return decode_images([read_data_url(url, limits, param)], limits, ticket=ticket, max_pixels=max_pixels)[0]
 
 
 @contextlib.contextmanager
@@ -107,24 +150,22 @@ def parse_chat(req: ChatRequest, limits: ServeLimits, *, ticket: ImageTicket | N
     # above the server's cap, max_tokens is lowered to it (as OpenAI-style servers do for their
     # context): clients and SDKs often send large defaults, and the cap already bounds the work
     wanted = req.requested_tokens()
-    messages, images, question = [], [], ""
-    with dropped_on_error(images):
-        for i, m in enumerate(req.messages):
-            if isinstance(m.content, str):
-                parts = [{"type": "text", "text": m.content}]
-            else:
-                parts = []
-                for j, part in enumerate(m.content):
-                    if part.type == "text":
-                        parts.append({"type": "text", "text": part.text})
-                    else:
-                        param = f"messages.{i}.content.{j}.image_url"
-                        images.append(decode_data_url(part.image_url.url, limits, param, ticket=ticket,
-                                                      max_pixels=max_pixels))
-                        parts.append({"type": "image"})
-            messages.append({"role": m.role, "content": parts})
-            if m.role == "user":
-                question = "\n".join(p["text"] for p in parts if p["type"] == "text")
+    messages, uploads, question = [], [], ""
+    for i, m in enumerate(req.messages):
+        if isinstance(m.content, str):
+            parts = [{"type": "text", "text": m.content}]
+        else:
+            parts = []
+            for j, part in enumerate(m.content):
+                if part.type == "text":
+                    parts.append({"type": "text", "text": part.text})
+                else:  # every image's header is checked before any image is decoded
+                    uploads.append(read_data_url(part.image_url.url, limits, f"messages.{i}.content.{j}.image_url"))
+                    parts.append({"type": "image"})
+        messages.append({"role": m.role, "content": parts})
+        if m.role == "user":
+            question = "\n".join(p["text"] for p in parts if p["type"] == "text")
+    images = decode_images(uploads, limits, ticket=ticket, max_pixels=max_pixels)
     return ParsedChat(messages=messages, images=images, question=question,
                       max_tokens=min(wanted or limits.max_tokens, limits.max_tokens))
 

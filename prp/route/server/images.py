@@ -9,7 +9,8 @@ as much again.  So:
   Ghostscript) and none of them is needed to ask a question about a chart;
 - the bytes the decoding will take (width x height x 8, read from the header) are reserved from one
   server-wide budget (`--max-image-bytes-in-flight`) before a pixel is decoded; a request that does
-  not fit now gets 503 + Retry-After, one that could never fit gets 400;
+  not fit now gets 503 + Retry-After, one that could never fit gets 400; images over 1/32 of the
+  budget may fill only 3/4 of it, so big images never refuse ordinary ones;
 - right after decoding, the image is shrunk (aspect ratio kept) to the processor's own pixel budget
   (`max_pixels`; the processor would shrink it to that anyway), and the reservation shrinks with it:
   what waits in the queue is the small image, and it stays counted until the request is answered.
@@ -28,6 +29,8 @@ ALLOWED_IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "J
 # pixel) plus its RGB copy (`convert`), 4 + 4 bytes a pixel
 DECODE_BYTES_PER_PIXEL = 8
 KEPT_BYTES_PER_PIXEL = 4  # the RGB image that waits in the queue
+SMALL_SHARE = 1 / 32  # an image needing at most this share of the budget is "small" (8 MiB of 256: ~1 Mpx)
+BIG_SHARE = 3 / 4  # the share of the budget bigger images may fill
 
 
 class ImageBudgetError(Exception):
@@ -55,11 +58,14 @@ class ImageBudget:
         return ImageTicket(self)
 
     def _take(self, n: int) -> None:
-        if n > self.max_bytes:
-            raise ImageBudgetError(400, f"the image needs ~{n} bytes decoded > the limit of {self.max_bytes} "
-                                        "(--max-image-bytes-in-flight)")
+        if n > self.max_bytes * BIG_SHARE:
+            raise ImageBudgetError(400, f"the image needs ~{n} bytes decoded > {BIG_SHARE:g} of the limit of "
+                                        f"{self.max_bytes} (--max-image-bytes-in-flight)")
+        # a big image may fill the budget only up to BIG_SHARE: the rest is kept for ordinary images,
+        # so clients sending 4096 x 4096 images cannot make everyone else's 503
+        ceiling = self.max_bytes if n <= self.max_bytes * SMALL_SHARE else self.max_bytes * BIG_SHARE
         with self._lock:
-            if self._used + n > self.max_bytes:
+            if self._used + n > ceiling:
                 raise ImageBudgetError(503, "server busy decoding images: "
                                             f"{self._used} of {self.max_bytes} bytes in flight")
             self._used += n

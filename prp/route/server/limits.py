@@ -39,16 +39,17 @@ class ServeLimits:
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides localhost / 127.0.0.1 / [::1] (loopback binds)
 
     def image_bytes_budget(self) -> int:
-        """`max_image_bytes_in_flight`, by default 256 MiB (two full-size 4096 x 4096 decodes at once,
-        or ~40 of 1024 x 768) or, if more, what one request of `max_images` full-size images needs
-        (each kept at 4 bytes a pixel, plus one decode's 8): a request must always fit when alone.
+        """`max_image_bytes_in_flight`, by default 256 MiB (one full-size 4096 x 4096 decode at once, or
+        ~40 of 1024 x 768) or, if more, what one request of `max_images` full-size images needs (each
+        kept at 4 bytes a pixel, plus one decode's 8) within the 3/4 big images may fill: a request
+        must always fit when alone.
 
         >>> ServeLimits().image_bytes_budget() // 2**20, ServeLimits(max_images=4).image_bytes_budget() // 2**20
-        (256, 320)
+        (256, 426)
         """
         if self.max_image_bytes_in_flight is not None:
             return self.max_image_bytes_in_flight
-        return max(256 * 1024 * 1024, self.max_image_pixels * (4 * self.max_images + 4))
+        return max(256 * 1024 * 1024, -(-self.max_image_pixels * (4 * self.max_images + 4) * 4 // 3))  # ceil
 
     def image_limits(self) -> ImageLimits:
         # the encoded image can never be larger than the body that carried it (base64: 4/3)
