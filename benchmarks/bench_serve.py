@@ -343,11 +343,13 @@ def scenario_idle(url: str, proc, args) -> dict:
 def scenario_hostile(url: str, proc, args, bodies: list[bytes]) -> dict:
     stop = threading.Event()
     big_body = [big_image_body()]
-    with PeakRSS(proc and proc.pid) as mem, IdleSockets(url, args.idle_sockets) as idle:
-        huge = huge_senders(url, 2, stop)
+    parts = set(args.hostile_parts.split(","))
+    with PeakRSS(proc and proc.pid) as mem, IdleSockets(url, args.idle_sockets if "idle" in parts else 0) as idle:
+        huge = huge_senders(url, 2 if "huge" in parts else 0, stop)
         big_result: dict = {}
         big = threading.Thread(target=lambda: big_result.update(run_clients(
-            url, big_body, clients=8, requests=10_000, max_seconds=args.max_seconds, retry_503=20, stop=stop)))
+            url, big_body, clients=8, requests=10_000 if "big" in parts else 0, max_seconds=args.max_seconds,
+            retry_503=20, stop=stop)))
         big.start()
         health_result: dict = {}
         health = threading.Thread(target=lambda: health_result.update(probe_health(url, args.idle_seconds)))
@@ -380,6 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--big-requests", type=int, default=64)
     ap.add_argument("--idle-sockets", type=int, default=520)
     ap.add_argument("--idle-seconds", type=float, default=20.0, help="how long /health is probed (idle, hostile)")
+    ap.add_argument("--hostile-parts", default="big,idle,huge",
+                    help="what runs beside the calm clients in the hostile scenario (to see each one's cost)")
     ap.add_argument("--out", help="also write the result as JSON here")
     args = ap.parse_args(argv)
     scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]

@@ -92,6 +92,11 @@ def test_message_and_part_counts_are_capped(server):
     status, body, _ = post(server, {"messages": [{"role": "user", "content": parts}]})
     assert status == 422 and body["error"]["param"] == "messages.0.content" and "64" in body["error"]["message"]
     assert post(server, {"messages": [{"role": "user", "content": ""}] * 1024})[0] == 200
+    # far over the cap (200,000 messages, 6.6 MB): refused from a count of "role" tokens, before parsing
+    status, body, _ = post(server, {"messages": [{"role": "user", "content": ""}] * 200_000})
+    assert status == 422 and body["error"]["message"].startswith('200000 "role" fields: over the limit')
+    tricky = chat_body('\"role\" ' * 20_000)  # escaped quotes inside a text never count
+    assert post(server, tricky)[0] == 200
 
 
 # ---------------------------------------------------------------- finding 8: cross-site requests, DNS rebinding

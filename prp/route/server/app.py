@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import threading
 import time
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,15 @@ from prp.route.server.chat import RequestError
 from prp.route.server.guards import CheckHost, CountRequests
 from prp.route.server.images import ImageBudget, reuse_pixel_blocks
 from prp.route.server.limits import ServeLimits, is_loopback
-from prp.route.server.schemas import ChatRequest, error_body, sse_events, strict_json, validation_message
+from prp.route.server.schemas import (
+    MAX_CONTENT_PARTS,
+    MAX_MESSAGES,
+    ChatRequest,
+    error_body,
+    sse_events,
+    strict_json,
+    validation_message,
+)
 from prp.route.server.worker import QueueFull, Worker
 
 log = logging.getLogger(__name__)
@@ -117,17 +126,37 @@ def _content_type_json(request: Request) -> bool:
     return media_type == "application/json"
 
 
+# a body over this is parsed only when no other such body is (503 otherwise): 200,000 empty messages
+# (6.6 MB) take ~0.5 s of CPU to parse and refuse, and the GIL they hold slows the model's thread
+LARGE_BODY_BYTES = 1024 * 1024
+MAX_KEY_TOKENS = 8 * MAX_MESSAGES  # "role" / "type" tokens in a body; more is refused before parsing
+
+
 def validate_request(raw: bytes) -> ChatRequest:
     """pydantic on the body (run in a worker thread: 200,000 messages take ~1 s to parse and
     reject, which would stall every other client, /health included, on the event loop)."""
+    for key, param in ((b'"role"', "messages"), (b'"type"', "messages.content")):
+        # a count of the key's string tokens (escaped quotes inside text never match) at C speed: an
+        # upper bound on messages / content parts, checked before pydantic spends ~0.5 s of the GIL
+        # (which the model's thread needs too) building 200,000 messages only to refuse them
+        if (count := raw.count(key)) > MAX_KEY_TOKENS:
+            raise RequestError(422, f"{count} {key.decode()} fields: over the limit of {MAX_MESSAGES} messages "
+                                    f"of {MAX_CONTENT_PARTS} parts", param)
     try:
         return ChatRequest.model_validate_json(raw)
     except ValidationError as exc:
-        errors = exc.errors()
-        if any(e["type"] == "json_invalid" for e in errors):
-            raise RequestError(400, "the body is not valid JSON (UTF-8)") from None
-        message, param = validation_message(errors)
-        raise RequestError(422, message, param) from None
+        error = _validation_error(exc.errors(include_url=False, include_input=False))
+    # raised here, not in the except block: the ValidationError holds the whole parsed input (~75 MB for
+    # 200,000 messages), and as this error's __context__ it stayed alive in reference cycles until a
+    # full garbage collection; two clients grew the router by gigabytes that way
+    raise error
+
+
+def _validation_error(errors: list[dict]) -> RequestError:
+    if any(e["type"] == "json_invalid" for e in errors):
+        return RequestError(400, "the body is not valid JSON (UTF-8)")
+    message, param = validation_message(errors)
+    return RequestError(422, message, param)
 
 
 def render(body: dict, *, stream: bool) -> Response:
@@ -149,6 +178,7 @@ def build_app(backend, worker: Worker, limits: ServeLimits, *, api_key: str | No
         app.add_middleware(CheckHost, extra_names=limits.allowed_hosts)
     key = api_key.encode() if api_key else None
     images = ImageBudget(limits.image_bytes_budget())
+    large_bodies = threading.Semaphore(1)
     reuse_pixel_blocks(images.max_bytes)
     app.state.image_budget = images
 
@@ -189,7 +219,15 @@ def build_app(backend, worker: Worker, limits: ServeLimits, *, api_key: str | No
             return _error(exc.status, exc.message, close=True)
         ticket = images.ticket()
         try:
-            req = await run_in_threadpool(validate_request, raw)
+            if len(raw) > LARGE_BODY_BYTES:  # one large body at a time: CPU for everyone else's requests
+                if not large_bodies.acquire(blocking=False):
+                    return _error(503, "server busy parsing another large request body", headers={"Retry-After": "1"})
+                try:
+                    req = await run_in_threadpool(validate_request, raw)
+                finally:
+                    large_bodies.release()
+            else:
+                req = await run_in_threadpool(validate_request, raw)
             del raw  # the parsed request holds what is needed; up to --max-body-bytes less in flight
             fault = backend.fault() if hasattr(backend, "fault") else None
             if fault == "503":
