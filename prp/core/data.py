@@ -134,10 +134,8 @@ def _quiet_bomb_warning():
 def _decode(fp, label: str, limits: ImageLimits, *, formats: tuple[str, ...] | None = None,
             on_header: Callable[[Image.Image], None] | None = None) -> Image.Image:
     """Open (header only), check the limits, then decode to RGB.  PIL's own decompression-bomb
-    guard stays on as a second line; its error is not an OSError, so it is named here.
-
-    `formats`: the only Pillow formats tried (None: all it knows).  `on_header(image)` runs after
-    the checks and before any pixel is decoded (the server reserves the decoded bytes there)."""
+    guard stays on as a second line; its error is not an OSError, so it is named here.  `formats`:
+    the only Pillow formats tried (None: all); `on_header(image)` runs after the checks, before decoding."""
     try:
         with _quiet_bomb_warning(), Image.open(fp, formats=formats) as image:
             problem = check_image_header(image, limits)
@@ -157,17 +155,16 @@ def _decode(fp, label: str, limits: ImageLimits, *, formats: tuple[str, ...] | N
         raise ImageError(f"corrupt_image: {label}: {_without_reprs(exc)}") from exc
 
 
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def _without_reprs(exc: BaseException) -> str:
-    """An exception's message without object reprs: Pillow names an in-memory file as
-    `<_io.BytesIO object at 0x7f...>`, a heap address no client should see.
+    """The message without object reprs (Pillow names an upload `<_io.BytesIO object at 0x7f...>`).
 
     >>> _without_reprs(OSError("cannot identify image file <_io.BytesIO object at 0x7f0a12>"))
     'cannot identify image file <data>'
     """
     return _REPR.sub("<data>", str(exc))
-
-
-_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 def _regular_file(path: Path, limits: ImageLimits) -> None:
