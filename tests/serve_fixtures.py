@@ -153,11 +153,11 @@ def raw_exchange(url: str, payload: bytes, *, wait_s: float = 0.6) -> bytes:
 
 class HostileTarget:
     """A loopback HTTP 'target' in a thread: `trickle` (one byte per `interval_s`, forever),
-    `redirect` (302 to `location`), `huge` (a body of `size` bytes), or `record` (answers a valid
-    completion and records the request headers it got)."""
+    `redirect` (302 to `location`), `huge` (a body of `size` bytes), `reply` (200 with `body`, whatever
+    it holds), or `record` (answers a valid completion and records the request headers it got)."""
 
-    def __init__(self, kind: str, *, interval_s: float = 0.5, location: str = "", size: int = 0):
-        self.kind, self.interval_s, self.location, self.size = kind, interval_s, location, size
+    def __init__(self, kind: str, *, interval_s: float = 0.5, location: str = "", size: int = 0, body: bytes = b""):
+        self.kind, self.interval_s, self.location, self.size, self.body = kind, interval_s, location, size, body
         self.requests: list[dict] = []
         self._sock = socket.create_server(("127.0.0.1", 0), backlog=64)
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
@@ -215,6 +215,9 @@ class HostileTarget:
                     block = b" " * 65536
                     for _ in range(self.size // len(block) + 1):
                         conn.sendall(block)
+                elif self.kind == "reply":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                 + str(len(self.body)).encode() + b"\r\n\r\n" + self.body)
                 else:
                     body = json.dumps({"model": "recorder", "choices": [{"message": {"content": "42"}}],
                                        "usage": {"completion_tokens": 1}}).encode()
@@ -226,3 +229,9 @@ class HostileTarget:
     def close(self) -> None:
         self._stop.set()
         self._sock.close()
+
+
+def host_header(url: str) -> bytes:
+    """The Host header line a loopback server accepts (its name and port; DNS-rebinding guard)."""
+    host, port = host_port(url)
+    return f"Host: {host}:{port}\r\n".encode()

@@ -237,12 +237,17 @@ def test_batch_file_with_unreachable_draft_writes_error_rows(tmp_path, jrl_draft
 
 
 def _demo_lines(tmp_path: Path, n: int, name: str = "q.jsonl") -> Path:
+    """n demo test lines beside copies of their images (batch image paths stay under the file's folder)."""
+    import shutil
+
     out = tmp_path / name
     lines = (DEMO / "data" / "test.jsonl").read_text().splitlines()[:n]
     with out.open("w") as f:
         for line in lines:
             rec = json.loads(line)
-            rec["image"] = str(DEMO / "data" / rec["image"])
+            copy = tmp_path / rec["image"]
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(DEMO / "data" / rec["image"], copy)
             f.write(json.dumps(rec) + "\n")
     return out
 
@@ -349,9 +354,7 @@ class _Scripted:
     def post(self, payload, *, parse=None):
         self.payloads.append(payload)
         data = self.reply(payload)
-        if parse is not None:
-            parse(data)
-        return data, 1, 0.01
+        return (data if parse is None else parse(data)), 1, 0.01  # OpenAIClient.post's contract
 
 
 def _answer(entries, content=None, finish="length", stop_reason=None):

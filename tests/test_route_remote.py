@@ -174,3 +174,92 @@ def test_router_server_answers_through_fallback_when_target_trickles(pair):
     finally:
         stop(proc)
         target.close()
+
+
+def _completion(usage=None, **fields) -> bytes:
+    body = {"model": "t", "choices": [{"message": {"content": "42"}}], **fields}
+    if usage is not None:
+        body["usage"] = usage
+    return json.dumps(body).encode()
+
+
+# what a misbehaving target sent (issue 26, finding 4): each must end in RemoteError, so the draft answers
+BAD_REPLIES = {
+    "deep_nesting": b"[" * 100_000 + b"]" * 100_000,  # RecursionError in json.loads
+    "deep_in_an_object": b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "tokens_as_string": _completion({"completion_tokens": "5"}),
+    "tokens_nan": _completion().replace(b'"model"', b'"usage": {"completion_tokens": NaN}, "model"'),
+    "tokens_infinite": _completion().replace(b'"model"', b'"usage": {"completion_tokens": 1e999}, "model"'),
+    "tokens_negative": _completion({"completion_tokens": -1}),
+    "tokens_bool": _completion({"completion_tokens": True}),
+    "tokens_float": _completion({"completion_tokens": 2.0}),
+    "usage_a_list": _completion([1]),
+    "choices_an_object": json.dumps({"choices": {"0": {"message": {"content": "x"}}}}).encode(),
+    "content_a_number": json.dumps({"choices": [{"message": {"content": 7}}]}).encode(),
+    "message_a_string": json.dumps({"choices": [{"message": "hi"}]}).encode(),
+    "not_an_object": b"[1, 2]",
+    "a_string": b'"hello"',
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_REPLIES))
+def test_a_misbehaving_target_is_a_remote_error(name):
+    target = HostileTarget("reply", body=BAD_REPLIES[name])
+    try:
+        client = OpenAIClient(target.url, "m", retry=RetryPolicy(tries=2, timeout_s=10, backoff_s=0.01))
+        with pytest.raises(RemoteError) as exc:
+            client.chat([{"role": "user", "content": "hi"}])
+        assert "malformed response" in str(exc.value) and target.url not in str(exc.value)
+        assert len(target.requests) == 1  # not retried: the same body would come again
+    finally:
+        target.close()
+
+
+def test_good_replies_are_read_with_their_types():
+    for body, expected in ((_completion({"completion_tokens": 3}), ("42", "t", 3)),
+                           (_completion(), ("42", "t", None)),
+                           (json.dumps({"model": {"x": 1}, "choices": [{"message": {"content": None}}]}).encode(),
+                            ("", "m", None))):  # a model that is not a string: the configured name
+        target = HostileTarget("reply", body=body)
+        try:
+            answer = OpenAIClient(target.url, "m", retry=RetryPolicy(tries=1)).chat([{"role": "user", "content": "q"}])
+            assert (answer.text, answer.model, answer.completion_tokens) == expected
+        finally:
+            target.close()
+
+
+def test_any_failure_of_the_client_is_the_drafts_fallback():
+    """Whatever the client raises (a bug, a RecursionError it did not catch) is a fallback, never a 500."""
+    from prp.route.router import Query
+
+    class Broken:
+        model, retry = "t", RetryPolicy(tries=1)
+
+        def chat(self, messages, *, max_tokens=None):
+            raise RecursionError("maximum recursion depth exceeded")
+
+    answer = RemoteTarget(Broken()).answer_one(Query(id="q", question="?", image=None))
+    assert answer.text is None and "RecursionError" in answer.error
+
+
+@pytest.mark.slow
+def test_router_server_falls_back_when_the_target_sends_nan(pair):
+    """usage.completion_tokens: NaN was a plain-text 500 (JSON) or `NaN` inside a 200 event stream."""
+    target = HostileTarget("reply", body=BAD_REPLIES["tokens_nan"])
+    proc, url = start(["route.py", "--serve", "--port", "0", "--draft", str(pair["draft"]), "--target", target.url,
+                       "--mode", "drl", "--rating", "forced", "--threshold", "2", "--max-new-tokens", "3",
+                       "--timeout", "5", "--tries", "1", "--threads", "1"])
+    try:
+        def strict(text):
+            return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the answer"))
+
+        status, body, _ = post(url, chat_body("What is the sum?", png_bytes()), timeout=120)
+        assert status == 200, body
+        assert body["prp"]["route"] == "target" and body["prp"]["fallback"] and body["prp"]["answered_by"] == "draft"
+        status, streamed, _ = post(url, {**chat_body("What is the sum?"), "stream": True}, timeout=120)
+        events = [line[len("data: "):] for line in streamed["raw"].split("\n") if line.startswith("data: {")]
+        assert status == 200 and events and all(strict(e)["object"] == "chat.completion.chunk" for e in events)
+        assert strict(events[-1])["prp"]["fallback"]
+    finally:
+        stop(proc)
+        target.close()

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from serve_fixtures import bomb_png, chat_body, get, host_port, png_bytes, post, start, stop
+from serve_fixtures import bomb_png, chat_body, get, host_header, host_port, png_bytes, post, start, stop
 
 from prp.toy.synthetic import render
 
@@ -132,8 +132,8 @@ def test_models_health_and_a_client_that_leaves(router_server):
     host, port = host_port(router_server)
     raw = json.dumps(chat_body("What is the sum?", GOOD)).encode()
     with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n" + host_header(router_server)
+                  + b"Content-Type: application/json\r\nContent-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw)
         time.sleep(0.1)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and get(router_server, "/health")[1]["cancelled"] == before:

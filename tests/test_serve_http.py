@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from serve_fixtures import chat_body, get, host_port, post, raw_exchange, start, stop
+from serve_fixtures import chat_body, get, host_header, host_port, post, raw_exchange, start, stop
 
 KEY = "sk-test-serve-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -53,16 +53,17 @@ def test_unread_bodies_are_never_parsed_as_requests(server):
     host, _ = host_port(server)
     smuggled = f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode()
     # a GET with a body: the body is the body, not the next request
-    got = raw_exchange(server, b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(smuggled)).encode()
-                       + b"\r\n\r\n" + smuggled)
+    got = raw_exchange(server, b"GET /health HTTP/1.1\r\n" + host_header(server) + b"Content-Length: "
+                       + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
     assert _responses(got) == 1 and b'"status"' in got and b'"data"' not in got
     # an unknown path with a body
-    got = raw_exchange(server, b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(smuggled)).encode()
-                       + b"\r\n\r\n" + smuggled)
+    got = raw_exchange(server, b"POST /nope HTTP/1.1\r\n" + host_header(server) + b"Content-Length: "
+                       + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
     assert _responses(got) == 1 and b" 404 " in got.split(b"\r\n")[0] + b" " and b'"data"' not in got
     # a chunked body
     chunk = f"{len(smuggled):x}\r\n".encode() + smuggled + b"\r\n0\r\n\r\n"
-    got = raw_exchange(server, b"POST /nope HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk)
+    got = raw_exchange(server, b"POST /nope HTTP/1.1\r\n" + host_header(server)
+                       + b"Transfer-Encoding: chunked\r\n\r\n" + chunk)
     assert _responses(got) == 1 and b'"data"' not in got
 
 
@@ -71,8 +72,8 @@ def test_transfer_encoding_with_content_length_is_refused_and_closed(server):
     server must not answer the GET hidden in it on the same connection."""
     host, _ = host_port(server)
     smuggled = f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode()
-    got = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
-                       b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+    got = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\n" + host_header(server)
+                       + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
     assert _responses(got) == 1 and b" 400 " in got.split(b"\r\n")[0] + b" " and b'"data"' not in got
     assert b"connection: close" in got.lower()
 
@@ -83,8 +84,9 @@ def test_body_size_limit_413_and_the_connection_closes(server):
     assert headers.get("connection", headers.get("Connection")) == "close"
     # no Content-Length (chunked): counted while reading
     big = b"y" * 150_000
-    payload = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-               + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + f"{len(big):x}\r\n".encode() + big + b"\r\n0\r\n\r\n")
+    payload = (b"POST /v1/chat/completions HTTP/1.1\r\n" + host_header(server) + b"Content-Type: application/json\r\n"
+               + b"Authorization: Bearer " + KEY.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + f"{len(big):x}\r\n".encode() + big + b"\r\n0\r\n\r\n")
     got = raw_exchange(server, payload)
     assert got.startswith(b"HTTP/1.1 413")
 
@@ -94,7 +96,7 @@ def test_slow_headers_are_cut_off(server):
     with socket.create_connection((host, port), timeout=5) as s:
         t0 = time.monotonic()
         closed = False
-        for byte in b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n":  # one byte every 0.2 s
+        for byte in b"POST /v1/chat/completions HTTP/1.1\r\n" + host_header(server):  # one byte every 0.2 s
             try:
                 s.sendall(bytes([byte]))
             except OSError:
@@ -113,7 +115,8 @@ def test_slow_headers_are_cut_off(server):
 
 
 def test_slow_body_gets_408(server):
-    got = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+    got = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\n" + host_header(server)
+                       + b"Content-Type: application/json\r\nAuthorization: Bearer "
                        + KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"messages\":", wait_s=3)
     assert got.startswith(b"HTTP/1.1 408")
 
@@ -121,7 +124,7 @@ def test_slow_body_gets_408(server):
 def test_a_body_nobody_reads_cannot_hold_the_connection(server):
     host, port = host_port(server)
     with socket.create_connection((host, port), timeout=6) as s:
-        s.sendall(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
+        s.sendall(b"POST /nope HTTP/1.1\r\n" + host_header(server) + b"Content-Length: 100000\r\n\r\nabc")
         t0, got = time.monotonic(), b""
         while time.monotonic() - t0 < 5:
             try:

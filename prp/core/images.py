@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import stat
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,21 +70,40 @@ def _quiet_bomb_warning():
         yield
 
 
-def _decode(fp, label: str, limits: ImageLimits) -> Image.Image:
+def _decode(fp, label: str, limits: ImageLimits, *, formats: tuple[str, ...] | None = None,
+            on_header: Callable[[Image.Image], None] | None = None) -> Image.Image:
     """Open (header only), check the limits, then decode to RGB.  PIL's own decompression-bomb
-    guard stays on as a second line; its error is not an OSError, so it is named here."""
+    guard stays on as a second line; its error is not an OSError, so it is named here.  `formats`:
+    the only Pillow formats tried (None: all); `on_header(image)` runs after the checks, before decoding."""
     try:
-        with _quiet_bomb_warning(), Image.open(fp) as image:
+        with _quiet_bomb_warning(), Image.open(fp, formats=formats) as image:
             problem = check_image_header(image, limits)
             if problem:
                 raise ImageError(problem)
+            if on_header is not None:
+                on_header(image)
             return image.convert("RGB")
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image_too_large: {label}: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"corrupt_image: {label}: {exc}") from exc
+        raise ImageError(f"image_too_large: {label}: {_without_reprs(exc)}") from exc
+    except UnidentifiedImageError as exc:
+        kinds = f" as {'/'.join(formats)}" if formats else ""
+        raise ImageError(f"corrupt_image: {label}: not a readable image{kinds}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"corrupt_image: {label}: {_without_reprs(exc)}") from exc
+
+
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _without_reprs(exc: BaseException) -> str:
+    """The message without object reprs (Pillow names an upload `<_io.BytesIO object at 0x7f...>`).
+
+    >>> _without_reprs(OSError("cannot identify image file <_io.BytesIO object at 0x7f0a12>"))
+    'cannot identify image file <data>'
+    """
+    return _REPR.sub("<data>", str(exc))
 
 
 def _regular_file(path: Path, limits: ImageLimits) -> None:
@@ -110,11 +131,13 @@ def open_image(path: str | Path, *, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) 
     return _decode(path, str(path), limits)
 
 
-def decode_image_bytes(raw: bytes, *, limits: ImageLimits = DEFAULT_IMAGE_LIMITS) -> Image.Image:
-    """`open_image` for bytes already in memory (an uploaded image)."""
+def decode_image_bytes(raw: bytes, *, limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+                       formats: tuple[str, ...] | None = None,
+                       on_header: Callable[[Image.Image], None] | None = None) -> Image.Image:
+    """`open_image` for bytes already in memory (an uploaded image); `formats` and `on_header` as in `_decode`."""
     if len(raw) > limits.max_file_bytes:
         raise ImageError(f"image_file_too_large: {len(raw)} bytes > {limits.max_file_bytes}")
-    return _decode(io.BytesIO(raw), "uploaded image", limits)
+    return _decode(io.BytesIO(raw), "uploaded image", limits, formats=formats, on_header=on_header)
 
 
 def image_error_reason(exc: ImageError) -> str:

@@ -24,6 +24,7 @@ import http.client
 import io
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -103,6 +104,74 @@ class _Fatal(Exception):
     """A failure that another attempt would repeat."""
 
 
+MAX_MODEL_NAME = 200  # characters of the target's `model` kept (it is shown to clients)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError("a number out of range")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
+
+
+def load_strict_json(raw: bytes):
+    """A response body as JSON, strictly: not UTF-8, not JSON, NaN / Infinity / 1e999, or nested too
+    deep for the parser (RecursionError) raise `_Fatal` (the router then lets the draft answer).
+
+    >>> load_strict_json(b'{"a": [1, 2.5]}')
+    {'a': [1, 2.5]}
+    >>> for body in (b'{"a": NaN}', b'[1e999]', b'[' * 100_000):
+    ...     try:
+    ...         load_strict_json(body)
+    ...     except _Fatal as exc:
+    ...         print(exc)
+    malformed response: ValueError
+    malformed response: ValueError
+    malformed response: RecursionError
+    """
+    try:
+        return json.loads(raw.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _Fatal(f"malformed response: {type(exc).__name__}") from None
+
+
+def parse_answer(data, default_model: str) -> tuple[str, str, int | None]:
+    """A target's chat completion -> (text, model, completion_tokens), every value type-checked.
+
+    A value of the wrong type raises `_Fatal` (the draft answers).  `model` falls back to
+    `default_model` when it is not a string; `completion_tokens` must be a non-negative integer or absent.
+
+    >>> parse_answer({"choices": [{"message": {"content": "42"}}], "usage": {"completion_tokens": 1}}, "m")
+    ('42', 'm', 1)
+    >>> try:
+    ...     parse_answer({"choices": [{"message": {"content": "4"}}], "usage": {"completion_tokens": "7"}}, "m")
+    ... except _Fatal as exc:
+    ...     print(exc)
+    malformed response: usage.completion_tokens is not a non-negative integer
+    """
+    choices = data.get("choices") if isinstance(data, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    text = message.get("content") if isinstance(message, dict) else None
+    if text is None and isinstance(message, dict) and "content" in message:
+        text = ""  # a null content is an empty answer
+    if not isinstance(text, str):
+        raise _Fatal("malformed response: no choices[0].message.content string")
+    model = data.get("model")
+    model = model[:MAX_MODEL_NAME] if isinstance(model, str) and model else default_model
+    usage = data.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if usage is not None and not isinstance(usage, dict):
+        raise _Fatal("malformed response: usage is not an object")
+    if tokens is not None and (type(tokens) is not int or tokens < 0):
+        raise _Fatal("malformed response: usage.completion_tokens is not a non-negative integer")
+    return text, model, tokens
+
+
 class OpenAIClient:
     """POST /v1/chat/completions with retries.  Thread-safe (no shared mutable state)."""
 
@@ -138,8 +207,8 @@ class OpenAIClient:
                                                context=ssl.create_default_context())
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
-    def _post_once(self, body: bytes) -> dict:
-        """One attempt under one total deadline; raises _Retry / _Fatal."""
+    def _post_once(self, body: bytes):
+        """One attempt under one total deadline: the response's strict JSON; raises _Retry / _Fatal."""
         deadline = time.monotonic() + self.retry.timeout_s
         conn = self._connection(self.retry.timeout_s)
         expired = threading.Event()
@@ -181,10 +250,7 @@ class OpenAIClient:
                 raise _Retry(f"TimeoutError: no complete answer within {self.retry.timeout_s:g}s")
             if resp.length:  # the connection closed before the promised Content-Length
                 raise _Retry("IncompleteRead: the connection closed mid-answer")
-            try:
-                return json.loads(b"".join(chunks).decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise _Fatal(f"malformed response: {type(exc).__name__}") from None
+            return load_strict_json(b"".join(chunks))
         except (_Retry, _Fatal):
             raise
         except (http.client.HTTPException, OSError) as exc:  # refused, reset, dropped, timed out
@@ -199,24 +265,21 @@ class OpenAIClient:
     def chat(self, messages: list[dict], *, max_tokens: int | None = None) -> RemoteAnswer:
         limit = min(max_tokens, self.max_tokens) if max_tokens else self.max_tokens
         payload = {"model": self.model, "messages": messages, "temperature": self.temperature, "max_tokens": limit}
-        data, attempts, latency = self.post(payload, parse=_answer_text)
-        usage = data.get("usage") or {}
-        return RemoteAnswer(text=_answer_text(data), model=str(data.get("model", self.model)),
-                            completion_tokens=usage.get("completion_tokens"), latency_s=latency, attempts=attempts)
+        (text, model, tokens), attempts, latency = self.post(payload, parse=lambda d: parse_answer(d, self.model))
+        return RemoteAnswer(text=text, model=model, completion_tokens=tokens, latency_s=latency, attempts=attempts)
 
-    def post(self, payload: dict, *, parse=None) -> tuple[dict, int, float]:
-        """POST `payload` with the retry policy: (response JSON, attempts, seconds in all, retries and
-        waits included).  `parse(data)` checks the body's shape (a KeyError, IndexError, TypeError
-        or AttributeError there is a malformed response: RemoteError at once)."""
+    def post(self, payload: dict, *, parse=None) -> tuple:
+        """POST `payload` with the retry policy: (`parse(response JSON)`, or the JSON itself without
+        `parse`, attempts, seconds in all, retries and waits included).  `parse` reads the body's shape:
+        a `_Fatal`, KeyError, IndexError, TypeError or AttributeError there is a malformed response
+        (RemoteError at once)."""
         body = json.dumps(payload).encode("utf-8")
         start = time.perf_counter()
         last = "no attempt made"
         for attempt in range(1, self.retry.tries + 1):
             try:
                 data = self._post_once(body)
-                if parse is not None:
-                    parse(data)
-                return data, attempt, time.perf_counter() - start
+                return (data if parse is None else parse(data)), attempt, time.perf_counter() - start
             except _Retry as exc:
                 last = str(exc)
             except _Fatal as exc:
@@ -231,11 +294,3 @@ class OpenAIClient:
                 time.sleep(wait)
         log.warning("%s %s failed after %d tries: %s", self.role, self.url, self.retry.tries, last)
         raise RemoteError(f"{self.role}: {last} after {self.retry.tries} tries")
-
-
-def _answer_text(data: dict) -> str:
-    """The first choice's text; raises KeyError / TypeError on a body of another shape."""
-    text = data["choices"][0]["message"]["content"] or ""
-    if not isinstance(text, str):
-        raise TypeError("content is not a string")
-    return text

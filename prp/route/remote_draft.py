@@ -145,9 +145,9 @@ class RemoteDraft:
         return self._post_usage(payload)[:2]
 
     def _post_usage(self, payload: dict) -> tuple[tuple, float, int | None]:
-        data, _attempts, latency = self.client.post(payload, parse=_choice)
-        prompt_tokens = (data.get("usage") or {}).get("prompt_tokens")
-        return _choice(data), latency, prompt_tokens if isinstance(prompt_tokens, int) else None
+        (choice, usage), _attempts, latency = self.client.post(payload, parse=lambda d: (_choice(d), d.get("usage")))
+        prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return choice, latency, prompt_tokens if isinstance(prompt_tokens, int) else None
 
     # ------------------------------------------------------------------ step 1: the rating prefix
     def prefix(self, queries) -> list[DraftPrefix]:

@@ -20,6 +20,7 @@ the rows that took part; a remote target's time is its own request's.
 """
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from prp.route.ipr import digit_stats_from_logits, ipr_from_top_logprobs
 from prp.route.isolate import run_isolated
 from prp.route.rows import RatingRow, RouteRow
 from prp.route.scoring import apply_ipr, get_rule
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,9 +143,12 @@ class RemoteTarget:
         try:
             out = self.client.chat(chat_messages(f"{P_TARGET}\n{query.question}", query.image),
                                    max_tokens=query.max_new_tokens)
-        except RemoteError as exc:
+        except Exception as exc:  # any failure of the target is the draft's fallback (Sec. 4.2)
+            error = str(exc) if isinstance(exc, RemoteError) else f"target: unexpected {type(exc).__name__}"
+            if not isinstance(exc, RemoteError):  # the client should have turned it into a RemoteError
+                log.warning("target call failed: %r", exc)
             return TargetAnswer(text=None, model=self.name, completion_tokens=None,
-                                latency_s=time.perf_counter() - start, error=str(exc),
+                                latency_s=time.perf_counter() - start, error=error,
                                 attempts=self.client.retry.tries)
         return TargetAnswer(text=out.text, model=out.model, completion_tokens=out.completion_tokens,
                             latency_s=out.latency_s, attempts=out.attempts)

@@ -46,7 +46,8 @@ def _run(backend, limits, *, host: str, port: int, api_key: str | None, window_s
 
     worker = Worker(backend.process, batch_size=backend.batch_size, window_s=window_s, max_queue=limits.max_queue,
                     stall_s=stall_s or limits.request_timeout_s)
-    serve(build_app(backend, worker, limits, api_key=api_key), limits, host, port, api_key_set=api_key is not None)
+    app = build_app(backend, worker, limits, api_key=api_key, bind_host=host)
+    serve(app, limits, host, port, api_key_set=api_key is not None)
 
 
 def serve_router(router, policy, args) -> None:

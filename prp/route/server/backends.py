@@ -1,8 +1,9 @@
 """What the worker runs: the router (micro-batched, Sec. 4.4 b) or a local HF model.
 
-A backend has a `name` (/v1/models), `prepare(request)` (runs in a thread pool before queueing;
-raises `RequestError` for that request only), `process(items)` (runs on the worker thread, one
-completion body per item) and `batch_size`.
+A backend has a `name` (/v1/models), `prepare(request, ticket)` (runs in a thread pool before
+queueing; raises `RequestError` for that request only; decoded images are held by the request's
+`ImageTicket` and shrunk to `max_pixels`, the processors' own pixel budget), `process(items)` (runs on
+the worker thread, one completion body per item) and `batch_size`.
 """
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import threading
 import uuid
 from dataclasses import replace
 
-from prp.route.server.chat import ParsedChat, check_prompt_tokens, default_prompt_limit, parse_chat
+from prp.route.server.chat import (
+    ParsedChat,
+    check_prompt_tokens,
+    default_prompt_limit,
+    dropped_on_error,
+    parse_chat,
+)
+from prp.route.server.images import ImageTicket, processor_max_pixels
 from prp.route.server.limits import ServeLimits
 from prp.route.server.schemas import ChatRequest, completion_body
 
@@ -38,12 +46,18 @@ class RouterBackend:
         budget = router.cfg.max_prefix_tokens + router.cfg.max_new_tokens
         self.prompt_limit = limits.max_prompt_tokens or default_prompt_limit(router.model, budget)
         self.router, self.policy, self.limits, self.batch_size, self.name = router, policy, limits, batch_size, name
+        # images are shrunk to the largest budget of the local processors that will see them (a
+        # remote target gets the draft's: its processor is unknown here)
+        budgets = [processor_max_pixels(router.processor),
+                   processor_max_pixels(getattr(getattr(router, "target", None), "processor", None))]
+        self.max_pixels = None if budgets[0] is None else max(b for b in budgets if b)
 
-    def prepare(self, req: ChatRequest):
+    def prepare(self, req: ChatRequest, ticket: ImageTicket | None = None):
         from prp.route.router import Query
 
-        parsed: ParsedChat = parse_chat(req, self.limits)
-        check_prompt_tokens(parsed, self.router.processor, self.prompt_limit)
+        parsed: ParsedChat = parse_chat(req, self.limits, ticket=ticket, max_pixels=self.max_pixels)
+        with dropped_on_error(parsed.images):
+            check_prompt_tokens(parsed, self.router.processor, self.prompt_limit)
         return Query(id=uuid.uuid4().hex, question=parsed.question, image=parsed.images[0] if parsed.images else None,
                      max_new_tokens=parsed.max_tokens)
 
@@ -92,7 +106,7 @@ class ModelBackend:
         self.limits, self.canned = limits, canned
         self.faults = faults or parse_faults(None)
         self._rng, self._rng_lock = random.Random(self.faults["seed"]), threading.Lock()
-        self.model = self.processor = None
+        self.model = self.processor = self.max_pixels = None
         self.prompt_limit = limits.max_prompt_tokens or 1 << 30
         if canned is None:
             from prp.core.modeling import load_model
@@ -101,6 +115,7 @@ class ModelBackend:
             self.model, self.processor = load_model(model_dir, base_model=base_model)  # an adapter: unmerged
             apply_engine(engine, self.model)  # --engine; None keeps the default (compiled on CUDA, else eager)
             self.prompt_limit = limits.max_prompt_tokens or default_prompt_limit(self.model, limits.max_tokens)
+            self.max_pixels = processor_max_pixels(self.processor)
 
     def fault(self) -> str | None:
         with self._rng_lock:
@@ -108,10 +123,11 @@ class ModelBackend:
                 return self._rng.choice(self.faults["kinds"])
         return None
 
-    def prepare(self, req: ChatRequest) -> ParsedChat:
-        parsed = parse_chat(req, self.limits)
+    def prepare(self, req: ChatRequest, ticket: ImageTicket | None = None) -> ParsedChat:
+        parsed = parse_chat(req, self.limits, ticket=ticket, max_pixels=self.max_pixels)
         if self.processor is not None:
-            check_prompt_tokens(parsed, self.processor, self.prompt_limit)
+            with dropped_on_error(parsed.images):
+                check_prompt_tokens(parsed, self.processor, self.prompt_limit)
         return parsed
 
     def process(self, items: list[ParsedChat]) -> list[dict]:

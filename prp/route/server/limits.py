@@ -29,9 +29,27 @@ class ServeLimits:
     request_timeout_s: float = 300.0  # queue + work for one request; 504 after
     body_timeout_s: float = 30.0  # to receive the whole body; 408 after
     header_timeout_s: float = 10.0  # to receive the request line and headers; the connection is closed
+    first_byte_timeout_s: float = 2.0  # a new connection that sends nothing for this long is closed
     keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
-    limit_concurrency: int = 512  # open connections + running requests; 503 above (uvicorn)
+    limit_concurrency: int = 512  # requests being served (not sockets; /health exempt); 503 above
     backlog: int = 2048  # the listen queue (the stdlib server's 5 reset parallel clients)
+    # decoded images in flight (decoding, then the shrunk images until answered); 503 above.
+    # None: image_bytes_budget()'s default
+    max_image_bytes_in_flight: int | None = None
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides localhost / 127.0.0.1 / [::1] (loopback binds)
+
+    def image_bytes_budget(self) -> int:
+        """`max_image_bytes_in_flight`, by default 256 MiB (one full-size 4096 x 4096 decode at once, or
+        ~40 of 1024 x 768) or, if more, what one request of `max_images` full-size images needs (each
+        kept at 4 bytes a pixel, plus one decode's 8) within the 3/4 big images may fill: a request
+        must always fit when alone.
+
+        >>> ServeLimits().image_bytes_budget() // 2**20, ServeLimits(max_images=4).image_bytes_budget() // 2**20
+        (256, 426)
+        """
+        if self.max_image_bytes_in_flight is not None:
+            return self.max_image_bytes_in_flight
+        return max(256 * 1024 * 1024, -(-self.max_image_pixels * (4 * self.max_images + 4) * 4 // 3))  # ceil
 
     def image_limits(self) -> ImageLimits:
         # the encoded image can never be larger than the body that carried it (base64: 4/3)
@@ -59,10 +77,18 @@ def add_limit_arguments(ap: argparse.ArgumentParser, *, max_images: int = 1) -> 
                    help="seconds to send the body (408)")
     g.add_argument("--header-timeout", type=positive_float, default=d.header_timeout_s,
                    help="seconds to send the request line and headers (connection closed)")
+    g.add_argument("--first-byte-timeout", type=positive_float, default=d.first_byte_timeout_s,
+                   help="seconds a new connection may stay silent (connection closed)")
     g.add_argument("--keep-alive", type=positive_float, default=d.keep_alive_s, help="idle keep-alive seconds")
     g.add_argument("--limit-concurrency", type=positive_int, default=d.limit_concurrency,
-                   help="open connections + requests in flight (503 above)")
+                   help="requests being served, not open sockets (503 above; /health is always answered)")
     g.add_argument("--backlog", type=positive_int, default=d.backlog, help="listen backlog")
+    g.add_argument("--max-image-bytes-in-flight", type=positive_int, default=None,
+                   help="bytes of decoded images in flight, server-wide (503 above; default 256 MiB, or what one "
+                        "request of --max-images full-size images needs if more)")
+    g.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a Host name to accept besides localhost, 127.0.0.1 and [::1] when bound to loopback "
+                        "(repeatable; the DNS-rebinding guard)")
 
 
 def limits_from_args(args, *, max_tokens: int) -> ServeLimits:
@@ -70,8 +96,10 @@ def limits_from_args(args, *, max_tokens: int) -> ServeLimits:
         max_body_bytes=args.max_body_bytes, max_images=args.max_images, max_image_pixels=args.max_image_pixels,
         max_aspect_ratio=args.max_aspect_ratio, max_prompt_tokens=args.max_prompt_tokens, max_tokens=max_tokens,
         max_queue=args.max_queue, request_timeout_s=args.request_timeout, body_timeout_s=args.body_timeout,
-        header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive,
-        limit_concurrency=args.limit_concurrency, backlog=args.backlog,
+        header_timeout_s=args.header_timeout, first_byte_timeout_s=args.first_byte_timeout,
+        keep_alive_s=args.keep_alive, limit_concurrency=args.limit_concurrency, backlog=args.backlog,
+        max_image_bytes_in_flight=args.max_image_bytes_in_flight,
+        allowed_hosts=tuple(name.lower() for name in args.allow_host),
     )
 
 

@@ -13,6 +13,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+# fixed caps on a request's shape (a 422 above): no chat PRP serves has more turns or parts than this,
+# and every message and part costs work in each later step (template, tokenizer, prompt checks)
+MAX_MESSAGES = 1024
+MAX_CONTENT_PARTS = 64  # per message
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -38,12 +43,12 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[ContentPart]
+    content: StrictStr | Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)]
 
 
 class ChatRequest(_Strict):
     model: StrictStr | None = None
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)  # the newer OpenAI spelling
     stream: StrictBool = False
@@ -98,6 +103,20 @@ def completion_body(text: str, *, model: str, prompt_tokens: int | None = None,
     return body
 
 
+def strict_json(value) -> str:
+    """JSON as RFC 8259 defines it: NaN and infinities raise ValueError instead of becoming the
+    `NaN` / `Infinity` tokens no JSON parser of a client has to accept.
+
+    >>> strict_json({"a": 1.5})
+    '{"a": 1.5}'
+    >>> strict_json({"a": float("nan")})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Out of range float values are not JSON compliant...
+    """
+    return json.dumps(value, allow_nan=False)
+
+
 def sse_events(body: dict) -> list[str]:
     """A finished completion as OpenAI's stream: a role delta, the content, the finish, [DONE].
 
@@ -108,8 +127,8 @@ def sse_events(body: dict) -> list[str]:
     choice = body["choices"][0]
 
     def chunk(delta: dict, finish: str | None, **more) -> str:
-        return "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                                      **more}) + "\n\n"
+        return "data: " + strict_json({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                                       **more}) + "\n\n"
 
     extra = {k: v for k, v in body.items() if k not in ("id", "object", "created", "model", "choices")}
     return [chunk({"role": "assistant", "content": ""}, None),
