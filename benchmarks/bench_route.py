@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prp.core.modeling import load_model, prepare_inputs
 from prp.core.prompts import build_messages
 from prp.route import decode as gen
-from prp.route.router import LocalTarget, Query, Router, RouterConfig
+from prp.route.router import Query, Router, RouterConfig
+from prp.route.targets import LocalTarget
 from prp.toy.synthetic import QUESTION, render
 from prp.toy.tiny import save_tiny_pair
 

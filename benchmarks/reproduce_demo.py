@@ -106,7 +106,7 @@ def run_plain(model_dir: Path, records, *, batch_size: int, max_new: int) -> lis
     """A plain model (target prompt P), greedy: correctness and amortised latency per query."""
     from prp.core.modeling import load_model
     from prp.eval.judge import routing_judge
-    from prp.route.router import LocalTarget
+    from prp.route.targets import LocalTarget
 
     model, proc = load_model(str(model_dir), device="cpu")
     target = LocalTarget(model, proc, max_new_tokens=max_new)

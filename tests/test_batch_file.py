@@ -14,7 +14,8 @@ from prp.core.modeling import load_model
 from prp.route import run as route_run
 from prp.route.batchfile import read_batch_file
 from prp.route.decide import BatchFraction
-from prp.route.router import LocalTarget, Router, RouterConfig
+from prp.route.router import Router, RouterConfig
+from prp.route.targets import LocalTarget
 
 
 @pytest.fixture(scope="module")

@@ -296,14 +296,15 @@ def test_route_user_errors_in_the_flags_and_files_are_one_line(scripts, capsys, 
     bad_json, a_list = tmp_path / "t.json", tmp_path / "list.json"
     bad_json.write_text("not json{")
     a_list.write_text("[1, 2]")
-    base = ["--draft", str(tmp_path), "--target", str(tmp_path), "--pt", "0.5"]
+    base = ["--draft", str(tmp_path), "--target", str(tmp_path)]
     cases = [
-        (["--data", str(tmp_path)], f"--data {tmp_path}: not a regular file"),
-        (["--data", str(fifo)], f"--data {fifo}: not a regular file"),
+        (["--pt", "0.5", "--data", str(tmp_path)], f"--data {tmp_path}: not a regular file"),
+        (["--pt", "0.5", "--data", str(fifo)], f"--data {fifo}: not a regular file"),
         (["--data", str(data), "--threshold-file", str(bad_json)], f"--threshold-file {bad_json}: not a calibration"),
         (["--data", str(data), "--threshold-file", str(a_list)], f"--threshold-file {a_list}: not a calibration"),
-        (["--data", str(data), "--target", "ftp://host/x"], "--target ftp://host/x: unsupported URL scheme"),
-        (["--data", str(data), "--confidence", "0.9"], "--confidence qualifies a calibration goal"),
+        (["--pt", "0.5", "--data", str(data), "--target", "ftp://host/x"],
+         "--target ftp://host/x: unsupported URL scheme"),
+        (["--pt", "0.5", "--data", str(data), "--confidence", "0.9"], "--confidence qualifies a calibration goal"),
     ]
     for extra, message in cases:
         assert run_main(scripts["route.py"].main, base + extra, prog="route.py") == 2, extra

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from prp.route.engine import engine_for
-from prp.route.run import ENGINE_KINDS, add_router_arguments, build_router
+from prp.route.flags import ENGINE_KINDS, add_router_arguments, build_router
 
 
 def _parser() -> argparse.ArgumentParser:

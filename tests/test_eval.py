@@ -159,7 +159,8 @@ def test_p2_row_uses_the_sft_cn_models_own_answers(tmp_path, pair):
     from prp.core.modeling import load_model
     from prp.eval.bench.registry import get_benchmark
     from prp.eval.run import Baselines, evaluate_batch, special_token_answers
-    from prp.route.router import LocalTarget, Query, Router, RouterConfig
+    from prp.route.router import Query, Router, RouterConfig
+    from prp.route.targets import LocalTarget
     from prp.toy.tiny import save_tiny_model
 
     path = save_tiny_model(tmp_path / "cn", size="test", seed=5)

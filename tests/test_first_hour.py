@@ -17,9 +17,11 @@ from test_commands import load_script, run_command
 
 from prp.core.cli import run_main
 from prp.core.modeling import load_model
+from prp.route import flags as route_flags
 from prp.route import run as route_run
 from prp.route.decide import BatchFraction, FixedThreshold
-from prp.route.router import LocalTarget, Router, RouterConfig
+from prp.route.router import Router, RouterConfig
+from prp.route.targets import LocalTarget
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo"
@@ -77,7 +79,7 @@ def test_3_a_default_output_is_never_overwritten(scripts, tmp_path, monkeypatch,
     def stop(args):
         raise Stop(args.out)
 
-    monkeypatch.setattr(route_run, "build_router", stop)
+    monkeypatch.setattr(route_flags, "build_router", stop)
     monkeypatch.chdir(tmp_path)
     demo_out = tmp_path / "runs" / "demo" / "routes.jsonl"
     demo_out.parent.mkdir(parents=True)
@@ -114,7 +116,7 @@ def test_4_a_model_folder_carries_how_it_is_routed_and_trained(scripts, tiny_run
     def stop(args):
         raise Stop(args)
 
-    monkeypatch.setattr(route_run, "build_router", stop)
+    monkeypatch.setattr(route_flags, "build_router", stop)
     data = build_queries(tmp_path / "q", 2)
     argv = ["--draft", str(DEMO / "models" / "jrl"), "--target", str(DEMO / "models" / "target"), "--data", str(data),
             "--pt", "0.5", "--out", str(tmp_path / "r.jsonl")]
@@ -275,7 +277,7 @@ def test_8_calibrated_threshold_is_printed_rounded(scripts, tmp_path, monkeypatc
         def check_policy(self, policy):
             raise Stop
 
-    monkeypatch.setattr(route_run, "build_router", lambda args: Built())
+    monkeypatch.setattr(route_flags, "build_router", lambda args: Built())
     data = build_queries(tmp_path / "q", 1)
     with pytest.raises(Stop):
         scripts["route.py"].main(["--draft", "d", "--target", "t", "--data", str(data), "--calibrate", str(data),

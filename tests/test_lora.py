@@ -334,7 +334,7 @@ def test_entry_points_load_an_adapter_folder(pair, trained_adapter, tmp_path, ca
 
     import argparse
 
-    from prp.route.run import add_router_arguments, build_router
+    from prp.route.flags import add_router_arguments, build_router
 
     ap = argparse.ArgumentParser()
     add_router_arguments(ap)

@@ -18,7 +18,8 @@ from prp.route.decide import FixedThreshold
 from prp.route.ipr import digit_stats_reference, ipr_from_top_logprobs
 from prp.route.remote import OpenAIClient, RetryPolicy
 from prp.route.remote_draft import DraftCapabilityError, RemoteDraft
-from prp.route.router import LocalTarget, Query, Router, RouterConfig
+from prp.route.router import Query, Router, RouterConfig
+from prp.route.targets import LocalTarget
 
 DEMO = Path(__file__).resolve().parents[1] / "demo"
 

@@ -13,9 +13,10 @@ from prp.route import decode as gen
 from prp.route import run as route_run
 from prp.route.decide import BatchFraction, Calibration, FixedThreshold, calibrate, n_routed
 from prp.route.ipr import digit_stats_reference
-from prp.route.router import LocalTarget, Query, Router, RouterConfig
+from prp.route.router import Query, Router, RouterConfig
 from prp.route.scoring import apply_ipr, route_score
 from prp.route.summary import summarize
+from prp.route.targets import LocalTarget
 from prp.toy.synthetic import render
 
 

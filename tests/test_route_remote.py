@@ -15,7 +15,8 @@ from prp.core.modeling import load_model
 from prp.route import run as route_run
 from prp.route.decide import BatchFraction
 from prp.route.remote import OpenAIClient, RemoteError, RetryPolicy
-from prp.route.router import RemoteTarget, Router, RouterConfig
+from prp.route.router import Router, RouterConfig
+from prp.route.targets import RemoteTarget
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ def _loaded_heavy(code: str) -> list[str]:
 
 
 def test_router_arguments_module_is_light():
-    assert _loaded_heavy("import prp.route.run, prp.route.serve") == []
+    assert _loaded_heavy("import prp.route.flags, prp.route.run, prp.route.serve") == []
 
 
 def test_eval_missing_files_message_loads_no_model_code():

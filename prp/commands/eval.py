@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from prp.core.cli import HelpFormatter, UserError, positive_int, run_main, share
-from prp.route.run import add_router_arguments
+from prp.route.flags import add_router_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,12 +161,12 @@ def run_models(args, out_dir: Path) -> Path:
             args.rating = args.rating or DEFAULT_DEMO.rating
             args.max_new_tokens = args.max_new_tokens or DEFAULT_DEMO.max_new_tokens
     check_inputs(args)  # before torch and transformers load: a missing-files message comes at once
-    from prp.route.run import resolve_route_settings
+    from prp.route.flags import resolve_route_settings
 
     resolve_route_settings(args, prog="eval.py")  # the draft's prp.json where no flag says otherwise
     from prp.core.modeling import load_model
     from prp.eval.run import Baselines, run_benchmark
-    from prp.route.run import apply_engine, build_router
+    from prp.route.flags import apply_engine, build_router
 
     _set_threads(args)
     try:

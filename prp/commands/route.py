@@ -29,7 +29,7 @@ from prp.core.cli import (
     share,
     share_or_target,
 )
-from prp.route.run import add_router_arguments
+from prp.route.flags import add_router_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     from prp.core.data import ImageLimits
     from prp.eval.judge import routing_judge
+    from prp.route import flags as route_flags
     from prp.route import run as route_run
     from prp.route.decide import BatchFraction, Calibration, FixedThreshold
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     for flag, value in (("--draft", args.draft), ("--target", args.target)):
         if "://" in value and not value.startswith(("http://", "https://")):
             raise UserError(f"{flag} {value}: unsupported URL scheme; give an http(s):// URL or a model folder")
-    route_run.resolve_route_settings(args, prog="route.py")  # the draft's prp.json where no flag says otherwise
+    route_flags.resolve_route_settings(args, prog="route.py")  # the draft's prp.json where no flag says otherwise
     saved = None  # the --threshold-file's calibration, read once
     if args.threshold_file:  # malformed: one line naming the file, before loading the models
         from prp.route.decide import Calibration
@@ -173,14 +174,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise UserError(f"--threshold-file {args.threshold_file}: not a calibration saved by --calibrate "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); rerun --calibrate") from None
-    if args.serve and route_run.is_url(args.draft) and not args.draft_processor:
+    if args.serve and route_flags.is_url(args.draft) and not args.draft_processor:
         raise UserError("--serve with a remote --draft needs --draft-processor DIR (the draft's tokenizer and "
                         "processor files, no weights): the server counts each request's prompt tokens with them")
     if args.serve:
         check_port_free(args.host, args.port)  # a port in use: one line now, not after loading the models
     if args.out is None and not args.serve:  # the flags and files are good: make the run folder
         args.out = fresh_run_out()  # under runs/ (git-ignored), never over another run's results
-    router = route_run.build_router(args)
+    router = route_flags.build_router(args)
     judge = routing_judge(args.bench)  # the entry script passes the benchmark's rule down (route never imports eval)
     router.extract = judge.extract  # and its answer extraction
     rule = router.rule.name  # the decision direction belongs to the rule

@@ -22,7 +22,7 @@ from typing import Any
 
 FILE = "prp.json"
 ROUTING_MODES = ("drl", "jrl")  # the modes whose models write a rating prefix
-# route.py / eval.py without a flag or a prp.json (prp.route.run.build_router's fallbacks)
+# route.py / eval.py without a flag or a prp.json (prp.route.flags.build_router's fallbacks)
 ROUTE_DEFAULTS = {"mode": "jrl", "rating": "free", "max_new_tokens": 1024}
 ROUTE_FLAGS = {"mode": "--mode", "rating": "--rating", "max_new_tokens": "--max-new-tokens"}
 # TrainConfig fields a recipe does not hand on: where a run reads and writes, how long it runs, test hooks

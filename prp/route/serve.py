@@ -20,7 +20,7 @@ import logging
 import os
 
 from prp.core.cli import check_port_free, port_number, positive_int, run_main
-from prp.route.run import ENGINE_KINDS
+from prp.route.flags import ENGINE_KINDS
 from prp.route.server.backends import ModelBackend, RouterBackend, parse_faults
 from prp.route.server.limits import add_limit_arguments, limits_from_args
 

@@ -249,7 +249,7 @@ def flatten_blocks(values: dict[str, Any], where: str) -> dict[str, Any]:
     `lora: true` or a table without `rank` -> rank DEFAULT_LORA_RANK.
 
     >>> flatten_blocks({"lora": {"alpha": 8, "target_modules": ["q_proj", "v_proj"]}, "seed": 1}, "x.yaml")
-    {'seed': 1, 'lora_rank': 16, 'lora_alpha': 8, 'lora_target_modules': 'q_proj,v_proj'}
+    {'lora_rank': 16, 'lora_alpha': 8, 'lora_target_modules': 'q_proj,v_proj', 'seed': 1}
     """
     out = {}
     for key, value in values.items():

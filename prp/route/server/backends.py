@@ -110,7 +110,7 @@ class ModelBackend:
         self.prompt_limit = limits.max_prompt_tokens or 1 << 30
         if canned is None:
             from prp.core.modeling import load_model
-            from prp.route.run import apply_engine
+            from prp.route.flags import apply_engine
 
             self.model, self.processor = load_model(model_dir, base_model=base_model)  # an adapter: unmerged
             apply_engine(engine, self.model)  # --engine; None keeps the default (compiled on CUDA, else eager)
