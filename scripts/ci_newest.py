@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCH_PIN = os.environ.get("TORCH_PIN", "torch==2.13.0")
 EXTRAS = "dev,triton,deepspeed"
 ROUTE = ["route.py", "--tau", "2", "--pt", "0.6", "--out", "runs/newest/routes.jsonl"]
+UNLOCKED = {"prp", "pip", "setuptools", "wheel"}  # the project itself and the venv's own tools
 MAX_SUSPECTS = 8  # reinstall-and-retest rounds at most, so a failing run stays bounded in time
 
 
@@ -79,7 +80,7 @@ def direct_dependencies() -> list[str]:
 
 def drift(lock: dict[str, str], now: dict[str, str]) -> list[tuple[str, str, str]]:
     """(name, locked, installed) for every locked package installed at another version, or added."""
-    rows = [(n, lock.get(n, "-"), v) for n, v in sorted(now.items()) if lock.get(n) != v and n != "prp"]
+    rows = [(n, lock.get(n, "-"), v) for n, v in sorted(now.items()) if lock.get(n) != v and n not in UNLOCKED]
     return [r for r in rows if not (r[0] == "torch" and r[2].split("+")[0] == r[1])]  # +cpu build: same
 
 

@@ -23,7 +23,8 @@ def test_read_lock_keeps_the_lines_whose_markers_hold(tmp_path):
 
 def test_drift_lists_changed_and_added_packages_but_not_the_cpu_build_of_the_pinned_torch():
     lock = {"transformers": "5.25.0", "numpy": "2.4.6", "torch": "2.13.0"}
-    now = {"transformers": "5.26.0", "numpy": "2.4.6", "torch": "2.13.0+cpu", "newdep": "1.0", "prp": "0.1.0"}
+    now = {"transformers": "5.26.0", "numpy": "2.4.6", "torch": "2.13.0+cpu", "newdep": "1.0", "prp": "0.1.0",
+           "pip": "26.3"}
     assert ci_newest.drift(lock, now) == [("newdep", "-", "1.0"), ("transformers", "5.25.0", "5.26.0")]
 
 
