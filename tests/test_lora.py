@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 
 pytest.importorskip("peft")
 
+from test_train_e2e import interrupt_in_step_2_then_resume
+
 from prp.core.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir
 from prp.core.cli import UserError
 from prp.train.checkpoint import CheckpointError
@@ -146,10 +148,6 @@ def _adapter(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(ckpt / ADAPTER_WEIGHTS)
 
 
-class _Interrupted(Exception):
-    pass
-
-
 def test_lora_drl_run_writes_adapter_checkpoints_and_resumes_bit_exact(tmp_path, monkeypatch, caplog):
     """A LoRA DRL run's checkpoints hold the adapter only; the base's weights stay as they were; a run that
     fails inside step 2 and is --resume'd ends with exactly the adapter of an uninterrupted run; a damaged
@@ -158,7 +156,6 @@ def test_lora_drl_run_writes_adapter_checkpoints_and_resumes_bit_exact(tmp_path,
     import logging
 
     from prp.core.modeling import load_model
-    from prp.train.loop import Trainer
     from train import main
 
     common = ["--mode", "drl", "--config", TINY, "--max-steps", "2", "--set", "save_every=1", *LORA]
@@ -181,22 +178,8 @@ def test_lora_drl_run_writes_adapter_checkpoints_and_resumes_bit_exact(tmp_path,
             assert torch.equal(p, base_params[name.replace(".base_layer", "")]), name
     assert len(_metrics(ref)) == 2
 
-    real_micro_step = Trainer.micro_step
-
-    def failing_micro_step(self, micro):
-        if micro >= self.cfg.gradient_accumulation_steps:
-            raise _Interrupted
-        return real_micro_step(self, micro)
-
     out = tmp_path / "interrupted"
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "micro_step", failing_micro_step)
-        with pytest.raises(_Interrupted):
-            main([*common, "--output-dir", str(out)])
-    assert (out / "ckpt-1").is_dir() and not (out / "ckpt-2").exists()
-    with caplog.at_level(logging.INFO, logger="prp.train"):
-        assert main([*common, "--output-dir", str(out), "--resume"]) == out / "ckpt-2"
-    assert any("resumed from" in r.getMessage() for r in caplog.records)
+    interrupt_in_step_2_then_resume(monkeypatch, caplog, main, common, out)
     got = _adapter(out / "ckpt-2")
     assert got.keys() == weights.keys() and all(torch.equal(got[k], weights[k]) for k in got)
 

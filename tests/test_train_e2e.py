@@ -309,16 +309,11 @@ class _Interrupted(Exception):
     """Stands in for a crash inside a training step."""
 
 
-def test_exception_in_step_2_then_resume_is_bit_exact(tmp_path, monkeypatch, caplog):
-    """Short in-process version of the slow SIGKILL test: a 2-step run that fails inside step 2
-    (after ckpt-1 was written) and is then --resume'd ends with exactly the weights of an
-    uninterrupted 2-step run, and logs each step's metrics and samples once."""
+def interrupt_in_step_2_then_resume(monkeypatch, caplog, main, common: list[str], out: Path) -> None:
+    """Run `main(common)` into `out`, failing inside step 2 (after ckpt-1 was written), then `--resume` it
+    to ckpt-2 (also used by tests/test_lora.py)."""
+
     from prp.train.loop import Trainer
-    from train import main
-
-    common = ["--mode", "drl", "--config", TINY, "--max-steps", "2", "--set", "save_every=1"]
-    assert main([*common, "--output-dir", str(tmp_path / "ref")]) == tmp_path / "ref" / "ckpt-2"
-
     real_micro_step = Trainer.micro_step
 
     def failing_micro_step(self, micro):
@@ -326,16 +321,26 @@ def test_exception_in_step_2_then_resume_is_bit_exact(tmp_path, monkeypatch, cap
             raise _Interrupted
         return real_micro_step(self, micro)
 
-    out = tmp_path / "interrupted"
     with monkeypatch.context() as m:
         m.setattr(Trainer, "micro_step", failing_micro_step)
         with pytest.raises(_Interrupted):
             main([*common, "--output-dir", str(out)])
     assert (out / "ckpt-1").is_dir() and not (out / "ckpt-2").exists()
-
     with caplog.at_level(logging.INFO, logger="prp.train"):
         assert main([*common, "--output-dir", str(out), "--resume"]) == out / "ckpt-2"
     assert any("resumed from" in r.getMessage() for r in caplog.records)
+
+
+def test_exception_in_step_2_then_resume_is_bit_exact(tmp_path, monkeypatch, caplog):
+    """Short in-process version of the slow SIGKILL test: a 2-step run that fails inside step 2
+    (after ckpt-1 was written) and is then --resume'd ends with exactly the weights of an
+    uninterrupted 2-step run, and logs each step's metrics and samples once."""
+    from train import main
+
+    common = ["--mode", "drl", "--config", TINY, "--max-steps", "2", "--set", "save_every=1"]
+    assert main([*common, "--output-dir", str(tmp_path / "ref")]) == tmp_path / "ref" / "ckpt-2"
+    out = tmp_path / "interrupted"
+    interrupt_in_step_2_then_resume(monkeypatch, caplog, main, common, out)
     a = load_file(tmp_path / "ref" / "ckpt-2" / "model.safetensors")
     b = load_file(out / "ckpt-2" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
