@@ -8,7 +8,6 @@ DeepSpeed ZeRO-3 + LoRA (two steps on gloo).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 pytest.importorskip("peft")
 
-from test_train_e2e import interrupt_in_step_2_then_resume
+from test_train_e2e import deepspeed_launch, interrupt_in_step_2_then_resume
 
 from prp.core.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, is_adapter_dir
 from prp.core.cli import UserError
@@ -366,9 +365,8 @@ def test_every_mode_trains_an_adapter(mode, tmp_path):
 def test_deepspeed_zero3_lora_two_steps(tmp_path):
     """ZeRO-3 + LoRA, two gloo processes, two steps: adapter checkpoints (rank 0 gathers the adapter only
     into the file), the partitioned optimizer state of the adapter under ds/, then an exact --resume."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = ["deepspeed", "--num_gpus", "2", "train.py", "--mode", "drl", "--config", TINY, "--max-steps", "2",
-           "--output-dir", str(tmp_path), "--set", "save_every=1", *LORA]
+    cmd, env = deepspeed_launch("--num_gpus", "2", "train.py", "--mode", "drl", "--config", TINY, "--max-steps", "2",
+                                "--output-dir", str(tmp_path), "--set", "save_every=1", *LORA)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     final = tmp_path / "ckpt-2"

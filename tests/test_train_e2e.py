@@ -379,15 +379,19 @@ def test_every_mode_runs(mode, tmp_path):
         assert {"[CN]", "[UN]"} <= {t["content"] for t in tok["added_tokens"]}
 
 
-@pytest.mark.slow
-def test_deepspeed_zero3_two_processes(tmp_path):
-    # the launcher installed beside this interpreter (CI runs the venv's python without activating it), and
-    # its python first on PATH for the ranks it starts
+def deepspeed_launch(*args: str) -> tuple[list[str], dict[str, str]]:
+    """(command, env) for `deepspeed ARGS` as the tests run it: the launcher installed beside this
+    interpreter (CI runs the venv's python without activating it), its python first on PATH for the
+    ranks it starts, one thread per rank (also used by tests/test_lora.py)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
-    cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2", "train.py", "--mode", "jrl",
-           "--config", TINY, "--max-steps", "2",
-           "--output-dir", str(tmp_path)]
+    return [str(Path(sys.executable).with_name("deepspeed")), *args], env
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_two_processes(tmp_path):
+    cmd, env = deepspeed_launch("--num_gpus", "2", "train.py", "--mode", "jrl", "--config", TINY, "--max-steps", "2",
+                                "--output-dir", str(tmp_path))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "ckpt-2")
