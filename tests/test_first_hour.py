@@ -375,3 +375,29 @@ def test_6_conflicting_decision_flags_are_a_usage_error(scripts, capsys, flags, 
     assert run_main(scripts["route.py"].main, ["--tau", "2", *flags], prog="route.py") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("route.py: error:") and needle in err[0], err
+
+
+def test_4_model_recipe_of_a_run_folder_is_its_latest_checkpoints(tmp_path):
+    """`train.py --model runs/x` reads the prp.json of the run's latest ckpt-N (as training resolves the
+    model), although the run folder holds a config.json of its own (the resolved training config)."""
+    from prp.commands.train import model_recipe
+    from prp.core.recipe import write_settings
+
+    run = tmp_path / "run"
+    (run / "ckpt-1").mkdir(parents=True)
+    (run / "ckpt-2").mkdir()
+    (run / "config.json").write_text('{"mode": "drl"}')  # train.py's dump of its TrainConfig
+    write_settings(run / "ckpt-1", mode="drl", rating="forced", max_new_tokens=32, recipe="a.yaml", train={})
+    write_settings(run / "ckpt-2", mode="drl", rating="forced", max_new_tokens=64, recipe="b.yaml", train={})
+    assert model_recipe(str(run))["recipe"] == "b.yaml"
+    assert model_recipe(str(tmp_path / "nothing")) is None
+
+
+def test_4_a_checkpoint_never_hands_on_where_its_run_read_and_wrote():
+    """prp.json's `train` values: the labelled-set cache of sft-cn (cn_cache) belongs to the run that wrote it."""
+    from prp.core.recipe import recipe_values
+    from prp.train.config import TrainConfig
+
+    values = recipe_values({**TrainConfig().to_dict(), "cn_cache": "/old/run/cn.jsonl", "acc_tgt_cache": "/old/a",
+                            "max_completion_length": 64}, TrainConfig().to_dict())
+    assert values == {"max_completion_length": 64}

@@ -437,3 +437,22 @@ def test_top_k_ipr_takes_eq9_sign_band_as_the_local_ipr(rating):
     expected = 0.5 * float(((p - p.mean()) ** 2).mean())  # p_max * variance, by hand: 0.5 * 0.0180
     assert abs(abs(local) - expected) < 1e-12 and abs(served.ipr - local) < 1e-12
     assert (served.ipr > 0) == (rating >= 0.6)
+
+
+@pytest.mark.parametrize("entries", [[5], [{"logprob": -0.1}], [{"token": "0", "logprob": "x"}],
+                                     [{"token": "0", "logprob": -0.1, "top_logprobs": [7]}]])
+def test_malformed_logprob_entries_are_the_drafts_error_not_a_crash(entries):
+    """A draft server whose logprobs.content entries are not {token, logprob, top_logprobs}: the query gets
+    the draft's error (a row or a 503), remembered so it is not asked again, never a TypeError."""
+    def reply(payload):
+        return {"choices": [{"message": {"content": "<confidence>0.5"}, "finish_reason": "stop",
+                             "logprobs": {"content": entries}}]}
+
+    from prp.route.remote import OpenAIClient, RetryPolicy
+
+    client = OpenAIClient("http://127.0.0.1:9", "draft", role="draft", retry=RetryPolicy(tries=1, timeout_s=1.0))
+    client._post_once = lambda body: reply(json.loads(body))  # the HTTP layer, stubbed
+    draft = RemoteDraft(client, mode="jrl", rating="free", max_prefix_tokens=24)
+    query = Query(id="q", question="What is 1+1?", image=None)
+    out = draft.prefix_one(query)
+    assert out.error and "malformed response" in out.error and query.draft_error

@@ -204,15 +204,15 @@ def _repo_relative(path) -> str:
 
 
 def model_recipe(model: str) -> dict | None:
-    """The prp.json of `--model` (a model folder, or a run folder's latest ckpt-N), or None."""
+    """The prp.json of `--model` as training resolves it (a run folder's latest ckpt-N, a model or LoRA
+    adapter folder: prp.train.policy.resolve_model), or None."""
     from prp.core.recipe import read_settings
+    from prp.train.policy import resolve_model
 
-    path = Path(model)
-    if not (path / "config.json").is_file():
-        ckpts = [p for p in path.glob("ckpt-*") if p.name[5:].isdigit()] if path.is_dir() else []
-        if not ckpts:
-            return None  # not a model: resolve_model says so when the run starts
-        path = max(ckpts, key=lambda p: int(p.name[5:]))
+    try:
+        path = resolve_model(model)
+    except ConfigError:
+        return None  # not a model: resolve_model says so again when the run starts
     try:
         return read_settings(path)
     except ValueError as exc:

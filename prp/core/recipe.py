@@ -28,7 +28,7 @@ ROUTE_FLAGS = {"mode": "--mode", "rating": "--rating", "max_new_tokens": "--max-
 # TrainConfig fields a recipe does not hand on: where a run reads and writes, how long it runs, test hooks
 NOT_INHERITED = frozenset({
     "mode", "model", "target_model", "target_base_url", "target_api_key_env", "train_data", "data_format",
-    "image_root", "max_records", "acc_tgt_cache", "output_dir", "max_steps", "num_epochs", "save_every",
+    "image_root", "max_records", "acc_tgt_cache", "cn_cache", "output_dir", "max_steps", "num_epochs", "save_every",
     "resume_weights_only", "step_delay_s", "report_to", "deepspeed_config", "trust_remote_code",
 })
 

@@ -103,9 +103,21 @@ def _choice(data: dict) -> tuple[str, list[dict], str | None, str | None]:
     if not isinstance(content, str):
         raise TypeError("content is not a string")
     entries = (choice.get("logprobs") or {}).get("content") or []
-    if not isinstance(entries, list):
-        raise TypeError("logprobs.content is not a list")
+    if not isinstance(entries, list) or not all(_is_logprob_entry(e) for e in entries):
+        raise TypeError("logprobs.content is not a list of {token, logprob, top_logprobs} entries")
     return content, entries, choice.get("finish_reason"), choice.get("stop_reason")
+
+
+def _is_token_logprob(x) -> bool:
+    return (isinstance(x, dict) and isinstance(x.get("token"), str)
+            and type(x.get("logprob")) in (int, float))  # strict JSON: finite, no bool
+
+
+def _is_logprob_entry(x) -> bool:
+    """One `logprobs.content` entry as the OpenAI API defines it (the server's values are checked here,
+    where the client turns a TypeError into the draft's RemoteError, not where they are read)."""
+    top = x.get("top_logprobs", []) if isinstance(x, dict) else None
+    return _is_token_logprob(x) and isinstance(top, list) and all(_is_token_logprob(t) for t in top)
 
 
 class RemoteDraft:

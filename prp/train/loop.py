@@ -143,7 +143,8 @@ class Trainer:
 
         cfg = self.cfg
         path = Path(cfg.cn_cache or self.out / "cn_presample.jsonl")
-        missing = [r for r in self.records if r.id not in read_cn_set(path)]
+        labelled = read_cn_set(path)  # read once: the file can hold every question's N answers
+        missing = [r for r in self.records if r.id not in labelled]
         if self.d.main and missing:
             device = "cuda" if torch.cuda.is_available() else None
             sampler = local_sampler(resolve_model(cfg.model), m=cfg.num_generations,

@@ -190,9 +190,9 @@ def read_cn_set(path: str | Path) -> dict[str, list[dict]]:
         return out
     for _, line in jsonl_lines(path):
         try:
-            row = json.loads(line.decode("utf-8"))
+            row = loads(line)  # the shared reader: parser limits are a JsonError, not a traceback
             samples = [{"text": str(x["text"]), "label": x["label"]} for x in row["samples"]]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (JsonError, KeyError, TypeError, ValueError):
             continue
         if samples and all(x["label"] in (CN_TOKEN, UN_TOKEN) for x in samples):
             out[str(row["id"])] = samples
