@@ -20,6 +20,7 @@ Two rules every caller inherits:
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from collections.abc import Iterator
@@ -41,6 +42,13 @@ class JsonError(ValueError):
 
 def _reject_constant(name: str):
     raise JsonError(f"bad_json: {name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise JsonError(f"bad_json: {text[:40]} is out of a float's range")
+    return value
 
 
 def _check_value(obj: Any) -> None:
@@ -70,7 +78,8 @@ def _check_value(obj: Any) -> None:
 def loads(data: str | bytes, *, strict_numbers: bool = False, **kwargs) -> Any:
     """`json.loads` whose every refusal is a one-line JsonError (module docstring).
 
-    `strict_numbers`: NaN / Infinity / -Infinity are bad_json (state files that must hold numbers).
+    `strict_numbers`: NaN / Infinity / -Infinity, and numbers out of a float's range (1e999), are bad_json
+    (state files that must hold numbers, a remote model's answer).
     `kwargs` go to json.loads (e.g. object_pairs_hook).
 
     >>> loads(b'{"a": [1, "x\\xe2\\x80\\xa8y"]}')
@@ -94,6 +103,7 @@ def loads(data: str | bytes, *, strict_numbers: bool = False, **kwargs) -> Any:
             raise JsonError(f"bad_utf8: byte {exc.start}") from None
     if strict_numbers:
         kwargs.setdefault("parse_constant", _reject_constant)
+        kwargs.setdefault("parse_float", _finite_float)
     try:
         obj = json.loads(data, **kwargs)
     except json.JSONDecodeError as exc:

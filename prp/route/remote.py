@@ -24,7 +24,6 @@ import http.client
 import io
 import json
 import logging
-import math
 import os
 import socket
 import ssl
@@ -34,6 +33,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 from PIL import Image
+
+from prp.core.jsonl import JsonError, loads
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +108,9 @@ class _Fatal(Exception):
 MAX_MODEL_NAME = 200  # characters of the target's `model` kept (it is shown to clients)
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999
-        raise ValueError("a number out of range")
-    return value
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
-
-
 def load_strict_json(raw: bytes):
-    """A response body as JSON, strictly: not UTF-8, not JSON, NaN / Infinity / 1e999, or nested too
-    deep for the parser (RecursionError) raise `_Fatal` (the router then lets the draft answer).
+    """A response body as JSON, strictly (prp.core.jsonl.loads with strict numbers): not UTF-8, not
+    JSON, NaN / Infinity / 1e999, or nested too deep raise `_Fatal` (the router then lets the draft answer).
 
     >>> load_strict_json(b'{"a": [1, 2.5]}')
     {'a': [1, 2.5]}
@@ -129,14 +119,14 @@ def load_strict_json(raw: bytes):
     ...         load_strict_json(body)
     ...     except _Fatal as exc:
     ...         print(exc)
-    malformed response: ValueError
-    malformed response: ValueError
-    malformed response: RecursionError
+    malformed response: bad_json
+    malformed response: bad_json
+    malformed response: json_too_deep
     """
     try:
-        return json.loads(raw.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _Fatal(f"malformed response: {type(exc).__name__}") from None
+        return loads(raw, strict_numbers=True)
+    except JsonError as exc:
+        raise _Fatal(f"malformed response: {exc.reason}") from None
 
 
 def parse_answer(data, default_model: str) -> tuple[str, str, int | None]:
